@@ -1,0 +1,416 @@
+"""Recipe schema and loading: YAML + `base:` inheritance + command-line overrides, validated.
+
+A recipe is a YAML file whose keys are the fields of `Recipe` below. Each loss contributes the
+schema of its own `loss:` section (see `prefopt.registry`). Loading is pure: it imports the
+user's `imports:` modules (so their losses register) but never loads a model or a dataset, so a
+typo fails in well under a second.
+
+All problems are collected and raised together as one `ConfigError`: unknown keys (with the
+closest valid full keys suggested), wrong types (key, expected type, value), an unknown loss
+name (with the registered names), values out of range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import prefopt.losses  # noqa: F401  (registers the built-in losses)
+from prefopt.registry import LOSSES, get_loss
+from prefopt.world.config import WorldConfig
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """Every problem found in a recipe, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid recipe:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class TinyModelConfig:
+    """A small architecture built from config (random init), for tests and the offline world."""
+
+    family: str = "gpt2"  # "gpt2" | "llama"
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 4
+    intermediate: int | None = None  # MLP width; default 4 * hidden
+    max_positions: int = 128
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter (peft). target_modules null: peft's per-architecture default."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class ModelConfig:
+    # A hub name, a local folder, "world:sft" (the world's SFT policy, trained once and cached)
+    # or null for a tiny model built from `tiny` with the data's tokenizer.
+    name_or_path: str | None = None
+    tokenizer: str | None = None  # default: name_or_path's tokenizer, or the world's
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    lora: LoraSettings | None = None
+    quantization: str | None = None  # null | "4bit" | "8bit" (bitsandbytes; QLoRA with lora)
+    trust_remote_code: bool = False  # only when the recipe says so: runs the hub repo's code
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class ReferenceConfig:
+    # "auto": "adapter" with LoRA, otherwise "copy"; "copy": a frozen copy of the initial
+    # policy; "adapter": the policy with its LoRA adapter disabled (no second copy);
+    # "cached": reference log-probs computed once, stored on disk keyed by data fingerprint and
+    # model hash; "none": no reference (reference-free losses skip it whatever this says).
+    mode: str = "auto"
+    name_or_path: str | None = None  # default: the policy's initial weights
+    cache_dir: str | None = None  # for "cached"; default <output_dir>/../.ref_cache
+
+
+@dataclass
+class DataConfig:
+    # "world": the synthetic preference world (offline default); otherwise a local file, glob
+    # or folder (jsonl/json/parquet/csv, gzip too) or a hub dataset name for load_dataset.
+    source: str = "world"
+    format: str = "auto"  # auto | preference | hh | tldr | conversation | sft
+    split: str = "train"
+    eval_split: str | None = "test"  # split used for held-out metrics; null: none
+    data_dir: str | None = None  # load_dataset's data_dir (e.g. "harmless-base")
+    max_rows: int | None = None
+    max_eval_rows: int | None = 512
+    max_length: int = 96
+    max_prompt_length: int = 48
+    on_bad_row: str = "skip"  # "skip": count and report; "error": stop naming the row
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = 5e-4
+    batch_size: int = 8  # per device, per micro-step
+    grad_accum: int = 1
+    max_steps: int = 100  # optimizer steps
+    warmup_steps: int = 0
+    scheduler: str = "linear"  # constant | linear | cosine (after warmup)
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float | None = 1.0  # null: no clipping
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through accelerate)
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard]
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Generation-based evaluation on the world (gold reward, KL, win rate, diversity)."""
+
+    enabled: bool = True
+    n_prompts: int = 32  # per split (in distribution and out of distribution)
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 64
+
+
+@dataclass
+class Recipe:
+    description: str = ""  # one line, shown by `prefopt recipes`
+    seed: int = 0
+    output_dir: str | None = None  # default runs/<recipe>-<timestamp>
+    imports: list[str] = field(default_factory=list)  # user modules imported first (runs code)
+    resume: str | None = None  # null | "auto" (latest checkpoint in output_dir) | a path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    loss: Any = None  # replaced by the registered loss's own schema
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = ""  # the recipe's name, filled by the loader
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.tiny.family": ("gpt2", "llama"),
+    "reference.mode": ("auto", "copy", "adapter", "cached", "none"),
+    "data.format": ("auto", "preference", "hh", "tldr", "conversation", "sft"),
+    "data.on_bad_row": ("skip", "error"),
+    "trainer.scheduler": ("constant", "linear", "cosine"),
+    "trainer.precision": ("fp32", "bf16", "fp16"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+}
+OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {"model.quantization": ("4bit", "8bit")}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe name (`dpo`, `ablations/x`) in recipes/, or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(list_recipes())
+    raise ConfigError([f"no recipe {str(name_or_path)!r}: not a YAML file, not in {RECIPES_DIR}; "
+                       f"shipped recipes: {known}"])
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(p.name for p in (*seen, path))
+        raise ConfigError([f"recipe inheritance cycle: {chain}"])
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax errors
+        raise ConfigError([f"{path}: cannot parse YAML: {exc}"]) from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError([f"{path}: a recipe must be a mapping of keys, got a list"])
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = Path(str(base))
+    if not base_path.suffix:
+        base_path = recipe_path(str(base))
+    elif not base_path.is_absolute():
+        base_path = path.parent / base_path
+    parent = _read_with_bases(base_path, (*seen, path))
+    parent.pop("description", None)  # a child describes itself
+    return _merge_layer(parent, raw)
+
+
+def _merge_layer(lower: DictConfig, upper: DictConfig) -> DictConfig:
+    """Merge `upper` over `lower`. A layer that switches `loss.name` replaces the whole `loss:`
+    section: settings of one loss never leak into another (the new loss starts from its own
+    defaults plus what this layer sets)."""
+    new_name = OmegaConf.select(upper, "loss.name", default=None)
+    old_name = OmegaConf.select(lower, "loss.name", default=None)
+    if new_name is not None and old_name is not None and new_name != old_name:
+        lower = lower.copy()
+        lower.pop("loss")
+    merged = OmegaConf.merge(lower, upper)
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge and validate a recipe. Raises ConfigError listing every problem."""
+    path = recipe_path(name_or_path)
+    raw = _read_with_bases(path)
+    problems: list[str] = []
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        problems += [f"override {o!r} is not of the form key=value" for o in bad]
+        try:
+            cli = OmegaConf.from_dotlist([o for o in overrides if "=" in o])
+        except OmegaConfBaseException as exc:
+            raise ConfigError([*problems, f"cannot parse overrides: {exc}"]) from None
+        raw = _merge_layer(raw, cli)
+    raw.pop("base", None)
+    problems += _import_user_modules(raw.get("imports") or [])
+
+    loss_name = OmegaConf.select(raw, "loss.name", default=None)
+    if loss_name is None:
+        problems.append("loss.name is required; registered losses: " + ", ".join(sorted(LOSSES)))
+        loss_cls: type = LossConfigFallback
+    else:
+        try:
+            loss_cls = get_loss(str(loss_name)).config_cls
+        except KeyError as exc:
+            problems.append(f"loss.name: {exc.args[0]}")
+            loss_cls = LossConfigFallback
+
+    schema = OmegaConf.structured(Recipe)
+    schema.loss = OmegaConf.structured(loss_cls)
+    problems += _check_node(schema, raw, prefix="", all_keys=_all_keys(schema))
+    if problems:
+        raise ConfigError(problems)
+
+    merged = OmegaConf.merge(schema, raw)
+    merged.name = merged.name or path.stem
+    try:
+        recipe = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError([_describe(exc)]) from None
+    assert isinstance(recipe, Recipe)
+    problems += _check_ranges(recipe)
+    if problems:
+        raise ConfigError(problems)
+    return recipe
+
+
+@dataclass
+class LossConfigFallback:
+    """Stands in for an unknown loss so that the other sections are still checked."""
+
+    name: str = ""
+
+
+def _import_user_modules(modules: Any) -> list[str]:
+    problems = []
+    if isinstance(modules, str):
+        modules = [modules]
+    for module in modules:
+        try:
+            if "." not in sys.path:
+                sys.path.insert(0, ".")
+            importlib.import_module(str(module))
+        except Exception as exc:
+            problems.append(f"imports: cannot import {module!r}: {type(exc).__name__}: {exc}")
+    return problems
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _all_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        child = _schema_child(node, str(key))
+        if child is not None:
+            keys += _all_keys(child, full + ".")
+    return keys
+
+
+def _schema_child(node: DictConfig, key: str) -> DictConfig | None:
+    """The nested schema of `key` when it is a dataclass (also when optional and null)."""
+    child_node = node._get_node(key)
+    ref_type = getattr(child_node._metadata, "object_type", None) if child_node else None
+    value = node[key] if child_node is not None else None
+    if isinstance(value, DictConfig):
+        return value
+    inner = _dataclass_of(child_node._metadata.ref_type) if child_node is not None else None
+    inner = inner or (ref_type if dataclasses.is_dataclass(ref_type) else None)
+    return OmegaConf.structured(inner) if inner is not None else None
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp):
+        return tp  # type: ignore[return-value]
+    for arg in getattr(tp, "__args__", ()) or ():
+        if dataclasses.is_dataclass(arg):
+            return arg  # type: ignore[return-value]
+    return None
+
+
+def _check_node(schema: DictConfig, raw: Any, prefix: str, all_keys: list[str]) -> list[str]:
+    problems: list[str] = []
+    if not isinstance(raw, DictConfig):
+        return [f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {raw!r}"]
+    for key in raw.keys():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            problems.append(_unknown_key(full, str(key), schema, prefix, all_keys))
+            continue
+        child_schema = _schema_child(schema, str(key))
+        value = raw._get_node(key)
+        if child_schema is not None and isinstance(value, DictConfig) and not value._is_none():
+            problems += _check_node(child_schema, value, full + ".", all_keys)
+            continue
+        try:
+            trial = OmegaConf.structured(schema) if not isinstance(schema, DictConfig) else schema
+            OmegaConf.merge(trial, OmegaConf.create({key: value}))
+        except OmegaConfBaseException as exc:
+            problems.append(_type_problem(full, schema, str(key), value, exc))
+        except Exception as exc:  # pragma: no cover - defensive: report, never crash
+            problems.append(f"{full}: {exc}")
+    return problems
+
+
+def _unknown_key(full: str, key: str, schema: DictConfig, prefix: str, all_keys: list[str]) -> str:
+    siblings = [f"{prefix}{k}" for k in schema.keys()]
+    close = difflib.get_close_matches(full, siblings, n=3, cutoff=0.6)
+    close += [k for k in difflib.get_close_matches(full, all_keys, n=3, cutoff=0.75) if k not in close]
+    hint = f"; did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else ""
+    valid = ", ".join(str(k) for k in schema.keys())
+    where = prefix.rstrip(".") or "the top level"
+    return f"unknown key {full!r}{hint} (valid keys under {where}: {valid})"
+
+
+def _type_problem(full: str, schema: DictConfig, key: str, value: Any, exc: Exception) -> str:
+    node = schema._get_node(key)
+    ref_type = getattr(node._metadata, "ref_type", Any) if node is not None else Any
+    expected = getattr(ref_type, "__name__", None) or str(ref_type).replace("typing.", "")
+    shown = value._value() if hasattr(value, "_value") else value
+    return f"{full}: expected {expected}, got {shown!r} ({type(shown).__name__})"
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    return f"{key}: {exc.msg}" if key else str(exc)  # type: ignore[attr-defined]
+
+
+def _check_ranges(recipe: Recipe) -> list[str]:
+    problems: list[str] = []
+    flat = OmegaConf.create(dataclasses.asdict(recipe))
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(flat, key)
+        if value not in choices:
+            problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    for key, choices in OPTIONAL_CHOICES.items():
+        value = OmegaConf.select(flat, key)
+        if value is not None and value not in choices:
+            problems.append(f"{key}: {value!r} is not one of null, {', '.join(choices)}")
+    t = recipe.trainer
+    for name in ("batch_size", "grad_accum", "max_steps"):
+        if getattr(t, name) < 1:
+            problems.append(f"trainer.{name} must be >= 1, got {getattr(t, name)}")
+    if t.lr <= 0:
+        problems.append(f"trainer.lr must be > 0, got {t.lr}")
+    if recipe.data.max_prompt_length >= recipe.data.max_length:
+        problems.append(
+            f"data.max_prompt_length ({recipe.data.max_prompt_length}) must be smaller than "
+            f"data.max_length ({recipe.data.max_length})"
+        )
+    if recipe.resume not in (None, "auto") and not Path(recipe.resume).exists():
+        problems.append(f"resume: {recipe.resume!r} is neither 'auto' nor an existing path")
+    validate = getattr(recipe.loss, "validate", None)
+    if callable(validate):
+        problems += validate()
+    return problems
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    path.write_text(f"# resolved recipe; rerun with: prefopt train {path}\n" + to_yaml(recipe))
+
+
+__all__ = ["ConfigError", "Recipe", "load_recipe", "list_recipes", "recipe_path", "save_recipe",
+           "ListConfig"]

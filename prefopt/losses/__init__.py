@@ -1,0 +1,10 @@
+"""Every built-in loss, imported here so the full list is visible in one place.
+
+Importing a module registers its losses in `prefopt.registry.LOSSES`.
+"""
+
+from prefopt.losses import dpo, reward, sft  # noqa: F401  (registration side effects)
+from prefopt.losses.base import LossConfig, LossOutput, PairLogps
+from prefopt.losses.dpo import DPOConfig, PairwiseLoss
+
+__all__ = ["DPOConfig", "LossConfig", "LossOutput", "PairLogps", "PairwiseLoss"]

@@ -1,0 +1,169 @@
+"""Load or build models and tokenizers, add LoRA / k-bit quantisation, save portable models.
+
+Everything a run saves loads back with plain `transformers` / `peft`: a full model folder
+(`AutoModelForCausalLM.from_pretrained`) or a LoRA adapter folder (`PeftModel` /
+`AutoPeftModelForCausalLM`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from prefopt.config import LoraSettings, ModelConfig, TinyModelConfig
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out everywhere, so reusing EOS as PAD is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """A randomly initialised GPT-2 or Llama model sized by `cfg`, vocabulary from `tokenizer`.
+
+    Dropout is zero: preference losses compare log-probs of the same sequences under two
+    models, and dropout noise would bias them (TRL disables it for DPO for the same reason).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vocab = len(tokenizer)
+    inner = cfg.intermediate or 4 * cfg.hidden
+    if cfg.family == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab, n_positions=cfg.max_positions, n_embd=cfg.hidden,
+            n_layer=cfg.layers, n_head=cfg.heads, n_inner=inner, resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0, **special,
+        )
+        return GPT2LMHeadModel(config)
+    if cfg.family == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=cfg.hidden, intermediate_size=inner,
+            num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+            num_key_value_heads=cfg.heads, max_position_embeddings=cfg.max_positions,
+            attention_dropout=0.0, tie_word_embeddings=True, **special,
+        )
+        return LlamaForCausalLM(config)
+    raise ValueError(f"model.tiny.family: unknown family {cfg.family!r}; use gpt2 or llama")
+
+
+def quantization_config(kind: str | None, compute_dtype: torch.dtype) -> Any:
+    if kind is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"model.quantization: {kind!r} is not one of null, 4bit, 8bit")
+
+
+def load_pretrained(
+    path: str, *, quantization: str | None = None, compute_dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False, device_map: Any = None,
+) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained` on a hub name or a local folder (a LoRA adapter
+    folder loads its base model and the adapter, merged-free, through peft)."""
+    from transformers import AutoModelForCausalLM
+
+    qconfig = quantization_config(quantization, compute_dtype)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
+    if (Path(path) / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=False, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def add_lora(model: nn.Module, lora: LoraSettings, quantized: bool) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules) if lora.target_modules else None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_policy(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, init_path: str | None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """The trainable policy: pretrained from `init_path` (or tiny from config when None), then
+    LoRA (and k-bit preparation) when configured. Dropout is disabled."""
+    if init_path is None:
+        if cfg.quantization:
+            raise ValueError("model.quantization needs a pretrained model (model.name_or_path)")
+        model = build_tiny_model(cfg.tiny, tokenizer)
+    else:
+        model = load_pretrained(
+            init_path, quantization=cfg.quantization, compute_dtype=compute_dtype,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora is not None:
+        model = add_lora(model, cfg.lora, quantized=cfg.quantization is not None)
+    disable_dropout(model)
+    return model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hash of every parameter and buffer (names, shapes, values): identifies weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(str(tuple(data.shape)).encode() + str(data.dtype).encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def save_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, path: Path) -> None:
+    """Save in Hugging Face format: a full model, or the LoRA adapter (with the base model's
+    name in adapter_config.json) when the model is a PeftModel."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)

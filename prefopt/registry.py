@@ -1,0 +1,58 @@
+"""Registries: one plain dict per kind of pluggable piece, filled by decorators.
+
+A loss registers itself with its name and its config dataclass; the recipe system looks the
+name up to validate the `loss:` section against that dataclass before anything heavy loads.
+A user's module registers the same way and is named in a recipe's `imports:` list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    name: str
+    config_cls: type  # a dataclass; the `loss:` section of a recipe is validated against it
+    build: Callable[[Any], Any]  # config instance -> loss object
+    kind: str  # "pairwise" (pairs of completions), "sft" (demonstrations), "reward" (scalar RM)
+
+
+LOSSES: dict[str, LossEntry] = {}
+
+T = TypeVar("T")
+
+
+def register_loss(
+    name: str, config_cls: type, kind: str = "pairwise"
+) -> Callable[[type[T]], type[T]]:
+    """Register a loss class under `name`.
+
+    The class is built as `cls(config)` with an instance of `config_cls`, and called by the
+    trainer. `kind` picks which data and step the trainer uses:
+
+    * ``pairwise``: called with (policy PairLogps, reference PairLogps | None, batch);
+    * ``sft``: called with (policy SequenceLogps, batch);
+    * ``reward``: called with (chosen rewards, rejected rewards, batch).
+    """
+    if kind not in {"pairwise", "sft", "reward"}:
+        raise ValueError(f"unknown loss kind {kind!r}; use pairwise, sft or reward")
+
+    def decorator(cls: type[T]) -> type[T]:
+        if name in LOSSES and LOSSES[name].build is not cls:
+            raise ValueError(f"a loss named {name!r} is already registered")
+        LOSSES[name] = LossEntry(name=name, config_cls=config_cls, build=cls, kind=kind)
+        return cls
+
+    return decorator
+
+
+def get_loss(name: str) -> LossEntry:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown loss {name!r}; registered losses: {', '.join(sorted(LOSSES))}"
+        ) from None

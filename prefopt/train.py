@@ -1,0 +1,50 @@
+"""Run a validated recipe: pick the trainer from the loss's kind, make the run directory, train."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefopt.config import Recipe, save_recipe
+from prefopt.registry import get_loss
+
+RUNS_DIR = Path("runs")
+
+
+def trainer_class(recipe: Recipe) -> type:
+    kind = get_loss(recipe.loss.name).kind
+    if kind == "sft":
+        from prefopt.trainers.sft import SFTTrainer
+
+        return SFTTrainer
+    if kind == "pairwise":
+        from prefopt.trainers.preference import PreferenceTrainer
+
+        return PreferenceTrainer
+    if kind == "reward":
+        from prefopt.trainers.reward import RewardTrainer
+
+        return RewardTrainer
+    raise ValueError(f"no trainer for loss kind {kind!r}")
+
+
+def run_directory(recipe: Recipe) -> Path:
+    if recipe.output_dir:
+        return Path(recipe.output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RUNS_DIR / f"{recipe.name}-{stamp}"
+    suffix = 1
+    while path.exists():
+        path = RUNS_DIR / f"{recipe.name}-{stamp}-{suffix}"
+        suffix += 1
+    return path
+
+
+def train(recipe: Recipe) -> tuple[dict[str, Any], Path]:
+    """Train `recipe`; returns (summary, run directory)."""
+    run_dir = run_directory(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, run_dir / "recipe.yaml")
+    trainer = trainer_class(recipe)(recipe, run_dir)
+    return trainer.train(), run_dir

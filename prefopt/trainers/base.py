@@ -1,0 +1,424 @@
+"""The trainer base: one readable loop that every offline algorithm shares.
+
+setup -> train (micro-batches, accumulation, clipping, schedule, logging, evaluation,
+checkpoints) -> save -> summary. Subclasses say what a batch is and what its loss is:
+
+* `build()`: models, tokenizer, datasets (`self.train_examples`, `self.collate`);
+* `compute_loss(batch) -> LossOutput` (per-example loss; this base reduces it by the mean);
+* optionally `evaluate()`, `final_evaluation()`, `on_epoch_end()`, `extra_state()`.
+
+Data order is a pure function of (seed, epoch): epoch e visits the examples in the permutation
+drawn from a generator seeded with ``seed * 1_000_003 + e``; optimizer step s consumes global
+micro-batches ``s * grad_accum ... (s + 1) * grad_accum - 1`` and process k takes the k-th slice of
+each. Resuming at step s therefore needs only s, never the state of a data loader, and batch
+``b x accumulation a`` sees exactly the examples of batch ``a*b`` (the accumulation invariance).
+The last incomplete global batch of an epoch is dropped.
+
+Checkpoints hold the trainable parameters, optimizer, scheduler, RNG states, the step and any
+per-example state of the algorithm (e.g. IDS soft labels). They are written to a temporary folder
+and renamed into place, so a crash while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from prefopt.config import Recipe
+from prefopt.losses.base import LossOutput
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Offline trainer base. See the module docstring for the contract with subclasses."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.recipe = recipe
+        self.cfg = recipe.trainer
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.cfg.precision]
+        self.accelerator = Accelerator(
+            mixed_precision=precision,
+            gradient_accumulation_steps=self.cfg.grad_accum,
+            cpu=self.cfg.device == "cpu",
+        )
+        if self.cfg.device == "cuda" and self.accelerator.device.type != "cuda":
+            raise TrainingError("trainer.device is cuda but no CUDA device is available")
+        set_seed(recipe.seed)
+        self.device = self.accelerator.device
+        self.step = 0
+        self.summary: dict[str, Any] = {"recipe": recipe.name}
+        self.train_examples: list[dict[str, Any]] = []
+        self.model: nn.Module
+        self.build()
+        self._prepare_optimisation()
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> LossOutput:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """Cheap held-out metrics, run every `trainer.eval_every` steps and at the end."""
+        return {}
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """Expensive evaluation run once after training (e.g. generation and gold reward)."""
+        return {}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called when the data order wraps to a new epoch (before its first batch)."""
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Per-example algorithm state that checkpoints must carry."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        pass
+
+    def save_outputs(self, path: Path) -> None:
+        """Write the trained model in a portable format."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ set-up
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _prepare_optimisation(self) -> None:
+        params = self.trainable_parameters()
+        if not params:
+            raise TrainingError("the model has no trainable parameters")
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(
+            groups, lr=self.cfg.lr, betas=tuple(self.cfg.adam_betas)  # type: ignore[arg-type]
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        world = self.accelerator.num_processes
+        self.global_batch = self.cfg.batch_size * world
+        self.batches_per_epoch = len(self.train_examples) // self.global_batch
+        if self.batches_per_epoch == 0:
+            raise TrainingError(
+                f"{len(self.train_examples)} training examples are fewer than one global batch "
+                f"({self.cfg.batch_size} x {world} processes)"
+            )
+
+    def _lr_factor(self, step: int) -> float:
+        warmup, total = self.cfg.warmup_steps, self.cfg.max_steps
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if self.cfg.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if self.cfg.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    # ------------------------------------------------------------------ data order
+
+    def epoch_permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_examples), generator=generator).tolist()
+
+    def micro_batch(self, index: int) -> tuple[int, dict[str, Tensor]]:
+        """Global micro-batch `index` -> (epoch, this process's collated batch)."""
+        epoch, offset = divmod(index, self.batches_per_epoch)
+        if epoch != getattr(self, "_perm_epoch", None):
+            self._perm = self.epoch_permutation(epoch)
+            self._perm_epoch = epoch
+        start = offset * self.global_batch + self.accelerator.process_index * self.cfg.batch_size
+        ids = self._perm[start : start + self.cfg.batch_size]
+        batch = self.collate([self.train_examples[i] for i in ids])
+        return epoch, {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, Any]:
+        self._maybe_resume()
+        start_time, start_step = time.time(), self.step
+        tracker = _Tracker(self.run_dir, self.cfg.report_to, self.accelerator.is_main_process)
+        window: dict[str, list[float]] = defaultdict(list)
+        bar = _progress(self.cfg.max_steps, self.step, self.cfg.progress_bar and self.is_main)
+        self.model.train()
+        last_epoch = (self.step * self.cfg.grad_accum - 1) // self.batches_per_epoch
+        while self.step < self.cfg.max_steps:
+            for micro in range(self.cfg.grad_accum):
+                epoch, batch = self.micro_batch(self.step * self.cfg.grad_accum + micro)
+                if epoch != last_epoch:
+                    if last_epoch >= 0:
+                        self.on_epoch_end(last_epoch)
+                    last_epoch = epoch
+                with self.accelerator.accumulate(self.model), self.accelerator.autocast():
+                    out = self.compute_loss(batch)
+                    loss = out.loss.mean()
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"non-finite loss {loss.item()} at step {self.step + 1}, micro-batch "
+                            f"{micro}; the last checkpoint in {self.run_dir} is intact"
+                        )
+                    self.accelerator.backward(loss)
+                window["loss"].append(loss.item())
+                for name, value in out.metrics.items():
+                    window[name].append(value.float().mean().item())
+            grad_norm = self._optimizer_step()
+            self.step += 1
+            if grad_norm is not None:
+                window["grad_norm"].append(grad_norm)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
+                record = self._log_record(window, epoch, start_time, start_step)
+                tracker.log(self.step, record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                window.clear()
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                tracker.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
+                self.model.train()
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                self.save_checkpoint()
+            bar.update(1)
+        bar.close()
+        self.save_checkpoint()
+        return self._finish(tracker, start_time)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _optimizer_step(self) -> float | None:
+        grad_norm = None
+        if self.cfg.max_grad_norm is not None:
+            norm = self.accelerator.clip_grad_norm_(self.trainable_parameters(), self.cfg.max_grad_norm)
+            grad_norm = float(norm) if norm is not None else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _log_record(self, window, epoch, start_time, start_step) -> dict[str, float]:
+        record = {k: float(np.mean(v)) for k, v in window.items()}
+        elapsed = time.time() - start_time
+        record.update(
+            step=self.step,
+            epoch=epoch + 1,
+            lr=self.scheduler.get_last_lr()[0],
+            examples_per_s=(self.step - start_step)
+            * self.global_batch * self.cfg.grad_accum / max(elapsed, 1e-9),
+        )
+        return record
+
+    def _finish(self, tracker: _Tracker, start_time: float) -> dict[str, Any]:
+        self.summary["steps"] = self.step
+        self.summary["train"] = tracker.last
+        self.summary["runtime_s"] = round(time.time() - start_time, 2)
+        final_eval = {**self.evaluate(), **self.final_evaluation()}
+        if final_eval:
+            self.summary["eval"] = final_eval
+            tracker.log(self.step, _flatten({"eval": final_eval}))
+        tracker.close()
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            self.save_outputs(self.run_dir / "model")
+            (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=_json))
+        return self.summary
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        final = self.run_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        self.accelerator.wait_for_everyone()
+        if self.is_main and not final.exists():
+            from safetensors.torch import save_file
+
+            tmp = self.run_dir / f".tmp-{CHECKPOINT_PREFIX}{self.step}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            model = self.accelerator.unwrap_model(self.model)
+            trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
+                         if p.requires_grad}
+            save_file(trainable, tmp / "trainable.safetensors")
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "extra": self.extra_state(),
+                },
+                tmp / "state.pt",
+            )
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step}))
+            os.replace(tmp, final)  # atomic on POSIX: the folder appears complete or not at all
+            self._prune_checkpoints()
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        ckpts = list_checkpoints(self.run_dir)
+        for old in ckpts[: max(0, len(ckpts) - self.cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _maybe_resume(self) -> None:
+        resume = self.recipe.resume
+        if resume is None:
+            return
+        if resume == "auto":
+            ckpts = list_checkpoints(self.run_dir)
+            if not ckpts:
+                return  # nothing yet: start from scratch
+            path = ckpts[-1]
+        else:
+            path = Path(resume)
+            if path.is_dir() and not (path / "trainer_state.json").exists():
+                ckpts = list_checkpoints(path)
+                if not ckpts:
+                    raise TrainingError(f"resume: no checkpoint found in {path}")
+                path = ckpts[-1]
+        self.load_checkpoint(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        try:
+            step = json.loads((path / "trainer_state.json").read_text())["step"]
+            weights = load_file(path / "trainable.safetensors")
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise TrainingError(f"cannot read checkpoint {path}: {exc}") from exc
+        model = self.accelerator.unwrap_model(self.model)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+        if missing:
+            raise TrainingError(f"checkpoint {path} lacks parameters: {missing[:5]}")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.load_extra_state(state.get("extra", {}))
+        self.step = int(step)
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step}")
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    found = []
+    for path in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX) :]
+        if suffix.isdigit() and (path / "trainer_state.json").exists():
+            found.append((int(suffix), path))
+    return [p for _, p in sorted(found)]
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def _json(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step",
+                dynamic_ncols=True)
+
+
+class _Tracker:
+    """metrics.jsonl (always) and TensorBoard (when `report_to` names it)."""
+
+    def __init__(self, run_dir: Path, report_to: list[str], enabled: bool):
+        self.enabled = enabled
+        self.last: dict[str, float] = {}
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        unknown = set(report_to) - {"tensorboard"}
+        if unknown:
+            raise TrainingError(f"trainer.report_to: unknown {sorted(unknown)}; supported: tensorboard")
+        if enabled and "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise TrainingError(
+                    "trainer.report_to: tensorboard needs the tensorboard package "
+                    "(pip install tensorboard)"
+                ) from exc
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, step: int, record: dict[str, float]) -> None:
+        if not self.enabled or not record:
+            return
+        if not any(k.startswith("eval/") for k in record):
+            self.last = record
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

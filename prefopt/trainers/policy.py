@@ -1,0 +1,185 @@
+"""Shared set-up for trainers of a causal-LM policy (SFT and the DPO family).
+
+Resolves the tokenizer, the data (the synthetic world by default, or any file / hub dataset),
+the policy's initial weights, and the reference model; runs the world's gold evaluation at the
+end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prefopt.data import BadRows, load_records
+from prefopt.models.loading import (
+    frozen_copy,
+    load_policy,
+    load_pretrained,
+    load_tokenizer,
+    save_model,
+)
+from prefopt.trainers.base import Trainer, TrainingError
+
+WORLD = "world"
+
+
+class PolicyTrainer(Trainer):
+    """Base for trainers whose model is a causal-LM policy."""
+
+    data_kind = "preference"  # or "sft"
+
+    def build(self) -> None:
+        recipe = self.recipe
+        self.world = None
+        if recipe.data.source == WORLD or recipe.model.name_or_path in (None, "world:sft"):
+            from prefopt.world import build_world
+            from prefopt.world_models import world_cache_dir
+
+            self.world = build_world(recipe.world, cache_dir=world_cache_dir())
+        self.init_path = self.resolve_init_path()
+        self.tokenizer = self.build_tokenizer()
+        self.bad_rows = BadRows()
+        records, eval_records = self.load_data()
+        self.train_examples = self._indexed(self.tokenize(records), "train")
+        self.eval_examples = self._indexed(self.tokenize(eval_records), "eval") if eval_records else []
+        self.summary["data"] = {
+            "train_examples": len(self.train_examples),
+            "eval_examples": len(self.eval_examples),
+            "bad_rows": self.bad_rows.as_dict(),
+        }
+        if self.bad_rows.total and self.is_main:
+            print(self.bad_rows.report())
+        torch.manual_seed(recipe.seed)
+        self.model = load_policy(recipe.model, self.tokenizer, self.init_path)
+        self.build_reference()
+
+    # ---------------------------------------------------------------- pieces
+
+    def resolve_init_path(self) -> str | None:
+        name = self.recipe.model.name_or_path
+        if name == "world:sft":
+            from prefopt.world_models import world_sft_model
+
+            return str(world_sft_model(self.recipe))
+        return name
+
+    def build_tokenizer(self):
+        cfg = self.recipe.model
+        source = cfg.tokenizer or self.init_path
+        if source is not None:
+            return load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
+        if self.world is None:
+            raise TrainingError(
+                "model.name_or_path is null (a tiny model from config) but no tokenizer is "
+                "known: set model.tokenizer, or use data.source: world"
+            )
+        return self.world.tokenizer()
+
+    def load_data(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        data = self.recipe.data
+        if data.source == WORLD:
+            assert self.world is not None
+            if self.data_kind == "sft":
+                train, held_out = self.world.sft_records("train"), self.world.sft_records("test")
+            else:
+                train = self.world.preference_records("train")
+                held_out = self.world.preference_records(data.eval_split or "test")
+            train = train[: data.max_rows] if data.max_rows else train
+            held_out = held_out[: data.max_eval_rows] if data.eval_split else []
+            return train, held_out
+        kwargs = dict(kind=self.data_kind, format=data.format, data_dir=data.data_dir,
+                      on_bad_row=data.on_bad_row, tokenizer=self.tokenizer)
+        train, bad = load_records(data.source, split=data.split, max_rows=data.max_rows, **kwargs)
+        self.bad_rows.merge(bad)
+        held_out: list[dict[str, Any]] = []
+        if data.eval_split:
+            try:
+                held_out, bad = load_records(data.source, split=data.eval_split,
+                                             max_rows=data.max_eval_rows, **kwargs)
+                self.bad_rows.merge(bad)
+            except (ValueError, KeyError, FileNotFoundError) as exc:
+                if self.is_main:
+                    print(f"no held-out split {data.eval_split!r} ({exc}); skipping held-out metrics")
+        return train, held_out
+
+    def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _indexed(examples: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+        """Tag examples with their split and position: the key of per-example state (IDS soft
+        labels, cached reference log-probs)."""
+        for position, example in enumerate(examples):
+            example["split"], example["position"] = split, position
+        return examples
+
+    def build_reference(self) -> None:
+        """Default: a frozen copy of the initial policy kept for the gold evaluation."""
+        self.reference: nn.Module | None = None
+        self.reference_uses_adapter = False
+
+    def reference_forward(self):
+        """Context in which `self.reference_model()` computes reference outputs."""
+        import contextlib
+
+        if self.reference_uses_adapter:
+            return self.unwrapped().disable_adapter()
+        return contextlib.nullcontext()
+
+    def reference_model(self) -> nn.Module:
+        if self.reference_uses_adapter:
+            return self.unwrapped()
+        assert self.reference is not None
+        return self.reference
+
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def load_reference_weights(self) -> nn.Module:
+        """A frozen reference: `reference.name_or_path`, or the policy's initial weights."""
+        cfg = self.recipe.reference
+        if cfg.name_or_path:
+            ref = load_pretrained(cfg.name_or_path, trust_remote_code=self.recipe.model.trust_remote_code)
+            ref.eval().requires_grad_(False)
+            return ref.to(self.device)
+        if self.recipe.model.lora is not None or self.recipe.model.quantization:
+            if self.init_path is None:
+                raise TrainingError("a LoRA policy needs reference.mode adapter or a pretrained base")
+            ref = load_pretrained(self.init_path, quantization=self.recipe.model.quantization,
+                                  trust_remote_code=self.recipe.model.trust_remote_code)
+            ref.eval().requires_grad_(False)
+            return ref
+        return frozen_copy(self.model).to(self.device)
+
+    # ---------------------------------------------------------------- outputs
+
+    def save_outputs(self, path: Path) -> None:
+        save_model(self.unwrapped(), self.tokenizer, path)
+
+    def final_evaluation(self) -> dict[str, Any]:
+        if self.world is None or not self.recipe.eval.enabled:
+            return {}
+        from prefopt.eval.gold import gold_evaluation
+
+        with self.reference_forward():
+            pass  # validates that the context can be entered before the long evaluation
+        results = gold_evaluation(
+            policy=self.unwrapped(),
+            reference=self.reference_model(),
+            reference_context=self.reference_forward,
+            tokenizer=self.tokenizer,
+            world=self.world,
+            cfg=self.recipe.eval,
+            device=self.device,
+            seed=self.recipe.seed,
+            report_path=self.run_dir / "eval_report.md",
+            max_prompt_length=self.recipe.data.max_prompt_length,
+        )
+        return results
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,124 @@
+"""Offline pairwise preference optimisation: every loss of kind "pairwise" (the DPO family).
+
+Chosen and rejected completions go through the policy in ONE concatenated forward pass
+([2B, T]); the reference likewise (or its log-probs come from the disk cache). A loss that does
+not need a reference (SimPO) never triggers a reference forward, and no reference is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prefopt.data import PreferenceCollator, tokenize_preference
+from prefopt.losses.base import LossOutput, PairLogps
+from prefopt.models.logps import sequence_logps
+from prefopt.registry import get_loss
+from prefopt.trainers.base import TrainingError
+from prefopt.trainers.policy import PolicyTrainer, to_device
+
+
+def pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
+    logps, n = sequence_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    )
+    b = logps.shape[0] // 2
+    return PairLogps(logps[:b], logps[b:], n[:b], n[b:])
+
+
+class PreferenceTrainer(PolicyTrainer):
+    data_kind = "preference"
+
+    def build(self) -> None:
+        self.loss_fn = get_loss(self.recipe.loss.name).build(self.recipe.loss)
+        super().build()
+        self._collator = PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)
+
+    def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        d = self.recipe.data
+        examples = tokenize_preference(records, self.tokenizer, max_length=d.max_length,
+                                       max_prompt_length=d.max_prompt_length, bad_rows=self.bad_rows)
+        return examples
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+        batch = self._collator(examples)
+        batch["position"] = torch.tensor([e["position"] for e in examples])
+        if self.ref_cache is not None:
+            cached = self.ref_cache[examples[0]["split"]]
+            pos = batch["position"]
+            batch["ref_chosen"], batch["ref_rejected"] = cached[0][pos], cached[1][pos]
+            batch["ref_chosen_tokens"], batch["ref_rejected_tokens"] = cached[2][pos], cached[3][pos]
+        return batch
+
+    # ---------------------------------------------------------------- reference
+
+    def reference_mode(self) -> str:
+        mode = self.recipe.reference.mode
+        if mode == "auto":
+            return "adapter" if self.recipe.model.lora is not None else "copy"
+        return mode
+
+    def build_reference(self) -> None:
+        super().build_reference()
+        self.ref_cache: dict[str, tuple[Tensor, ...]] | None = None
+        needs = self.loss_fn.needs_reference
+        mode = self.reference_mode()
+        if mode == "adapter":
+            if self.recipe.model.lora is None:
+                raise TrainingError("reference.mode adapter needs model.lora")
+            self.reference_uses_adapter = True
+        elif mode in ("copy", "cached") or (mode == "none" and not needs):
+            if needs or (self.world is not None and self.recipe.eval.enabled):
+                self.reference = self.load_reference_weights()
+        if mode == "none" and needs:
+            raise TrainingError(f"loss {self.recipe.loss.name!r} needs a reference; "
+                                "reference.mode is none")
+        if mode == "cached" and needs:
+            from prefopt.models.ref_cache import cached_reference_logps
+
+            self.ref_cache = {
+                split: cached_reference_logps(self, examples, split)
+                for split, examples in (("train", self.train_examples), ("eval", self.eval_examples))
+                if examples
+            }
+            if not (self.world is not None and self.recipe.eval.enabled):
+                self.reference = None  # the cache replaces it: no second copy in memory
+        self.summary["reference"] = {"mode": mode if needs else "none (reference-free loss)"}
+
+    @torch.no_grad()
+    def reference_logps(self, batch: dict[str, Tensor]) -> PairLogps | None:
+        if not self.loss_fn.needs_reference:
+            return None
+        if "ref_chosen" in batch:
+            return PairLogps(batch["ref_chosen"], batch["ref_rejected"],
+                             batch["ref_chosen_tokens"], batch["ref_rejected_tokens"])
+        with self.reference_forward():
+            return pair_logps(self.reference_model(), batch)
+
+    # ---------------------------------------------------------------- loss
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> LossOutput:
+        ref = self.reference_logps(batch)
+        policy = pair_logps(self.model, batch)
+        return self.loss_fn(policy, ref, batch)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out loss and implicit-reward metrics (preference accuracy of the policy)."""
+        if not self.eval_examples:
+            return {}
+        self.model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        bs = self.cfg.batch_size
+        for start in range(0, len(self.eval_examples), bs):
+            chunk = self.eval_examples[start : start + bs]
+            batch = to_device(self.collate(chunk), self.device)
+            out = self.loss_fn(pair_logps(self.model, batch), self.reference_logps(batch), batch)
+            for name, value in {"loss": out.loss, **out.metrics}.items():
+                sums[name] = sums.get(name, 0.0) + value.float().sum().item()
+            count += len(chunk)
+        self.model.train()
+        return {name: total / count for name, total in sums.items()}

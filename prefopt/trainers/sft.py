@@ -1,0 +1,61 @@
+"""Supervised fine-tuning on demonstrations (the first stage of every pipeline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prefopt.data import SFTCollator, tokenize_sft
+from prefopt.losses.base import LossOutput
+from prefopt.models.loading import frozen_copy
+from prefopt.models.logps import sequence_logps
+from prefopt.registry import get_loss
+from prefopt.trainers.policy import PolicyTrainer, to_device
+
+
+class SFTTrainer(PolicyTrainer):
+    data_kind = "sft"
+
+    def build(self) -> None:
+        super().build()
+        self.loss_fn = get_loss(self.recipe.loss.name).build(self.recipe.loss)
+        self._collator = SFTCollator(pad_token_id=self.tokenizer.pad_token_id)
+
+    def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        d = self.recipe.data
+        return tokenize_sft(records, self.tokenizer, max_length=d.max_length,
+                            max_prompt_length=d.max_prompt_length, bad_rows=self.bad_rows)
+
+    def collate(self, examples):
+        return self._collator(examples)
+
+    def build_reference(self) -> None:
+        # The evaluation's reference for SFT is the initial model (before any training).
+        super().build_reference()
+        if self.world is not None and self.recipe.eval.enabled:
+            self.reference = frozen_copy(self.model).to(self.device)
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> LossOutput:
+        logps, n_tokens = sequence_logps(
+            self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        )
+        return self.loss_fn(logps, n_tokens, batch)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_examples:
+            return {}
+        self.model.eval()
+        total_nll, total_tokens = 0.0, 0.0
+        bs = self.cfg.batch_size
+        for start in range(0, len(self.eval_examples), bs):
+            batch = to_device(self._collator(self.eval_examples[start : start + bs]), self.device)
+            logps, n = sequence_logps(
+                self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+            )
+            total_nll -= logps.sum().item()
+            total_tokens += n.sum().item()
+        self.model.train()
+        return {"nll_per_token": total_nll / max(total_tokens, 1.0)}

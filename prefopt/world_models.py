@@ -1,0 +1,56 @@
+"""Models of the synthetic world that recipes can start from, trained once and cached.
+
+``model.name_or_path: world:sft`` names the SFT policy of the recipe's world: the `sft` recipe
+run with the same world, tiny architecture and seed. It is trained on first use (about a minute
+on 2 CPU cores) into the cache folder and reused afterwards, keyed by a hash of the resolved SFT
+recipe, so a change of the world or of the architecture trains a new one.
+
+Cache folder: ``$PREFOPT_CACHE`` or ``~/.cache/prefopt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from prefopt.config import Recipe, load_recipe, to_yaml
+
+
+def world_cache_dir() -> Path:
+    root = Path(os.environ.get("PREFOPT_CACHE", Path.home() / ".cache" / "prefopt"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sft_recipe_for(recipe: Recipe) -> Recipe:
+    """The `sft` recipe on the same world, architecture and seed as `recipe`."""
+    sft = load_recipe("sft")
+    sft.world = recipe.world
+    sft.model.tiny = recipe.model.tiny
+    sft.seed = recipe.seed
+    sft.trainer.device = recipe.trainer.device
+    sft.trainer.progress_bar = recipe.trainer.progress_bar
+    sft.eval.enabled = False  # `make train RECIPE=sft` reports the SFT model's own evaluation
+    sft.output_dir = None
+    return sft
+
+
+def world_sft_model(recipe: Recipe) -> Path:
+    from prefopt.train import train
+
+    sft = sft_recipe_for(recipe)
+    key = hashlib.sha256(to_yaml(sft).encode()).hexdigest()[:12]
+    folder = world_cache_dir() / f"world-sft-{key}"
+    model = folder / "model"
+    if (model / "config.json").exists():
+        return model
+    print(f"training the world's SFT policy once (cached in {folder})")
+    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sft.output_dir = str(tmp)
+    train(sft)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return model

@@ -1,0 +1,103 @@
+"""Recipes: every shipped recipe validates; errors name the key and suggest the fix."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefopt.config import ConfigError, list_recipes, load_recipe, save_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_shipped_recipe_loads(name):
+    recipe = load_recipe(name)
+    assert recipe.description, f"recipes/{name}.yaml needs a one-line description"
+    assert recipe.name == name
+
+
+def test_shipped_recipes_exist():
+    names = set(list_recipes())
+    assert {"sft", "dpo", "cdpo", "robust_dpo", "ipo", "hinge", "simpo", "rpo"} <= names
+
+
+def test_variant_extends_dpo_and_switching_loss_drops_foreign_keys():
+    simpo = load_recipe("simpo")
+    assert simpo.trainer.lr == load_recipe("dpo").trainer.lr  # inherited
+    assert (simpo.loss.beta, simpo.loss.gamma) == (2.0, 1.0)
+    # label_smoothing belongs to cdpo; switching to ipo on the command line starts from IPO's
+    # own defaults rather than failing on (or silently keeping) the foreign key
+    ipo = load_recipe("cdpo", ["loss.name=ipo"])
+    assert ipo.loss.name == "ipo" and not hasattr(ipo.loss, "label_smoothing")
+
+
+def problems(name, overrides):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(name, overrides)
+    return info.value.problems
+
+
+def test_typo_names_full_key_and_suggests():
+    (p,) = problems("dpo", ["loss.betta=0.1"])
+    assert "'loss.betta'" in p and "did you mean 'loss.beta'" in p
+
+
+def test_unknown_loss_lists_registered():
+    (p,) = problems("dpo", ["loss.name=dpoo"])
+    for name in ("sigmoid", "ipo", "simpo", "cdpo", "hinge", "robust", "sft"):
+        assert name in p
+
+
+def test_wrong_type_names_key_type_and_value():
+    (p,) = problems("dpo", ["trainer.lr=abc"])
+    assert p == "trainer.lr: expected float, got 'abc' (str)"
+
+
+def test_all_problems_reported_together():
+    found = problems("dpo", ["trainer.lr=abc", "loss.betta=1", "modle.tiny.layers=2"])
+    assert len(found) == 3
+    assert any("did you mean 'model'" in p for p in found)
+
+
+def test_range_and_choice_errors():
+    found = problems("dpo", ["trainer.batch_size=0", "trainer.precision=fp8", "loss.beta=-1"])
+    assert any(p.startswith("trainer.batch_size") for p in found)
+    assert any("trainer.precision" in p and "bf16" in p for p in found)
+    assert any(p.startswith("loss.beta") for p in found)
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = load_recipe("ipo", ["loss.beta=0.3", "trainer.max_steps=7"])
+    save_recipe(recipe, tmp_path / "recipe.yaml")
+    again = load_recipe(tmp_path / "recipe.yaml")
+    assert again == recipe
+
+
+def test_base_cycle_is_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def test_cli_exits_2_without_traceback():
+    for override, needle in [("loss.betta=0.1", "did you mean 'loss.beta'"),
+                             ("loss.name=dpoo", "registered losses"),
+                             ("trainer.lr=abc", "trainer.lr: expected float")]:
+        proc = subprocess.run([sys.executable, "-m", "prefopt.cli", "train", "dpo", override],
+                              capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 2, proc.stderr
+        assert needle in proc.stderr
+        assert "Traceback" not in proc.stderr
+        # validation happens before any model library is imported
+        assert "run directory" not in proc.stdout
+
+
+def test_cli_lists_recipes():
+    proc = subprocess.run([sys.executable, "-m", "prefopt.cli", "recipes"], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 0
+    lines = dict(line.split(None, 1) for line in proc.stdout.strip().splitlines())
+    assert "DPO" in lines["dpo"] and "SimPO" in lines["simpo"]
