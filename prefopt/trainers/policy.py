@@ -41,6 +41,7 @@ class PolicyTrainer(Trainer):
             self.world = build_world(recipe.world, cache_dir=world_cache_dir())
         self.init_path = self.resolve_init_path()
         self.tokenizer = self.build_tokenizer()
+        self._collator = self.make_collator()
         self.bad_rows = BadRows()
         records, eval_records = self.load_data()
         self.train_examples = self._indexed(self.tokenize(records), "train")
@@ -106,6 +107,9 @@ class PolicyTrainer(Trainer):
         return train, held_out
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def make_collator(self) -> Any:
         raise NotImplementedError
 
     @staticmethod

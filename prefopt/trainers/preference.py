@@ -34,7 +34,9 @@ class PreferenceTrainer(PolicyTrainer):
     def build(self) -> None:
         self.loss_fn = get_loss(self.recipe.loss.name).build(self.recipe.loss)
         super().build()
-        self._collator = PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)
+
+    def make_collator(self) -> PreferenceCollator:
+        return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d = self.recipe.data

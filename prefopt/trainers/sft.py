@@ -21,7 +21,9 @@ class SFTTrainer(PolicyTrainer):
     def build(self) -> None:
         super().build()
         self.loss_fn = get_loss(self.recipe.loss.name).build(self.recipe.loss)
-        self._collator = SFTCollator(pad_token_id=self.tokenizer.pad_token_id)
+
+    def make_collator(self) -> SFTCollator:
+        return SFTCollator(pad_token_id=self.tokenizer.pad_token_id)
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d = self.recipe.data

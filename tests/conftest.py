@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny recipes that run in seconds on 2 cores, and an isolated cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Small world and model: these recipes train in seconds.
+TINY = [
+    "world.n_sft=128", "world.n_sft_test=32", "world.n_train_pairs=128", "world.n_test_pairs=32",
+    "world.n_ood_pairs=32", "world.n_eval_prompts=8",
+    "model.tiny.layers=1", "model.tiny.hidden=32", "model.tiny.heads=2",
+    "trainer.batch_size=8", "trainer.log_every=1", "trainer.progress_bar=false",
+    "eval.enabled=false", "data.max_eval_rows=16",
+]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    os.environ.setdefault("PREFOPT_CACHE", str(tmp_path_factory.mktemp("prefopt-cache")))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_recipe(name: str, output_dir: Path | None, *overrides: str):
+    from prefopt.config import load_recipe
+
+    extra = [f"output_dir={output_dir}"] if output_dir is not None else []
+    return load_recipe(name, [*TINY, *extra, *overrides])
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """A tiny GPT-2 with the world's tokenizer, saved in Hugging Face format (a local 'hub')."""
+    import torch
+
+    from prefopt.config import load_recipe
+    from prefopt.models.loading import build_tiny_model, save_model
+    from prefopt.world import build_world
+
+    recipe = load_recipe("dpo", TINY)
+    world = build_world(recipe.world)
+    tokenizer = world.tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model(recipe.model.tiny, tokenizer)
+    path = tmp_path_factory.mktemp("tiny-pretrained")
+    save_model(model, tokenizer, path)
+    return path
