@@ -3,6 +3,7 @@
     prefopt train RECIPE [key=value ...]   train a recipe (a name in recipes/ or a YAML path)
     prefopt recipes                        list the shipped recipes
     prefopt eval RUN_DIR                   evaluate a finished run again
+    prefopt eval-rm RM [RM ...]            RETA reliability curves of reward models
 
 A bad recipe exits with status 2 and the list of problems, without a traceback. The last line
 of `train` is ``run directory: <path>``; scripts rely on it.
@@ -30,6 +31,25 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("eval", help="evaluate a finished run")
     p_eval.add_argument("run_dir", type=Path)
     p_eval.add_argument("overrides", nargs="*", help="key=value overrides of the eval section")
+    p_rm = sub.add_parser("eval-rm", help="RETA reliability curve of reward models")
+    p_rm.add_argument(
+        "models",
+        nargs="+",
+        help="reward-model run dirs / folders, 'world', or A,B,C for an ensemble",
+    )
+    p_rm.add_argument(
+        "--oracle",
+        default="world",
+        help="'world' (the gold oracle) or a jsonl of prompt, response, oracle",
+    )
+    p_rm.add_argument("--out", type=Path, default=None, help="output folder (default runs/reta-*)")
+    p_rm.add_argument("--n-prompts", type=int, default=64)
+    p_rm.add_argument("--n-responses", type=int, default=16)
+    p_rm.add_argument("--subset-size", type=int, default=None, help="default: half of N")
+    p_rm.add_argument("--resamples", type=int, default=100)
+    p_rm.add_argument("--ensemble", choices=["mean", "mean_minus_std"], default="mean")
+    p_rm.add_argument("--ensemble-coef", type=float, default=1.0)
+    p_rm.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -39,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args.recipe, args.overrides)
         if args.command == "eval":
             return _eval(args.run_dir, args.overrides)
+        if args.command == "eval-rm":
+            return _eval_rm(args)
     except ConfigError as exc:
         print(f"prefopt: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -85,10 +107,79 @@ def _eval(run_dir: Path, overrides: list[str]) -> int:
     return 0
 
 
+def _eval_rm(args: argparse.Namespace) -> int:
+    import time
+
+    from prefopt.eval.reta_eval import (
+        evaluate_reward_models,
+        file_oracle,
+        format_table,
+        world_oracle,
+    )
+    from prefopt.rewards.scorers import load_scorer
+
+    try:
+        scorers = {
+            m: load_scorer(m, ensemble_mode=args.ensemble, ensemble_coef=args.ensemble_coef)
+            for m in args.models
+        }
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise ConfigError([f"eval-rm: {exc}"]) from None
+    if args.oracle == "world":
+        world = _world_of(args.models)
+        prompts, responses, oracle = world_oracle(
+            world, args.n_prompts, args.n_responses, args.seed
+        )
+    else:
+        try:
+            prompts, responses, oracle = file_oracle(Path(args.oracle))
+        except (OSError, ValueError) as exc:
+            raise ConfigError([f"--oracle: {exc}"]) from None
+    out = args.out or Path("runs") / f"reta-{time.strftime('%Y%m%d-%H%M%S')}"
+    curves = evaluate_reward_models(
+        scorers,
+        prompts,
+        responses,
+        oracle,
+        out,
+        subset_size=args.subset_size,
+        n_resamples=args.resamples,
+        seed=args.seed,
+    )
+    print(format_table(curves))
+    print(f"run directory: {out}")
+    return 0
+
+
+def _world_of(models: list[str]):
+    """The world a reward model was trained on (its run's recipe), else the default world."""
+    from prefopt.world import WorldConfig, build_world
+    from prefopt.world_models import world_cache_dir
+
+    for spec in models:
+        for part in spec.split(","):
+            recipe_file = Path(part) / "recipe.yaml"
+            if recipe_file.exists():
+                return build_world(load_recipe(recipe_file).world, cache_dir=world_cache_dir())
+    return build_world(WorldConfig(), cache_dir=world_cache_dir())
+
+
 def _print_summary(summary: dict) -> None:
     ev = summary.get("eval", {})
-    keys = ["gold_reward", "reference_gold_reward", "kl", "win_rate", "ead", "ood_gold_reward",
-            "mean_length", "accuracy", "ece", "bayes_accuracy", "rewards/accuracies", "loss"]
+    keys = [
+        "gold_reward",
+        "reference_gold_reward",
+        "kl",
+        "win_rate",
+        "ead",
+        "ood_gold_reward",
+        "mean_length",
+        "accuracy",
+        "ece",
+        "bayes_accuracy",
+        "rewards/accuracies",
+        "loss",
+    ]
     shown = [f"{k}={ev[k]:.4f}" for k in keys if isinstance(ev.get(k), int | float)]
     if shown:
         print("eval: " + " ".join(shown))

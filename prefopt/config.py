@@ -94,13 +94,28 @@ class DataConfig:
     source: str = "world"
     format: str = "auto"  # auto | preference | hh | tldr | conversation | sft
     split: str = "train"
-    eval_split: str | None = "test"  # split used for held-out metrics; null: none
+    eval_split: str | None = "test"  # held-out split of the world, a folder or a hub dataset
+    eval_source: str | None = None  # a separate held-out file (a single file has no splits)
     data_dir: str | None = None  # load_dataset's data_dir (e.g. "harmless-base")
     max_rows: int | None = None
     max_eval_rows: int | None = 512
     max_length: int = 96
     max_prompt_length: int = 48
     on_bad_row: str = "skip"  # "skip": count and report; "error": stop naming the row
+
+
+@dataclass
+class SmoothingConfig:
+    """Iterative data smoothing (IDS; Zhu, Jordan & Jiao 2024, arXiv 2401.16335, Alg. 1).
+
+    With method "ids" every training pair carries a soft label y (initially 1: chosen
+    preferred) used as the target of the pairwise loss; after each epoch
+    ``y <- (1 - beta) y + beta * sigmoid(delta)`` with the updated model's gap delta (reward
+    models: r_c - r_r; DPO: the implicit-reward margin z). The paper's beta is unverified.
+    """
+
+    method: str = "none"  # "none" | "ids"
+    beta: float = 0.3  # label update rate: labels move slower than the model for small beta
 
 
 @dataclass
@@ -150,6 +165,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     loss: Any = None  # replaced by the registered loss's own schema
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = ""  # the recipe's name, filled by the loader
@@ -161,6 +177,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "preference", "hh", "tldr", "conversation", "sft"),
     "data.on_bad_row": ("skip", "error"),
     "trainer.scheduler": ("constant", "linear", "cosine"),
+    "smoothing.method": ("none", "ids"),
     "trainer.precision": ("fp32", "bf16", "fp16"),
     "trainer.device": ("auto", "cpu", "cuda"),
 }
@@ -179,8 +196,12 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if candidate.exists():
         return candidate
     known = ", ".join(list_recipes())
-    raise ConfigError([f"no recipe {str(name_or_path)!r}: not a YAML file, not in {RECIPES_DIR}; "
-                       f"shipped recipes: {known}"])
+    raise ConfigError(
+        [
+            f"no recipe {str(name_or_path)!r}: not a YAML file, not in {RECIPES_DIR}; "
+            f"shipped recipes: {known}"
+        ]
+    )
 
 
 def list_recipes() -> list[str]:
@@ -354,7 +375,9 @@ def _check_node(schema: DictConfig, raw: Any, prefix: str, all_keys: list[str]) 
 def _unknown_key(full: str, key: str, schema: DictConfig, prefix: str, all_keys: list[str]) -> str:
     siblings = [f"{prefix}{k}" for k in schema.keys()]
     close = difflib.get_close_matches(full, siblings, n=3, cutoff=0.6)
-    close += [k for k in difflib.get_close_matches(full, all_keys, n=3, cutoff=0.75) if k not in close]
+    close += [
+        k for k in difflib.get_close_matches(full, all_keys, n=3, cutoff=0.75) if k not in close
+    ]
     hint = f"; did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else ""
     valid = ", ".join(str(k) for k in schema.keys())
     where = prefix.rstrip(".") or "the top level"
@@ -398,6 +421,8 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         )
     if recipe.resume not in (None, "auto") and not Path(recipe.resume).exists():
         problems.append(f"resume: {recipe.resume!r} is neither 'auto' nor an existing path")
+    if not 0 < recipe.smoothing.beta <= 1:
+        problems.append(f"smoothing.beta must be in (0, 1], got {recipe.smoothing.beta}")
     validate = getattr(recipe.loss, "validate", None)
     if callable(validate):
         problems += validate()
@@ -412,5 +437,12 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
     path.write_text(f"# resolved recipe; rerun with: prefopt train {path}\n" + to_yaml(recipe))
 
 
-__all__ = ["ConfigError", "Recipe", "load_recipe", "list_recipes", "recipe_path", "save_recipe",
-           "ListConfig"]
+__all__ = [
+    "ConfigError",
+    "Recipe",
+    "load_recipe",
+    "list_recipes",
+    "recipe_path",
+    "save_recipe",
+    "ListConfig",
+]

@@ -35,10 +35,11 @@ def register_loss(
 
     * ``pairwise``: called with (policy PairLogps, reference PairLogps | None, batch);
     * ``sft``: called with (policy SequenceLogps, batch);
-    * ``reward``: called with (chosen rewards, rejected rewards, batch).
+    * ``reward``: called with (chosen rewards, rejected rewards, batch);
+    * ``armorm``: the two-stage ArmoRM procedure (its trainer owns the loss).
     """
-    if kind not in {"pairwise", "sft", "reward"}:
-        raise ValueError(f"unknown loss kind {kind!r}; use pairwise, sft or reward")
+    if kind not in {"pairwise", "sft", "reward", "armorm"}:
+        raise ValueError(f"unknown loss kind {kind!r}; use pairwise, sft, reward or armorm")
 
     def decorator(cls: type[T]) -> type[T]:
         if name in LOSSES and LOSSES[name].build is not cls:

@@ -26,6 +26,10 @@ def trainer_class(recipe: Recipe) -> type:
         from prefopt.trainers.reward import RewardTrainer
 
         return RewardTrainer
+    if kind == "armorm":
+        from prefopt.trainers.armorm import ArmoRMTrainer
+
+        return ArmoRMTrainer
     raise ValueError(f"no trainer for loss kind {kind!r}")
 
 

@@ -13,11 +13,20 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Small world and model: these recipes train in seconds.
 TINY = [
-    "world.n_sft=128", "world.n_sft_test=32", "world.n_train_pairs=128", "world.n_test_pairs=32",
-    "world.n_ood_pairs=32", "world.n_eval_prompts=8",
-    "model.tiny.layers=1", "model.tiny.hidden=32", "model.tiny.heads=2",
-    "trainer.batch_size=8", "trainer.log_every=1", "trainer.progress_bar=false",
-    "eval.enabled=false", "data.max_eval_rows=16",
+    "world.n_sft=128",
+    "world.n_sft_test=32",
+    "world.n_train_pairs=128",
+    "world.n_test_pairs=32",
+    "world.n_ood_pairs=32",
+    "world.n_eval_prompts=8",
+    "model.tiny.layers=1",
+    "model.tiny.hidden=32",
+    "model.tiny.heads=2",
+    "trainer.batch_size=8",
+    "trainer.log_every=1",
+    "trainer.progress_bar=false",
+    "eval.enabled=false",
+    "data.max_eval_rows=16",
 ]
 
 

@@ -83,11 +83,17 @@ def test_base_cycle_is_reported(tmp_path):
 
 
 def test_cli_exits_2_without_traceback():
-    for override, needle in [("loss.betta=0.1", "did you mean 'loss.beta'"),
-                             ("loss.name=dpoo", "registered losses"),
-                             ("trainer.lr=abc", "trainer.lr: expected float")]:
-        proc = subprocess.run([sys.executable, "-m", "prefopt.cli", "train", "dpo", override],
-                              capture_output=True, text=True, cwd=REPO)
+    for override, needle in [
+        ("loss.betta=0.1", "did you mean 'loss.beta'"),
+        ("loss.name=dpoo", "registered losses"),
+        ("trainer.lr=abc", "trainer.lr: expected float"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "prefopt.cli", "train", "dpo", override],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         assert proc.returncode == 2, proc.stderr
         assert needle in proc.stderr
         assert "Traceback" not in proc.stderr
@@ -96,8 +102,9 @@ def test_cli_exits_2_without_traceback():
 
 
 def test_cli_lists_recipes():
-    proc = subprocess.run([sys.executable, "-m", "prefopt.cli", "recipes"], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefopt.cli", "recipes"], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0
     lines = dict(line.split(None, 1) for line in proc.stdout.strip().splitlines())
     assert "DPO" in lines["dpo"] and "SimPO" in lines["simpo"]

@@ -20,10 +20,12 @@ from prefopt.losses.reward import BradleyTerryConfig
 from prefopt.losses.sft import SFTConfig
 from prefopt.registry import LOSSES, get_loss
 
-POLICY = PairLogps(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([4.0]),
-                   torch.tensor([2.0]))
-REF = PairLogps(torch.tensor([-11.0]), torch.tensor([-11.0]), torch.tensor([4.0]),
-                torch.tensor([2.0]))
+POLICY = PairLogps(
+    torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([4.0]), torch.tensor([2.0])
+)
+REF = PairLogps(
+    torch.tensor([-11.0]), torch.tensor([-11.0]), torch.tensor([4.0]), torch.tensor([2.0])
+)
 LOGSIG_POS, LOGSIG_NEG = -0.598138869, -0.798138869
 
 
@@ -61,8 +63,14 @@ def test_pairwise_losses_hand_computed(cfg, expected):
 
 def test_dpo_metrics_use_standard_names_and_values():
     out = build(DPOConfig(beta=0.1))(POLICY, REF)
-    expected = {"rewards/chosen": 0.1, "rewards/rejected": -0.1, "rewards/margins": 0.2,
-                "rewards/accuracies": 1.0, "logps/chosen": -10.0, "logps/rejected": -12.0}
+    expected = {
+        "rewards/chosen": 0.1,
+        "rewards/rejected": -0.1,
+        "rewards/margins": 0.2,
+        "rewards/accuracies": 1.0,
+        "logps/chosen": -10.0,
+        "logps/rejected": -12.0,
+    }
     for name, v in expected.items():
         assert_close(out.metrics[name], torch.tensor([v]), rtol=0, atol=1e-6)
         assert not out.metrics[name].requires_grad
@@ -77,10 +85,12 @@ def test_soft_labels_generalise_label_smoothing():
 
 
 def test_robust_is_unbiased_under_flips():
-    """E over a flip with prob eps of the robust loss equals the clean DPO loss (Chowdhury eq. 7)."""
+    """E over a flip with prob eps of the robust loss = the clean DPO loss (Chowdhury eq. 7)."""
     eps = 0.2
     robust = build(SmoothedDPOConfig(name="robust", label_smoothing=eps))
-    flipped = PairLogps(POLICY.rejected, POLICY.chosen, POLICY.rejected_tokens, POLICY.chosen_tokens)
+    flipped = PairLogps(
+        POLICY.rejected, POLICY.chosen, POLICY.rejected_tokens, POLICY.chosen_tokens
+    )
     flipped_ref = PairLogps(REF.rejected, REF.chosen, REF.rejected_tokens, REF.chosen_tokens)
     expectation = (1 - eps) * robust(POLICY, REF).loss + eps * robust(flipped, flipped_ref).loss
     assert_close(expectation, build(DPOConfig())(POLICY, REF).loss)
@@ -107,8 +117,9 @@ def test_bradley_terry_hand_computed():
     chosen, rejected = torch.tensor([1.5]), torch.tensor([0.5])
     plain = build(BradleyTerryConfig())(chosen, rejected)
     assert_close(plain.loss, torch.tensor([0.313261687]), rtol=0, atol=1e-6)  # log(1 + e^-1)
-    margin = build(BradleyTerryConfig(use_margin=True))(chosen, rejected,
-                                                        {"margin": torch.tensor([0.5])})
+    margin = build(BradleyTerryConfig(use_margin=True))(
+        chosen, rejected, {"margin": torch.tensor([0.5])}
+    )
     assert_close(margin.loss, torch.tensor([0.474076984]), rtol=0, atol=1e-6)  # log(1 + e^-0.5)
     centred = build(BradleyTerryConfig(center_coef=0.01))(chosen, rejected)
     assert_close(centred.loss, torch.tensor([0.313261687 + 0.01 * 4.0]), rtol=0, atol=1e-6)
@@ -125,5 +136,7 @@ def test_sft_reductions():
 
 def test_range_validation_names_the_key():
     assert any("loss.beta" in p for p in DPOConfig(beta=0).validate())
-    assert any("loss.label_smoothing" in p
-               for p in SmoothedDPOConfig(name="cdpo", label_smoothing=0.5).validate())
+    assert any(
+        "loss.label_smoothing" in p
+        for p in SmoothedDPOConfig(name="cdpo", label_smoothing=0.5).validate()
+    )

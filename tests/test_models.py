@@ -15,8 +15,13 @@ LORA = ["model.lora.r=4", "model.lora.alpha=8", "trainer.lr=0.01"]
 def test_lora_dpo_moves_adapter_keeps_base_and_uses_disabled_adapter_as_reference(
     tmp_path, tiny_pretrained
 ):
-    recipe = tiny_recipe("dpo", tmp_path / "lora", f"model.name_or_path={tiny_pretrained}",
-                         "trainer.max_steps=4", *LORA)
+    recipe = tiny_recipe(
+        "dpo",
+        tmp_path / "lora",
+        f"model.name_or_path={tiny_pretrained}",
+        "trainer.max_steps=4",
+        *LORA,
+    )
     trainer = PreferenceTrainer(recipe, tmp_path / "lora")
     # no second copy of the weights: the reference is the same module, adapter disabled
     assert trainer.reference is None and trainer.reference_uses_adapter
@@ -50,8 +55,14 @@ def test_lora_dpo_moves_adapter_keeps_base_and_uses_disabled_adapter_as_referenc
 
 
 def test_qlora_4bit_dpo_runs_on_cpu(tmp_path, tiny_pretrained):
-    recipe = tiny_recipe("dpo", tmp_path / "q", f"model.name_or_path={tiny_pretrained}",
-                         "model.quantization=4bit", "trainer.max_steps=3", *LORA)
+    recipe = tiny_recipe(
+        "dpo",
+        tmp_path / "q",
+        f"model.name_or_path={tiny_pretrained}",
+        "model.quantization=4bit",
+        "trainer.max_steps=3",
+        *LORA,
+    )
     trainer = PreferenceTrainer(recipe, tmp_path / "q")
     import bitsandbytes as bnb
 
@@ -63,11 +74,15 @@ def test_qlora_4bit_dpo_runs_on_cpu(tmp_path, tiny_pretrained):
 
 
 def test_cached_reference_matches_live_reference_and_is_reused(tmp_path, tiny_pretrained):
-    common = [f"model.name_or_path={tiny_pretrained}", "trainer.max_steps=2",
-              f"reference.cache_dir={tmp_path / 'cache'}"]
+    common = [
+        f"model.name_or_path={tiny_pretrained}",
+        "trainer.max_steps=2",
+        f"reference.cache_dir={tmp_path / 'cache'}",
+    ]
     live = PreferenceTrainer(tiny_recipe("dpo", tmp_path / "live", *common), tmp_path / "live")
-    cached = PreferenceTrainer(tiny_recipe("dpo", tmp_path / "c", *common, "reference.mode=cached"),
-                               tmp_path / "c")
+    cached = PreferenceTrainer(
+        tiny_recipe("dpo", tmp_path / "c", *common, "reference.mode=cached"), tmp_path / "c"
+    )
     assert cached.reference is None  # the cache replaces the reference model
     batch = cached.collate(cached.train_examples[:8])
     live_ref = live.reference_logps(live.collate(live.train_examples[:8]))
@@ -77,14 +92,17 @@ def test_cached_reference_matches_live_reference_and_is_reused(tmp_path, tiny_pr
     files = list((tmp_path / "cache").glob("ref-logps-*.pt"))
     assert len(files) == 2  # train and eval splits
     stamp = [f.stat().st_mtime_ns for f in files]
-    PreferenceTrainer(tiny_recipe("dpo", tmp_path / "c2", *common, "reference.mode=cached"),
-                      tmp_path / "c2")
+    PreferenceTrainer(
+        tiny_recipe("dpo", tmp_path / "c2", *common, "reference.mode=cached"), tmp_path / "c2"
+    )
     assert [f.stat().st_mtime_ns for f in files] == stamp  # reused, not recomputed
 
 
 def test_reference_free_loss_builds_no_reference(tmp_path):
-    trainer = PreferenceTrainer(tiny_recipe("simpo", tmp_path / "s", "model.name_or_path=null",
-                                            "trainer.max_steps=1"), tmp_path / "s")
+    trainer = PreferenceTrainer(
+        tiny_recipe("simpo", tmp_path / "s", "model.name_or_path=null", "trainer.max_steps=1"),
+        tmp_path / "s",
+    )
     assert trainer.reference is None and not trainer.reference_uses_adapter
     batch = trainer.collate(trainer.train_examples[:4])
     assert trainer.reference_logps(batch) is None
@@ -93,6 +111,7 @@ def test_reference_free_loss_builds_no_reference(tmp_path):
 def test_tiny_llama_family_trains(tmp_path):
     from prefopt.train import train
 
-    summary, _ = train(tiny_recipe("sft", tmp_path / "l", "model.tiny.family=llama",
-                                   "trainer.max_steps=2"))
+    summary, _ = train(
+        tiny_recipe("sft", tmp_path / "l", "model.tiny.family=llama", "trainer.max_steps=2")
+    )
     assert summary["steps"] == 2

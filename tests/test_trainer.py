@@ -20,8 +20,10 @@ def losses(run_dir):
 
 
 def test_same_seed_gives_bitwise_identical_losses(tmp_path):
-    runs = [train(tiny_recipe("dpo", tmp_path / f"r{i}", *DPO_FROM_SCRATCH,
-                              "trainer.max_steps=4"))[1] for i in range(2)]
+    runs = [
+        train(tiny_recipe("dpo", tmp_path / f"r{i}", *DPO_FROM_SCRATCH, "trainer.max_steps=4"))[1]
+        for i in range(2)
+    ]
     a, b = losses(runs[0]), losses(runs[1])
     assert len(a) == 4 and a == b  # exact float equality, not closeness
     # the first DPO step compares the policy with itself: loss = log 2 exactly
@@ -29,8 +31,13 @@ def test_same_seed_gives_bitwise_identical_losses(tmp_path):
 
 
 def test_resume_continues_the_exact_trajectory(tmp_path, monkeypatch):
-    common = [*DPO_FROM_SCRATCH, "trainer.max_steps=20", "trainer.save_every=10",
-              "trainer.scheduler=linear", "trainer.warmup_steps=3"]
+    common = [
+        *DPO_FROM_SCRATCH,
+        "trainer.max_steps=20",
+        "trainer.save_every=10",
+        "trainer.scheduler=linear",
+        "trainer.warmup_steps=3",
+    ]
     straight = losses(train(tiny_recipe("dpo", tmp_path / "straight", *common))[1])
 
     original = Trainer.save_checkpoint
@@ -55,8 +62,14 @@ def test_resume_continues_the_exact_trajectory(tmp_path, monkeypatch):
 
 def test_gradient_accumulation_matches_the_large_batch(tmp_path):
     def final_params(batch, accum, name):
-        recipe = tiny_recipe("dpo", tmp_path / name, *DPO_FROM_SCRATCH, "trainer.max_steps=2",
-                             f"trainer.batch_size={batch}", f"trainer.grad_accum={accum}")
+        recipe = tiny_recipe(
+            "dpo",
+            tmp_path / name,
+            *DPO_FROM_SCRATCH,
+            "trainer.max_steps=2",
+            f"trainer.batch_size={batch}",
+            f"trainer.grad_accum={accum}",
+        )
         from prefopt.trainers.preference import PreferenceTrainer
 
         trainer = PreferenceTrainer(recipe, tmp_path / name)
@@ -75,8 +88,15 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
 
 
 def test_checkpoints_are_pruned_and_complete(tmp_path):
-    _, run_dir = train(tiny_recipe("sft", tmp_path / "sft", "trainer.max_steps=6",
-                                   "trainer.save_every=2", "trainer.keep_checkpoints=2"))
+    _, run_dir = train(
+        tiny_recipe(
+            "sft",
+            tmp_path / "sft",
+            "trainer.max_steps=6",
+            "trainer.save_every=2",
+            "trainer.keep_checkpoints=2",
+        )
+    )
     names = [p.name for p in list_checkpoints(run_dir)]
     assert names == ["checkpoint-4", "checkpoint-6"]
     assert not list(run_dir.glob(".tmp-*"))
@@ -85,8 +105,16 @@ def test_checkpoints_are_pruned_and_complete(tmp_path):
 
 
 def test_schedule_warmup_then_linear_decay(tmp_path):
-    _, run_dir = train(tiny_recipe("sft", tmp_path / "s", "trainer.max_steps=6", "trainer.lr=0.01",
-                                   "trainer.warmup_steps=2", "trainer.scheduler=linear"))
+    _, run_dir = train(
+        tiny_recipe(
+            "sft",
+            tmp_path / "s",
+            "trainer.max_steps=6",
+            "trainer.lr=0.01",
+            "trainer.warmup_steps=2",
+            "trainer.scheduler=linear",
+        )
+    )
     lrs = [m["lr"] for m in read_metrics(run_dir) if "lr" in m]
     # lr logged after each step: warmup (step+1)/(warmup+1), then 1 - progress over 4 steps
     expected = [0.01 * f for f in (2 / 3, 1.0, 0.75, 0.5, 0.25, 0.0)]

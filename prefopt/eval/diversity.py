@@ -75,9 +75,7 @@ def _expected_distinct(vocab: float, draws: int) -> float:
     return -vocab * math.expm1(draws * math.log1p(-1.0 / vocab))
 
 
-def ead(
-    texts: Sequence[str], n: int, vocab_size: int, ngram_space: NgramSpace = "vocab"
-) -> float:
+def ead(texts: Sequence[str], n: int, vocab_size: int, ngram_space: NgramSpace = "vocab") -> float:
     """EAD_n (Liu et al. 2022, arXiv 2202.13587; used by Kirk et al. 2024, arXiv 2310.06452).
 
     ``distinct / (V * (1 - ((V-1)/V) ** C))`` with ``V = vocab_size`` (``ngram_space="vocab"``,

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.eval.diversity import across_input_diversity, per_input_diversity
-from prefopt.models.logps import sequence_logps
 
 
 @dataclass
@@ -46,12 +45,18 @@ class Samples:
 
 @torch.no_grad()
 def generate(
-    model: nn.Module, tokenizer: Any, prompts: list[str], cfg: Any, device: torch.device,
-    seed: int, max_prompt_length: int = 64,
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    cfg: Any,
+    device: torch.device,
+    seed: int,
+    max_prompt_length: int = 64,
 ) -> Samples:
     """Sample cfg.samples_per_prompt completions per prompt (left padding, stop at EOS)."""
-    examples = tokenize_prompts([{"prompt": p} for p in prompts], tokenizer,
-                                max_prompt_length=max_prompt_length)
+    examples = tokenize_prompts(
+        [{"prompt": p} for p in prompts], tokenizer, max_prompt_length=max_prompt_length
+    )
     collate = PromptCollator(pad_token_id=tokenizer.pad_token_id)
     k = cfg.samples_per_prompt
     pieces: list[tuple[Tensor, Tensor, int]] = []
@@ -62,9 +67,15 @@ def generate(
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         torch.manual_seed(seed + start)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, do_sample=True, temperature=cfg.temperature,
-            top_k=cfg.top_k or None, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=k, pad_token_id=tokenizer.pad_token_id,
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k or None,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         pieces.append((out, mask.repeat_interleave(k, dim=0), ids.shape[1]))
@@ -92,13 +103,15 @@ def _assemble(prompts: list[str], pieces, tokenizer: Any, k: int) -> Samples:
             kept = row[row_mask.bool()].tolist()
             texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
     grouped = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
-    return Samples(prompts, grouped, torch.cat(sequences), torch.cat(attention),
-                   torch.cat(completion))
+    return Samples(
+        prompts, grouped, torch.cat(sequences), torch.cat(attention), torch.cat(completion)
+    )
 
 
 @torch.no_grad()
-def completion_logps(model: nn.Module, samples: Samples, device: torch.device,
-                     batch_size: int = 64) -> Tensor:
+def completion_logps(
+    model: nn.Module, samples: Samples, device: torch.device, batch_size: int = 64
+) -> Tensor:
     out = []
     for start in range(0, samples.sequences.shape[0], batch_size):
         sl = slice(start, start + batch_size)
@@ -106,8 +119,9 @@ def completion_logps(model: nn.Module, samples: Samples, device: torch.device,
         mask = samples.attention_mask[sl].to(device)
         # Left-padded prompts: positions must count from the first real token.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                       use_cache=False).logits
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).logits
         from prefopt.models.logps import token_logps
 
         per_token = token_logps(logits[:, :-1], ids[:, 1:])
@@ -139,7 +153,9 @@ def gold_evaluation(
         prompts = world.eval_prompts(split)[: cfg.n_prompts]
         pol = generate(policy, tokenizer, prompts, cfg, device, seed, max_prompt_length)
         with ref_ctx():
-            ref = generate(reference, tokenizer, prompts, cfg, device, seed + 7919, max_prompt_length)
+            ref = generate(
+                reference, tokenizer, prompts, cfg, device, seed + 7919, max_prompt_length
+            )
             ref_logp_of_pol = completion_logps(reference, pol, device)
         pol_logp = completion_logps(policy, pol, device)
         stats = _split_stats(world, pol, ref, vocab)
@@ -147,15 +163,25 @@ def gold_evaluation(
         table[split] = stats
     test, ood = table["test"], table["ood"]
     results.update(
-        gold_reward=test["gold"], reference_gold_reward=test["ref_gold"], kl=test["kl"],
-        win_rate=test["win_rate"], ead=test["ead"], ead_across_input=test["ead_across"],
-        mean_length=test["length"], reference_mean_length=test["ref_length"],
+        gold_reward=test["gold"],
+        reference_gold_reward=test["ref_gold"],
+        kl=test["kl"],
+        win_rate=test["win_rate"],
+        ead=test["ead"],
+        ead_across_input=test["ead_across"],
+        mean_length=test["length"],
+        reference_mean_length=test["ref_length"],
         reference_ead=test["ref_ead"],
-        ood_gold_reward=ood["gold"], ood_reference_gold_reward=ood["ref_gold"], ood_kl=ood["kl"],
-        ood_win_rate=ood["win_rate"], generalisation_gap=test["gold"] - ood["gold"],
-        objectives=test["objectives"], ood_objectives=ood["objectives"],
+        ood_gold_reward=ood["gold"],
+        ood_reference_gold_reward=ood["ref_gold"],
+        ood_kl=ood["kl"],
+        ood_win_rate=ood["win_rate"],
+        generalisation_gap=test["gold"] - ood["gold"],
+        objectives=test["objectives"],
+        ood_objectives=ood["objectives"],
         diversity={"per_input": test["per_input"], "across_input": test["across_input"]},
-        samples_per_prompt=cfg.samples_per_prompt, n_prompts=len(world.eval_prompts("test")[: cfg.n_prompts]),
+        samples_per_prompt=cfg.samples_per_prompt,
+        n_prompts=len(world.eval_prompts("test")[: cfg.n_prompts]),
     )
     if cfg.temperature != 1.0 or cfg.top_k or cfg.top_p < 1.0:
         results["kl_note"] = "samples not drawn at temperature 1 without truncation: kl is biased"
@@ -194,10 +220,14 @@ def _mean_words(texts: list[str]) -> float:
     return sum(len(t.split()) for t in texts) / max(1, len(texts))
 
 
-def render_report(results: dict[str, Any], table: dict[str, dict[str, Any]], names: list[str]) -> str:
+def render_report(
+    results: dict[str, Any], table: dict[str, dict[str, Any]], names: list[str]
+) -> str:
     lines = [
-        "# Gold evaluation on the synthetic world", "",
-        f"{results['n_prompts']} prompts per split, {results['samples_per_prompt']} samples each.", "",
+        "# Gold evaluation on the synthetic world",
+        "",
+        f"{results['n_prompts']} prompts per split, {results['samples_per_prompt']} samples each.",
+        "",
         "| split | gold reward | reference | win rate | KL | EAD (per input) | ref. EAD | length |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -206,9 +236,15 @@ def render_report(results: dict[str, Any], table: dict[str, dict[str, Any]], nam
             f"| {split} | {s['gold']:.3f} | {s['ref_gold']:.3f} | {s['win_rate']:.3f} | "
             f"{s['kl']:.3f} | {s['ead']:.3f} | {s['ref_ead']:.3f} | {s['length']:.1f} |"
         )
-    lines += ["", "Per objective (in distribution, policy samples):", "",
-              "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
-              "| " + " | ".join(f"{results['objectives'][n]:.3f}" for n in names) + " |", ""]
+    lines += [
+        "",
+        "Per objective (in distribution, policy samples):",
+        "",
+        "| " + " | ".join(names) + " |",
+        "|" + "---|" * len(names),
+        "| " + " | ".join(f"{results['objectives'][n]:.3f}" for n in names) + " |",
+        "",
+    ]
     prompt, completion = table["test"]["example"]
     lines += ["Example:", "", f"    prompt:     {prompt}", f"    completion: {completion}", ""]
     if "kl_note" in results:

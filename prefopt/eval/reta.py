@@ -15,8 +15,8 @@ top choice.
 
 Implementation choices (documented deviations or details the notes leave open):
 
-* ``k = ceil(eta * N)`` is computed as ``ceil(round(eta * N, 9))`` so that, e.g., eta = 0.3 and
-  N = 10 give k = 3 and not 4 through floating-point error.
+* ``k = ceil(eta * N)`` is computed as ``ceil(round(eta * N, 9))`` so that floating-point error
+  cannot add a response: ``(7/25) * 25 == 7.000000000000001`` still gives k = 7, not 8.
 * Ties in RM score are broken by the response's index: among equal scores the response that
   comes first in the input (lower column index) ranks higher. In a random subset the same rule
   applies to the original column indices, so subsetting never changes how two responses tie.
@@ -247,8 +247,9 @@ def reta_loop(
             k = _top_k(eta, n)
             total = 0.0
             for prompt, columns in enumerate(draw):
-                # columns ascend, and sorted() is stable: equal scores keep column order
-                ranked = sorted(columns, key=lambda c, p=prompt: -score_rows[p][c])
+                # columns ascend and sorted() stays stable with reverse=True: equal scores keep
+                # column order
+                ranked = sorted(columns, key=score_rows[prompt].__getitem__, reverse=True)
                 top = sum(quality_rows[prompt][c] for c in ranked[:k]) / k
                 everything = sum(quality_rows[prompt][c] for c in ranked) / n
                 total += top / everything

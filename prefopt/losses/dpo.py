@@ -82,14 +82,14 @@ class PairwiseLoss:
         self.config = config
         self.beta = config.beta
 
-    def pair_loss(
-        self, policy: PairLogps, ref: PairLogps | None, batch: dict[str, Any]
-    ) -> Tensor:
+    def pair_loss(self, policy: PairLogps, ref: PairLogps | None, batch: dict[str, Any]) -> Tensor:
         raise NotImplementedError
 
     def implicit_rewards(self, policy: PairLogps, ref: PairLogps | None) -> tuple[Tensor, Tensor]:
         assert ref is not None
-        return self.beta * (policy.chosen - ref.chosen), self.beta * (policy.rejected - ref.rejected)
+        return self.beta * (policy.chosen - ref.chosen), self.beta * (
+            policy.rejected - ref.rejected
+        )
 
     def __call__(
         self, policy: PairLogps, ref: PairLogps | None, batch: dict[str, Any] | None = None

@@ -47,20 +47,84 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
     inner = cfg.intermediate or 4 * cfg.hidden
     if cfg.family == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab, n_positions=cfg.max_positions, n_embd=cfg.hidden,
-            n_layer=cfg.layers, n_head=cfg.heads, n_inner=inner, resid_pdrop=0.0,
-            embd_pdrop=0.0, attn_pdrop=0.0, **special,
+            vocab_size=vocab,
+            n_positions=cfg.max_positions,
+            n_embd=cfg.hidden,
+            n_layer=cfg.layers,
+            n_head=cfg.heads,
+            n_inner=inner,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **special,
         )
         return GPT2LMHeadModel(config)
     if cfg.family == "llama":
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=cfg.hidden, intermediate_size=inner,
-            num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-            num_key_value_heads=cfg.heads, max_position_embeddings=cfg.max_positions,
-            attention_dropout=0.0, tie_word_embeddings=True, **special,
+            vocab_size=vocab,
+            hidden_size=cfg.hidden,
+            intermediate_size=inner,
+            num_hidden_layers=cfg.layers,
+            num_attention_heads=cfg.heads,
+            num_key_value_heads=cfg.heads,
+            max_position_embeddings=cfg.max_positions,
+            attention_dropout=0.0,
+            tie_word_embeddings=True,
+            **special,
         )
         return LlamaForCausalLM(config)
     raise ValueError(f"model.tiny.family: unknown family {cfg.family!r}; use gpt2 or llama")
+
+
+def build_tiny_reward_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """A tiny causal-LM backbone with a scalar head (`*ForSequenceClassification`, 1 label)."""
+    from transformers import AutoModelForSequenceClassification
+
+    lm = build_tiny_model(cfg, tokenizer)
+    config = lm.config
+    config.num_labels = 1
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def load_reward_backbone(
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    init_path: str | None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """A reward model: a causal-LM backbone (pretrained or tiny) with a new scalar head, through
+    `AutoModelForSequenceClassification(num_labels=1)`, so the saved model loads with plain
+    transformers. The score of a sequence is the head's output at its last non-pad token."""
+    if init_path is None:
+        model = build_tiny_reward_model(cfg.tiny, tokenizer)
+    else:
+        from transformers import AutoModelForSequenceClassification
+
+        kwargs: dict[str, Any] = {"num_labels": 1, "trust_remote_code": cfg.trust_remote_code}
+        qconfig = quantization_config(cfg.quantization, compute_dtype)
+        if qconfig is not None:
+            kwargs["quantization_config"] = qconfig
+            kwargs["device_map"] = "cuda" if torch.cuda.is_available() else "cpu"
+        model = AutoModelForSequenceClassification.from_pretrained(init_path, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.lora is not None:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if cfg.quantization:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules) if cfg.lora.target_modules else None,
+                task_type="SEQ_CLS",
+            ),
+        )
+    disable_dropout(model)
+    return model
 
 
 def quantization_config(kind: str | None, compute_dtype: torch.dtype) -> Any:
@@ -70,7 +134,9 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype) -> Any:
 
     if kind == "4bit":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )
     if kind == "8bit":
@@ -79,8 +145,12 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype) -> Any:
 
 
 def load_pretrained(
-    path: str, *, quantization: str | None = None, compute_dtype: torch.dtype = torch.float32,
-    trust_remote_code: bool = False, device_map: Any = None,
+    path: str,
+    *,
+    quantization: str | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    device_map: Any = None,
 ) -> nn.Module:
     """`AutoModelForCausalLM.from_pretrained` on a hub name or a local folder (a LoRA adapter
     folder loads its base model and the adapter, merged-free, through peft)."""
@@ -104,7 +174,9 @@ def add_lora(model: nn.Module, lora: LoraSettings, quantized: bool) -> nn.Module
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules) if lora.target_modules else None,
         task_type="CAUSAL_LM",
     )
@@ -112,7 +184,9 @@ def add_lora(model: nn.Module, lora: LoraSettings, quantized: bool) -> nn.Module
 
 
 def load_policy(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, init_path: str | None,
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    init_path: str | None,
     compute_dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """The trainable policy: pretrained from `init_path` (or tiny from config when None), then
@@ -123,7 +197,9 @@ def load_policy(
         model = build_tiny_model(cfg.tiny, tokenizer)
     else:
         model = load_pretrained(
-            init_path, quantization=cfg.quantization, compute_dtype=compute_dtype,
+            init_path,
+            quantization=cfg.quantization,
+            compute_dtype=compute_dtype,
             trust_remote_code=cfg.trust_remote_code,
         )
     if cfg.gradient_checkpointing:

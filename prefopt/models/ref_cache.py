@@ -50,14 +50,19 @@ def cached_reference_logps(
         for start in range(0, len(examples), bs):
             batch = to_device(trainer._collator(examples[start : start + bs]), trainer.device)
             logps = pair_logps(model, batch)
-            for column, value in zip(columns, (logps.chosen, logps.rejected, logps.chosen_tokens,
-                                               logps.rejected_tokens), strict=True):
+            for column, value in zip(
+                columns,
+                (logps.chosen, logps.rejected, logps.chosen_tokens, logps.rejected_tokens),
+                strict=True,
+            ):
                 column.append(value.float().cpu())
     result = tuple(torch.cat(c) for c in columns)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(dict(zip(("chosen", "rejected", "chosen_tokens", "rejected_tokens"), result,
-                        strict=True)), tmp)
+    torch.save(
+        dict(zip(("chosen", "rejected", "chosen_tokens", "rejected_tokens"), result, strict=True)),
+        tmp,
+    )
     tmp.replace(path)
     if trainer.is_main:
         print(f"reference log-probs for {len(examples)} {split} pairs cached in {path}")

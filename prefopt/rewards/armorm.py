@@ -101,9 +101,7 @@ def fit_multi_objective_ridge(
 
     x = features.detach().to(device="cpu", dtype=torch.float64)
     t = targets.detach().to(device="cpu", dtype=torch.float64)
-    labelled = (
-        torch.ones_like(t, dtype=torch.bool) if mask is None else mask.detach().cpu().bool()
-    )
+    labelled = torch.ones_like(t, dtype=torch.bool) if mask is None else mask.detach().cpu().bool()
     n, d = x.shape
     k_objectives = t.shape[1]
 
@@ -169,8 +167,10 @@ def spearman(x: Tensor, y: Tensor) -> float:
     NaN when either input is constant (as in scipy.stats.spearmanr).
     """
     if x.dim() != 1 or x.shape != y.shape or x.numel() < 2:
-        raise ValueError(f"spearman needs two 1-D tensors of equal length >= 2, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"spearman needs two 1-D tensors of equal length >= 2, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
     return float(_pearson_last_dim(average_ranks(x), average_ranks(y)))
 
 
@@ -307,7 +307,8 @@ class ArmoRMHead(nn.Module):
     Args:
         regression_weights: ``[D, K]`` from :func:`fit_multi_objective_ridge`.
         lambdas: ``[K]`` from :func:`verbosity_decorrelation`; None means no decorrelation.
-        verbosity_index: column of the verbosity objective; required when lambdas are given.
+        verbosity_index: column of the verbosity objective; required when some lambda is
+            non-zero. None (stored as -1) means no verbosity objective and no decorrelation.
         prompt_dim: size of the prompt features; default D (same backbone for both).
         hidden_sizes, dropout, temperature, beta_init: see :class:`GatingNetwork`.
     """
@@ -331,8 +332,8 @@ class ArmoRMHead(nn.Module):
         if regression_weights.dim() != 2:
             raise ValueError("regression_weights must be [D, K]")
         d, k_objectives = regression_weights.shape
-        if lambdas is not None and verbosity_index is None:
-            raise ValueError("lambdas need the verbosity_index they refer to")
+        if lambdas is not None and verbosity_index is None and bool(lambdas.abs().sum() > 0):
+            raise ValueError("non-zero lambdas need the verbosity_index they refer to")
         if verbosity_index is not None and not 0 <= verbosity_index < k_objectives:
             raise ValueError(f"verbosity_index {verbosity_index} out of range for K={k_objectives}")
         weights = regression_weights.detach().clone().float()

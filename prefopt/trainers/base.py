@@ -48,7 +48,7 @@ class TrainingError(RuntimeError):
 class Trainer:
     """Offline trainer base. See the module docstring for the contract with subclasses."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path):
+    def __init__(self, recipe: Recipe, run_dir: Path, for_eval: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -68,10 +68,15 @@ class Trainer:
         self.device = self.accelerator.device
         self.step = 0
         self.summary: dict[str, Any] = {"recipe": recipe.name}
+        self.pending_log: dict[str, float] = {}  # merged into the next metrics record
         self.train_examples: list[dict[str, Any]] = []
         self.model: nn.Module
+        self.for_eval = for_eval  # evaluation only: no optimizer, nothing trainable needed
         self.build()
-        self._prepare_optimisation()
+        if for_eval:
+            self.model = self.accelerator.prepare(self.model)
+        else:
+            self._prepare_optimisation()
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -121,7 +126,9 @@ class Trainer:
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(
-            groups, lr=self.cfg.lr, betas=tuple(self.cfg.adam_betas)  # type: ignore[arg-type]
+            groups,
+            lr=self.cfg.lr,
+            betas=tuple(self.cfg.adam_betas),  # type: ignore[arg-type]
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
@@ -160,7 +167,9 @@ class Trainer:
         start = offset * self.global_batch + self.accelerator.process_index * self.cfg.batch_size
         ids = self._perm[start : start + self.cfg.batch_size]
         batch = self.collate([self.train_examples[i] for i in ids])
-        return epoch, {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        return epoch, {
+            k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()
+        }
 
     # ------------------------------------------------------------------ the loop
 
@@ -217,7 +226,9 @@ class Trainer:
     def _optimizer_step(self) -> float | None:
         grad_norm = None
         if self.cfg.max_grad_norm is not None:
-            norm = self.accelerator.clip_grad_norm_(self.trainable_parameters(), self.cfg.max_grad_norm)
+            norm = self.accelerator.clip_grad_norm_(
+                self.trainable_parameters(), self.cfg.max_grad_norm
+            )
             grad_norm = float(norm) if norm is not None else None
         self.optimizer.step()
         self.scheduler.step()
@@ -226,13 +237,17 @@ class Trainer:
 
     def _log_record(self, window, epoch, start_time, start_step) -> dict[str, float]:
         record = {k: float(np.mean(v)) for k, v in window.items()}
+        record.update(self.pending_log)
+        self.pending_log.clear()
         elapsed = time.time() - start_time
         record.update(
             step=self.step,
             epoch=epoch + 1,
             lr=self.scheduler.get_last_lr()[0],
             examples_per_s=(self.step - start_step)
-            * self.global_batch * self.cfg.grad_accum / max(elapsed, 1e-9),
+            * self.global_batch
+            * self.cfg.grad_accum
+            / max(elapsed, 1e-9),
         )
         return record
 
@@ -248,7 +263,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.is_main:
             self.save_outputs(self.run_dir / "model")
-            (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=_json))
+            (self.run_dir / "summary.json").write_text(
+                json.dumps(self.summary, indent=2, default=_json)
+            )
         return self.summary
 
     # ------------------------------------------------------------------ checkpoints
@@ -263,8 +280,11 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             model = self.accelerator.unwrap_model(self.model)
-            trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
-                         if p.requires_grad}
+            trainable = {
+                n: p.detach().cpu().contiguous()
+                for n, p in model.named_parameters()
+                if p.requires_grad
+            }
             save_file(trainable, tmp / "trainable.safetensors")
             torch.save(
                 {
@@ -382,8 +402,14 @@ def _json(obj: Any) -> Any:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step",
-                dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
 
 
 class _Tracker:
@@ -396,7 +422,9 @@ class _Tracker:
         self.writer = None
         unknown = set(report_to) - {"tensorboard"}
         if unknown:
-            raise TrainingError(f"trainer.report_to: unknown {sorted(unknown)}; supported: tensorboard")
+            raise TrainingError(
+                f"trainer.report_to: unknown {sorted(unknown)}; supported: tensorboard"
+            )
         if enabled and "tensorboard" in report_to:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -45,7 +45,9 @@ class PolicyTrainer(Trainer):
         self.bad_rows = BadRows()
         records, eval_records = self.load_data()
         self.train_examples = self._indexed(self.tokenize(records), "train")
-        self.eval_examples = self._indexed(self.tokenize(eval_records), "eval") if eval_records else []
+        self.eval_examples = (
+            self._indexed(self.tokenize(eval_records), "eval") if eval_records else []
+        )
         self.summary["data"] = {
             "train_examples": len(self.train_examples),
             "eval_examples": len(self.eval_examples),
@@ -54,10 +56,17 @@ class PolicyTrainer(Trainer):
         if self.bad_rows.total and self.is_main:
             print(self.bad_rows.report())
         torch.manual_seed(recipe.seed)
-        self.model = load_policy(recipe.model, self.tokenizer, self.init_path)
+        self.model = self.build_model()
+        if self.init_path is None and not self.for_eval:
+            # A tiny model built from config has no folder to reload it from: keep its initial
+            # weights so that `prefopt eval` can compare against the untrained model later.
+            save_model(self.model, self.tokenizer, self.run_dir / "initial_model")
         self.build_reference()
 
     # ---------------------------------------------------------------- pieces
+
+    def build_model(self) -> nn.Module:
+        return load_policy(self.recipe.model, self.tokenizer, self.init_path)
 
     def resolve_init_path(self) -> str | None:
         name = self.recipe.model.name_or_path
@@ -91,19 +100,35 @@ class PolicyTrainer(Trainer):
             train = train[: data.max_rows] if data.max_rows else train
             held_out = held_out[: data.max_eval_rows] if data.eval_split else []
             return train, held_out
-        kwargs = dict(kind=self.data_kind, format=data.format, data_dir=data.data_dir,
-                      on_bad_row=data.on_bad_row, tokenizer=self.tokenizer)
+        kwargs = dict(
+            kind=self.data_kind,
+            format=data.format,
+            data_dir=data.data_dir,
+            on_bad_row=data.on_bad_row,
+            tokenizer=self.tokenizer,
+        )
         train, bad = load_records(data.source, split=data.split, max_rows=data.max_rows, **kwargs)
         self.bad_rows.merge(bad)
         held_out: list[dict[str, Any]] = []
-        if data.eval_split:
+        if data.eval_source:
+            held_out, bad = load_records(
+                data.eval_source,
+                split=data.eval_split or "test",
+                max_rows=data.max_eval_rows,
+                **kwargs,
+            )
+            self.bad_rows.merge(bad)
+        elif data.eval_split and not Path(data.source).is_file():
             try:
-                held_out, bad = load_records(data.source, split=data.eval_split,
-                                             max_rows=data.max_eval_rows, **kwargs)
+                held_out, bad = load_records(
+                    data.source, split=data.eval_split, max_rows=data.max_eval_rows, **kwargs
+                )
                 self.bad_rows.merge(bad)
             except (ValueError, KeyError, FileNotFoundError) as exc:
                 if self.is_main:
-                    print(f"no held-out split {data.eval_split!r} ({exc}); skipping held-out metrics")
+                    print(f"no held-out split {data.eval_split!r} ({exc}); no held-out metrics")
+        elif self.is_main:
+            print("data.source is a single file: set data.eval_source for held-out metrics")
         return train, held_out
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -146,14 +171,21 @@ class PolicyTrainer(Trainer):
         """A frozen reference: `reference.name_or_path`, or the policy's initial weights."""
         cfg = self.recipe.reference
         if cfg.name_or_path:
-            ref = load_pretrained(cfg.name_or_path, trust_remote_code=self.recipe.model.trust_remote_code)
+            ref = load_pretrained(
+                cfg.name_or_path, trust_remote_code=self.recipe.model.trust_remote_code
+            )
             ref.eval().requires_grad_(False)
             return ref.to(self.device)
         if self.recipe.model.lora is not None or self.recipe.model.quantization:
             if self.init_path is None:
-                raise TrainingError("a LoRA policy needs reference.mode adapter or a pretrained base")
-            ref = load_pretrained(self.init_path, quantization=self.recipe.model.quantization,
-                                  trust_remote_code=self.recipe.model.trust_remote_code)
+                raise TrainingError(
+                    "a LoRA policy needs reference.mode adapter or a pretrained base"
+                )
+            ref = load_pretrained(
+                self.init_path,
+                quantization=self.recipe.model.quantization,
+                trust_remote_code=self.recipe.model.trust_remote_code,
+            )
             ref.eval().requires_grad_(False)
             return ref
         return frozen_copy(self.model).to(self.device)

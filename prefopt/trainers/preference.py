@@ -18,6 +18,7 @@ from prefopt.models.logps import sequence_logps
 from prefopt.registry import get_loss
 from prefopt.trainers.base import TrainingError
 from prefopt.trainers.policy import PolicyTrainer, to_device
+from prefopt.trainers.smoothing import SoftLabelMixin
 
 
 def pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
@@ -28,20 +29,26 @@ def pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
     return PairLogps(logps[:b], logps[b:], n[:b], n[b:])
 
 
-class PreferenceTrainer(PolicyTrainer):
+class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
     data_kind = "preference"
 
     def build(self) -> None:
         self.loss_fn = get_loss(self.recipe.loss.name).build(self.recipe.loss)
         super().build()
+        self.init_soft_labels()
 
     def make_collator(self) -> PreferenceCollator:
         return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d = self.recipe.data
-        examples = tokenize_preference(records, self.tokenizer, max_length=d.max_length,
-                                       max_prompt_length=d.max_prompt_length, bad_rows=self.bad_rows)
+        examples = tokenize_preference(
+            records,
+            self.tokenizer,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            bad_rows=self.bad_rows,
+        )
         return examples
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -51,8 +58,31 @@ class PreferenceTrainer(PolicyTrainer):
             cached = self.ref_cache[examples[0]["split"]]
             pos = batch["position"]
             batch["ref_chosen"], batch["ref_rejected"] = cached[0][pos], cached[1][pos]
-            batch["ref_chosen_tokens"], batch["ref_rejected_tokens"] = cached[2][pos], cached[3][pos]
+            batch["ref_chosen_tokens"], batch["ref_rejected_tokens"] = (
+                cached[2][pos],
+                cached[3][pos],
+            )
+        self.add_soft_labels(batch, examples)
         return batch
+
+    # ---------------------------------------------------------------- IDS (see smoothing.py)
+
+    def pair_deltas(self, batch: dict[str, Tensor]) -> Tensor:
+        """The implicit-reward margin (DPO: z = beta (u_c - u_r)) that IDS turns into labels."""
+        chosen, rejected = self.loss_fn.implicit_rewards(
+            pair_logps(self.model, batch), self.reference_logps(batch)
+        )
+        return chosen - rejected
+
+    def on_epoch_end(self, epoch: int) -> None:
+        if self.soft_labels is not None:
+            self.pending_log.update(self.update_soft_labels())
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return self.soft_label_state()
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.load_soft_label_state(state)
 
     # ---------------------------------------------------------------- reference
 
@@ -75,14 +105,18 @@ class PreferenceTrainer(PolicyTrainer):
             if needs or (self.world is not None and self.recipe.eval.enabled):
                 self.reference = self.load_reference_weights()
         if mode == "none" and needs:
-            raise TrainingError(f"loss {self.recipe.loss.name!r} needs a reference; "
-                                "reference.mode is none")
+            raise TrainingError(
+                f"loss {self.recipe.loss.name!r} needs a reference; reference.mode is none"
+            )
         if mode == "cached" and needs:
             from prefopt.models.ref_cache import cached_reference_logps
 
             self.ref_cache = {
                 split: cached_reference_logps(self, examples, split)
-                for split, examples in (("train", self.train_examples), ("eval", self.eval_examples))
+                for split, examples in (
+                    ("train", self.train_examples),
+                    ("eval", self.eval_examples),
+                )
                 if examples
             }
             if not (self.world is not None and self.recipe.eval.enabled):
@@ -94,8 +128,12 @@ class PreferenceTrainer(PolicyTrainer):
         if not self.loss_fn.needs_reference:
             return None
         if "ref_chosen" in batch:
-            return PairLogps(batch["ref_chosen"], batch["ref_rejected"],
-                             batch["ref_chosen_tokens"], batch["ref_rejected_tokens"])
+            return PairLogps(
+                batch["ref_chosen"],
+                batch["ref_rejected"],
+                batch["ref_chosen_tokens"],
+                batch["ref_rejected_tokens"],
+            )
         with self.reference_forward():
             return pair_logps(self.reference_model(), batch)
 

@@ -27,8 +27,13 @@ class SFTTrainer(PolicyTrainer):
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d = self.recipe.data
-        return tokenize_sft(records, self.tokenizer, max_length=d.max_length,
-                            max_prompt_length=d.max_prompt_length, bad_rows=self.bad_rows)
+        return tokenize_sft(
+            records,
+            self.tokenizer,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            bad_rows=self.bad_rows,
+        )
 
     def collate(self, examples):
         return self._collator(examples)
@@ -37,7 +42,10 @@ class SFTTrainer(PolicyTrainer):
         # The evaluation's reference for SFT is the initial model (before any training).
         super().build_reference()
         if self.world is not None and self.recipe.eval.enabled:
-            self.reference = frozen_copy(self.model).to(self.device)
+            if self.recipe.reference.name_or_path:  # `prefopt eval`: the saved initial model
+                self.reference = self.load_reference_weights()
+            else:
+                self.reference = frozen_copy(self.model).to(self.device)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> LossOutput:
         logps, n_tokens = sequence_logps(

@@ -1,0 +1,28 @@
+"""Preference and SFT data: loading, validation, tokenization and batching.
+
+The pipeline is ``load_records`` (file/folder/hub -> normalised records + `BadRows`), then
+``tokenize_preference`` / ``tokenize_sft`` (records -> token ids with an exact prompt/completion
+boundary), then a collator (ids -> padded tensors). See docs/data.md.
+"""
+
+from prefopt.data.collate import PreferenceCollator, PromptCollator, SFTCollator
+from prefopt.data.loaders import FORMATS, KINDS, detect_format, load_records, normalize_rows
+from prefopt.data.records import BadRows, DataError, render_conversation
+from prefopt.data.tokenize import tokenize_preference, tokenize_prompts, tokenize_sft
+
+__all__ = [
+    "FORMATS",
+    "KINDS",
+    "BadRows",
+    "DataError",
+    "PreferenceCollator",
+    "PromptCollator",
+    "SFTCollator",
+    "detect_format",
+    "load_records",
+    "normalize_rows",
+    "render_conversation",
+    "tokenize_preference",
+    "tokenize_prompts",
+    "tokenize_sft",
+]

@@ -1,0 +1,60 @@
+"""`prefopt eval RUN_DIR`: evaluate a finished run again (e.g. with more samples).
+
+A policy run on the world gets the gold evaluation (gold reward, KL, win rate, diversity, in and
+out of distribution) against its reference: the initial model for SFT, the reference policy for
+the DPO family. On real data without a gold reward it reports what can be measured: the
+held-out implicit-reward accuracy and log-probs of a policy, the accuracy and calibration of a
+reward model. Results are merged into the run's summary.json under ``eval``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefopt.config import ConfigError, load_recipe
+from prefopt.registry import get_loss
+
+
+def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    recipe = load_recipe(
+        run_dir / "recipe.yaml",
+        [f"eval.{o}" if not o.startswith("eval.") else o for o in overrides or []],
+    )
+    model_dir = run_dir / "model"
+    if not model_dir.exists():
+        raise ConfigError([f"{run_dir} has no trained model (model/); did the run finish?"])
+    kind = get_loss(recipe.loss.name).kind
+    original_init = recipe.model.name_or_path
+    if original_init == "world:sft":
+        from prefopt.world_models import world_sft_model
+
+        original_init = str(world_sft_model(recipe))
+    initial = run_dir / "initial_model"
+    reference_path = (
+        recipe.reference.name_or_path
+        or original_init
+        or (str(initial) if initial.exists() else None)
+    )
+    recipe.model.name_or_path = str(model_dir)
+    recipe.model.lora = None  # an adapter folder loads with its base through peft
+    recipe.reference.mode = "copy"
+    recipe.reference.name_or_path = reference_path
+    recipe.resume = None
+    from prefopt.train import trainer_class
+
+    eval_dir = run_dir / "eval"
+    trainer = trainer_class(recipe)(recipe, eval_dir, for_eval=True)
+    if kind in ("sft", "pairwise") and reference_path is None:
+        raise ConfigError([f"{run_dir}: no reference to compare with (no initial_model/)"])
+    results = {**trainer.evaluate(), **trainer.final_evaluation()}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary["eval"] = {**summary.get("eval", {}), **results}
+    summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    report = eval_dir / "eval_report.md"
+    if report.exists():
+        report.replace(run_dir / "eval_report.md")
+    return summary

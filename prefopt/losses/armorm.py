@@ -1,0 +1,55 @@
+"""ArmoRM's recipe section (Wang et al. 2024, arXiv 2406.12845, section 3.2 defaults).
+
+Stage 1 fits one ridge regression per objective on frozen backbone features; stage 2 trains
+the gating network with the Bradley-Terry loss on pairs. The trainer is
+`prefopt.trainers.armorm.ArmoRMTrainer`; the model code is `prefopt.rewards.armorm_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefopt.losses.base import LossConfig
+from prefopt.registry import register_loss
+
+POOLINGS = ("last", "mean", "last_mean")
+
+
+@dataclass
+class ArmoRMConfig(LossConfig):
+    """The `loss:` section of `recipes/armorm.yaml` (defaults: the paper's, section 3.2)."""
+
+    name: str = "armorm"
+    pooling: str = "last"  # last (paper) | mean | last_mean over the response tokens
+    ridge_alphas: list[float] = field(
+        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]
+    )
+    val_fraction: float = 0.2  # validation split that picks each objective's ridge alpha
+    gate_hidden: list[int] = field(default_factory=lambda: [1024, 1024, 1024])
+    gate_dropout: float = 0.2
+    temperature: float = 10.0  # T in softmax(z / T), fixed
+    beta_init: float = 1.0  # learnable output scale
+    verbosity_objective: str | None = "verbosity"  # null: no decorrelation
+    decorrelation_threshold: float = 0.03  # Spearman(r'_i, r_verbosity) <= this
+    max_length: int = 128
+    max_prompt_length: int = 64
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.pooling not in POOLINGS:
+            problems.append(f"loss.pooling: {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if not 0 < self.val_fraction < 1:
+            problems.append(f"loss.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.temperature <= 0:
+            problems.append(f"loss.temperature must be > 0, got {self.temperature}")
+        return problems
+
+
+@register_loss("armorm", ArmoRMConfig, kind="armorm")
+class ArmoRMObjective:
+    """Stage 2's objective is the Bradley-Terry loss on ArmoRM scores; the trainer applies it."""
+
+    needs_reference = False
+
+    def __init__(self, config: ArmoRMConfig):
+        self.config = config

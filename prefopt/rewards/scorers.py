@@ -1,0 +1,147 @@
+"""One interface for everything that scores text: ``score(prompts, completions) -> Tensor [N]``.
+
+Later stages (PPO rewards, the MPO split, the ExPO alpha search, evaluation, RETA) take any
+`Scorer`: a trained Bradley-Terry reward model, an ensemble, ArmoRM, or the synthetic world's
+gold reward. `load_scorer(spec)` builds one from a string:
+
+* ``world`` -- the gold reward of the default world (or pass a `World` object directly);
+* a run directory or model folder of a reward model (`AutoModelForSequenceClassification`);
+* an ArmoRM folder (holds ``armorm.json``);
+* several of those joined by ``,`` -- an ensemble (mean, or mean - k * std with
+  ``ensemble_mode="mean_minus_std"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from prefopt.data import SFTCollator, tokenize_sft
+from prefopt.rewards.ensemble import combine_rewards
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    def score(self, prompts: list[str], completions: list[str]) -> Tensor: ...
+
+
+def encode_pairs(
+    tokenizer: Any,
+    prompts: list[str],
+    completions: list[str],
+    max_length: int,
+    max_prompt_length: int,
+) -> list[dict[str, Any]]:
+    """Prompt + completion ids exactly as in training (separate tokenization, EOS appended).
+    Empty completions are kept (scored as EOS alone) so that outputs align with inputs."""
+    examples = tokenize_sft(
+        [
+            {"prompt": p, "completion": c if c.strip() else " "}
+            for p, c in zip(prompts, completions, strict=True)
+        ],
+        tokenizer,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+    )
+    if len(examples) != len(prompts):
+        raise ValueError(
+            "some prompts fill max_length on their own; raise max_length to score them"
+        )
+    return examples
+
+
+class RewardModelScorer:
+    """A sequence-classification reward model (scalar head) and its tokenizer."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+        max_length: int = 256,
+        max_prompt_length: int = 128,
+    ):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.batch_size, self.max_length, self.max_prompt_length = (
+            batch_size,
+            max_length,
+            max_prompt_length,
+        )
+        self.collate = SFTCollator(pad_token_id=tokenizer.pad_token_id)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> RewardModelScorer:
+        from transformers import AutoModelForSequenceClassification
+
+        from prefopt.models.loading import load_tokenizer
+
+        path = _model_folder(Path(path))
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        return cls(model, load_tokenizer(str(path)), **kwargs)
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str]) -> Tensor:
+        examples = encode_pairs(
+            self.tokenizer, prompts, completions, self.max_length, self.max_prompt_length
+        )
+        out = []
+        for start in range(0, len(examples), self.batch_size):
+            batch = self.collate(examples[start : start + self.batch_size])
+            logits = self.model(
+                input_ids=batch["input_ids"].to(self.device),
+                attention_mask=batch["attention_mask"].to(self.device),
+            ).logits
+            out.append(logits[:, 0].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+class EnsembleScorer:
+    """k scorers combined per response: mean, or mean - coef * std (uncertainty penalty
+    against over-optimisation; Coste et al. 2024, arXiv 2310.02743)."""
+
+    def __init__(self, scorers: list[Scorer], mode: str = "mean", coef: float = 1.0):
+        if not scorers:
+            raise ValueError("an ensemble needs at least one scorer")
+        self.scorers, self.mode, self.coef = scorers, mode, coef
+
+    def score(self, prompts: list[str], completions: list[str]) -> Tensor:
+        stacked = torch.stack([s.score(prompts, completions) for s in self.scorers])
+        return combine_rewards(stacked, self.mode, self.coef)
+
+
+def _model_folder(path: Path) -> Path:
+    """Accept a run directory (use its `model/`) or a model folder."""
+    return path / "model" if (path / "model" / "config.json").exists() else path
+
+
+def load_scorer(
+    spec: str | Any, *, ensemble_mode: str = "mean", ensemble_coef: float = 1.0, device: str = "cpu"
+) -> Scorer:
+    if not isinstance(spec, str):
+        if isinstance(spec, Scorer):
+            return spec
+        raise TypeError(f"cannot make a scorer from {type(spec).__name__}")
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) > 1:
+        return EnsembleScorer(
+            [load_scorer(p, device=device) for p in parts], ensemble_mode, ensemble_coef
+        )
+    if spec == "world":
+        from prefopt.world import WorldConfig, build_world
+        from prefopt.world_models import world_cache_dir
+
+        return build_world(WorldConfig(), cache_dir=world_cache_dir())
+    folder = _model_folder(Path(spec))
+    if (folder / "armorm.json").exists():
+        from prefopt.rewards.armorm_model import ArmoRMScorer
+
+        return ArmoRMScorer.from_pretrained(folder, device=device)
+    if (folder / "config.json").exists():
+        return RewardModelScorer.from_pretrained(folder, device=device)
+    raise FileNotFoundError(f"{spec}: not 'world', a reward-model folder or a run directory")

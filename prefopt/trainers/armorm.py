@@ -1,0 +1,241 @@
+"""ArmoRM training (Wang et al. 2024, arXiv 2406.12845; ALGORITHMS.md section 8).
+
+Stage 1: features of every training response from the frozen backbone; one ridge regression per
+objective (no intercept, alpha picked on a validation split) onto the objective ratings; the
+verbosity decorrelation lambdas on the training responses. Stage 2: the gating network on
+prompt features, trained with the Bradley-Terry loss on pairs through the common trainer loop
+(checkpoints, logging, resume all apply); backbone and regression frozen.
+
+Ratings: on the synthetic world, its per-objective scores of each response plus a verbosity
+column (words / max words) used for decorrelation; on other data, each record's ``scores``
+field ``{"chosen": {objective: value | null}, "rejected": {...}}`` (nulls are masked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prefopt.eval.calibration import expected_calibration_error
+from prefopt.losses.base import LossOutput
+from prefopt.losses.reward import BradleyTerryConfig, BradleyTerryLoss
+from prefopt.models.loading import load_pretrained
+from prefopt.rewards.armorm import (
+    ArmoRMHead,
+    apply_decorrelation,
+    fit_multi_objective_ridge,
+    verbosity_decorrelation,
+)
+from prefopt.rewards.armorm_model import ArmoRMScorer, FeatureExtractor, settings_of
+from prefopt.trainers.base import TrainingError
+from prefopt.trainers.policy import PolicyTrainer
+from prefopt.trainers.reward import reward_metrics
+
+
+class ArmoRMTrainer(PolicyTrainer):
+    data_kind = "preference"
+
+    def build(self) -> None:
+        super().build()  # world, tokenizer, raw records (kept by load_data), backbone
+        cfg = self.recipe.loss
+        self.extractor = FeatureExtractor(
+            self.backbone,
+            self.tokenizer,
+            cfg.pooling,
+            self.device,
+            cfg.max_length,
+            cfg.max_prompt_length,
+        )
+        self.objective_names, ratings, mask = self.ratings(self.train_records)
+        feats = self.pair_features(self.train_records)
+        responses = torch.cat([feats["chosen"], feats["rejected"]])
+        weights, alphas = fit_multi_objective_ridge(
+            responses, ratings, mask, list(cfg.ridge_alphas), cfg.val_fraction, self.recipe.seed
+        )
+        verbosity = (
+            self.objective_names.index(cfg.verbosity_objective)
+            if cfg.verbosity_objective in self.objective_names
+            else None
+        )
+        lambdas = None
+        if verbosity is not None:
+            lambdas = verbosity_decorrelation(
+                responses @ weights.float(), verbosity, threshold=cfg.decorrelation_threshold
+            )
+        torch.manual_seed(self.recipe.seed)
+        self.model = ArmoRMHead(
+            weights.float(),
+            lambdas,
+            verbosity,
+            prompt_dim=feats["prompt"].shape[1],
+            hidden_sizes=list(cfg.gate_hidden),
+            dropout=cfg.gate_dropout,
+            temperature=cfg.temperature,
+            beta_init=cfg.beta_init,
+        )
+        self.summary["stage1"] = {
+            "objectives": self.objective_names,
+            "ridge_alpha": dict(zip(self.objective_names, alphas, strict=True)),
+            "r2": self.r_squared(responses, ratings, mask, weights.float()),
+            "verbosity_lambdas": None if lambdas is None else lambdas.tolist(),
+        }
+        self.train_examples = self.feature_examples(feats, "train")
+        self.eval_examples = (
+            self.feature_examples(self.pair_features(self.eval_records), "eval")
+            if self.eval_records
+            else []
+        )
+        self.bt = BradleyTerryLoss(BradleyTerryConfig())
+
+    # ---------------------------------------------------------------- data
+
+    def build_model(self):
+        """The frozen backbone (a causal LM); the trainable model is the ArmoRM head."""
+        if self.init_path is None:
+            raise TrainingError("ArmoRM needs a pretrained backbone: set model.name_or_path")
+        self.backbone = load_pretrained(
+            self.init_path, trust_remote_code=self.recipe.model.trust_remote_code
+        )
+        return self.backbone
+
+    def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return records  # features are computed from the text in build()
+
+    def make_collator(self) -> None:
+        return None
+
+    def load_data(self):
+        train, held_out = super().load_data()
+        self.train_records, self.eval_records = train, held_out
+        return train, held_out
+
+    def ratings(self, records: list[dict[str, Any]]) -> tuple[list[str], Tensor, Tensor]:
+        """[2N, K] targets (chosen rows, then rejected rows) and their mask."""
+        if self.world is not None and self.recipe.data.source == "world":
+            names = [*self.world.objective_names, "verbosity"]
+            max_words = self.recipe.world.max_response_words
+
+            def row(record: dict[str, Any], side: str) -> list[float]:
+                words = len(record[side].split()) / max_words
+                return [*record["metadata"][f"objectives_{side}"], words]
+
+            values = [row(r, "chosen") for r in records] + [row(r, "rejected") for r in records]
+            t = torch.tensor(values, dtype=torch.float64)
+            return names, t, torch.ones_like(t, dtype=torch.bool)
+        scored = [r for r in records if isinstance(r.get("scores"), dict)]
+        if len(scored) != len(records):
+            raise TrainingError(
+                "ArmoRM needs per-objective ratings: every record's `scores` field "
+                "must be {'chosen': {objective: value}, 'rejected': {...}}"
+            )
+        names = sorted(
+            {k for r in records for side in ("chosen", "rejected") for k in r["scores"][side]}
+        )
+        cells = [
+            [r["scores"][side].get(n) for n in names]
+            for side in ("chosen", "rejected")
+            for r in records
+        ]
+        mask = torch.tensor([[v is not None for v in row] for row in cells])
+        t = torch.tensor(
+            [[0.0 if v is None else float(v) for v in row] for row in cells], dtype=torch.float64
+        )
+        return names, t, mask
+
+    def pair_features(self, records: list[dict[str, Any]]) -> dict[str, Tensor]:
+        prompts = [r["prompt"] for r in records]
+        return {
+            "prompt": self.extractor.prompts(prompts),
+            "chosen": self.extractor.responses(prompts, [r["chosen"] for r in records]),
+            "rejected": self.extractor.responses(prompts, [r["rejected"] for r in records]),
+        }
+
+    @staticmethod
+    def feature_examples(feats: dict[str, Tensor], split: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "prompt": feats["prompt"][i],
+                "chosen": feats["chosen"][i],
+                "rejected": feats["rejected"][i],
+                "split": split,
+                "position": i,
+            }
+            for i in range(feats["prompt"].shape[0])
+        ]
+
+    @staticmethod
+    def r_squared(x: Tensor, y: Tensor, mask: Tensor, w: Tensor) -> list[float]:
+        pred = x.double() @ w.double()
+        out = []
+        for k in range(y.shape[1]):
+            m = mask[:, k]
+            resid = ((y[m, k] - pred[m, k]) ** 2).sum()
+            total = ((y[m, k] - y[m, k].mean()) ** 2).sum().clamp(min=1e-12)
+            out.append(float(1 - resid / total))
+        return out
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+        return {
+            key: torch.stack([e[key] for e in examples]) for key in ("prompt", "chosen", "rejected")
+        }
+
+    # ---------------------------------------------------------------- loss and metrics
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> LossOutput:
+        chosen = self.model(batch["chosen"], batch["prompt"])["score"]
+        rejected = self.model(batch["rejected"], batch["prompt"])["score"]
+        return self.bt(chosen, rejected)
+
+    @torch.no_grad()
+    def scores_of(self, examples: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
+        head = self.unwrapped()
+        was_training = head.training
+        head.eval()
+        batch = {k: v.to(self.device) for k, v in self.collate(examples).items()}
+        chosen = head(batch["chosen"], batch["prompt"])["score"].cpu()
+        rejected = head(batch["rejected"], batch["prompt"])["score"].cpu()
+        head.train(was_training)
+        return chosen, rejected
+
+    def evaluate(self) -> dict[str, float]:
+        return reward_metrics(*self.scores_of(self.eval_examples)) if self.eval_examples else {}
+
+    def final_evaluation(self) -> dict[str, Any]:
+        if self.world is None or self.recipe.data.source != "world":
+            return {}
+        test = self.eval_records
+        results: dict[str, Any] = {"bayes_accuracy": self.world.bayes_accuracy(test)["expected"]}
+        ood = self.world.preference_records("ood")[: self.recipe.data.max_eval_rows or None]
+        ood_examples = self.feature_examples(self.pair_features(ood), "eval")
+        results["ood_accuracy"] = reward_metrics(*self.scores_of(ood_examples))["accuracy"]
+        results["gate_by_instruction"] = self.gate_by_instruction(test)
+        results["beta"] = float(self.unwrapped().gating.beta)
+        return results
+
+    @torch.no_grad()
+    def gate_by_instruction(self, records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        """Mean gate weight per objective for each instruction type: what the gate learned."""
+        head = self.unwrapped().eval()
+        prompts = [r["prompt"] for r in records]
+        gate = head.gating(self.extractor.prompts(prompts).to(self.device)).cpu()
+        table: dict[str, dict[str, float]] = {}
+        for instruction in sorted({r["metadata"]["instruction"] for r in records}):
+            rows = [i for i, r in enumerate(records) if r["metadata"]["instruction"] == instruction]
+            mean = gate[rows].mean(0)
+            table[instruction] = {
+                n: round(float(v), 4) for n, v in zip(self.objective_names, mean, strict=True)
+            }
+        return table
+
+    def scorer(self) -> ArmoRMScorer:
+        return ArmoRMScorer(self.extractor, self.unwrapped(), self.objective_names)
+
+    def save_outputs(self, path: Path) -> None:
+        settings = settings_of(self.recipe.loss, int(self.train_examples[0]["prompt"].shape[0]))
+        self.scorer().save_pretrained(path, self.init_path, settings)
+
+
+__all__ = ["ArmoRMTrainer", "apply_decorrelation", "expected_calibration_error"]
