@@ -18,7 +18,7 @@ import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -319,7 +319,7 @@ def _import_user_modules(modules: Any) -> list[str]:
 def _all_keys(node: DictConfig, prefix: str = "") -> list[str]:
     keys = []
     for key in node.keys():
-        full = f"{prefix}{key}"
+        full = f"{prefix}{key!s}"
         keys.append(full)
         child = _schema_child(node, str(key))
         if child is not None:
@@ -335,7 +335,8 @@ def _schema_child(node: DictConfig, key: str) -> DictConfig | None:
     if isinstance(value, DictConfig):
         return value
     inner = _dataclass_of(child_node._metadata.ref_type) if child_node is not None else None
-    inner = inner or (ref_type if dataclasses.is_dataclass(ref_type) else None)
+    # object_type is a class; is_dataclass() narrows to "class or instance"
+    inner = inner or (cast(type, ref_type) if dataclasses.is_dataclass(ref_type) else None)
     return OmegaConf.structured(inner) if inner is not None else None
 
 
@@ -353,7 +354,7 @@ def _check_node(schema: DictConfig, raw: Any, prefix: str, all_keys: list[str]) 
     if not isinstance(raw, DictConfig):
         return [f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {raw!r}"]
     for key in raw.keys():
-        full = f"{prefix}{key}"
+        full = f"{prefix}{key!s}"
         if key not in schema:
             problems.append(_unknown_key(full, str(key), schema, prefix, all_keys))
             continue
@@ -373,7 +374,7 @@ def _check_node(schema: DictConfig, raw: Any, prefix: str, all_keys: list[str]) 
 
 
 def _unknown_key(full: str, key: str, schema: DictConfig, prefix: str, all_keys: list[str]) -> str:
-    siblings = [f"{prefix}{k}" for k in schema.keys()]
+    siblings = [f"{prefix}{k!s}" for k in schema.keys()]
     close = difflib.get_close_matches(full, siblings, n=3, cutoff=0.6)
     close += [
         k for k in difflib.get_close_matches(full, all_keys, n=3, cutoff=0.75) if k not in close

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +66,8 @@ def generate(
         batch = collate(examples[start : start + max(1, cfg.batch_size // k)])
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         torch.manual_seed(seed + start)
-        out = model.generate(
+        # a transformers model or a PeftModel: both have generate(), which nn.Module lacks
+        out = cast(Any, model).generate(
             input_ids=ids,
             attention_mask=mask,
             do_sample=True,

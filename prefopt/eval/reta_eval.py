@@ -55,8 +55,8 @@ def file_oracle(path: Path) -> tuple[list[str], list[list[str]], Tensor]:
         raise ValueError(f"{path}: every prompt needs the same number of responses, got {counts}")
     prompts = list(groups)
     responses = [[r for r, _ in groups[p]] for p in prompts]
-    oracle = torch.tensor([[j for _, j in groups[p]] for p in prompts])
-    return prompts, responses, oracle
+    oracle_grid = torch.tensor([[j for _, j in groups[p]] for p in prompts])
+    return prompts, responses, oracle_grid
 
 
 def score_grid(scorer: Any, prompts: list[str], responses: list[list[str]]) -> Tensor:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from peft import PeftModel
+    from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from prefopt.config import LoraSettings, ModelConfig, TinyModelConfig
 
@@ -60,7 +61,7 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
         )
         return GPT2LMHeadModel(config)
     if cfg.family == "llama":
-        config = LlamaConfig(
+        llama_config = LlamaConfig(
             vocab_size=vocab,
             hidden_size=cfg.hidden,
             intermediate_size=inner,
@@ -72,7 +73,7 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
             tie_word_embeddings=True,
             **special,
         )
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(llama_config)
     raise ValueError(f"model.tiny.family: unknown family {cfg.family!r}; use gpt2 or llama")
 
 
@@ -81,7 +82,7 @@ def build_tiny_reward_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizer
     from transformers import AutoModelForSequenceClassification
 
     lm = build_tiny_model(cfg, tokenizer)
-    config = lm.config
+    config = cast("PreTrainedConfig", lm.config)
     config.num_labels = 1
     return AutoModelForSequenceClassification.from_config(config)
 
@@ -106,8 +107,9 @@ def load_reward_backbone(
             kwargs["quantization_config"] = qconfig
             kwargs["device_map"] = "cuda" if torch.cuda.is_available() else "cpu"
         model = AutoModelForSequenceClassification.from_pretrained(init_path, **kwargs)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model_config = cast("PreTrainedConfig", model.config)
+    if model_config.pad_token_id is None:
+        model_config.pad_token_id = tokenizer.pad_token_id
     if cfg.lora is not None:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -203,7 +205,7 @@ def load_policy(
             trust_remote_code=cfg.trust_remote_code,
         )
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        cast("PreTrainedModel", model).gradient_checkpointing_enable()
     if cfg.lora is not None:
         model = add_lora(model, cfg.lora, quantized=cfg.quantization is not None)
     disable_dropout(model)
@@ -240,6 +242,6 @@ def save_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, path
     """Save in Hugging Face format: a full model, or the LoRA adapter (with the base model's
     name in adapter_config.json) when the model is a PeftModel."""
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    cast("PreTrainedModel | PeftModel", model).save_pretrained(str(path), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)

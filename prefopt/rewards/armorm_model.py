@@ -17,7 +17,7 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,9 @@ from prefopt.data import tokenize_prompts
 from prefopt.losses.armorm import ArmoRMConfig
 from prefopt.rewards.armorm import ArmoRMHead
 from prefopt.rewards.scorers import encode_pairs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class FeatureExtractor:
@@ -122,11 +125,11 @@ class ArmoRMScorer:
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        local = backbone_source is not None and Path(backbone_source).is_dir()
-        if local:
+        if backbone_source is not None and Path(backbone_source).is_dir():
             shutil.copytree(backbone_source, folder / "backbone", dirs_exist_ok=True)
         else:
-            self.features.backbone.save_pretrained(folder / "backbone")
+            backbone = cast("PreTrainedModel", self.features.backbone)
+            backbone.save_pretrained(folder / "backbone")
         self.features.tokenizer.save_pretrained(folder / "backbone")
         save_file(
             {k: v.contiguous() for k, v in self.head.state_dict().items()},

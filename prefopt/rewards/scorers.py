@@ -117,7 +117,9 @@ class EnsembleScorer:
 
 def _model_folder(path: Path) -> Path:
     """Accept a run directory (use its `model/`) or a model folder."""
-    return path / "model" if (path / "model" / "config.json").exists() else path
+    model = path / "model"
+    is_run = (model / "config.json").exists() or (model / "armorm.json").exists()
+    return model if is_run else path
 
 
 def load_scorer(

@@ -14,7 +14,7 @@ field ``{"chosen": {objective: value | null}, "rejected": {...}}`` (nulls are ma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -212,7 +212,7 @@ class ArmoRMTrainer(PolicyTrainer):
         ood_examples = self.feature_examples(self.pair_features(ood), "eval")
         results["ood_accuracy"] = reward_metrics(*self.scores_of(ood_examples))["accuracy"]
         results["gate_by_instruction"] = self.gate_by_instruction(test)
-        results["beta"] = float(self.unwrapped().gating.beta)
+        results["beta"] = self.unwrapped().gating.beta.detach().item()
         return results
 
     @torch.no_grad()
@@ -229,6 +229,9 @@ class ArmoRMTrainer(PolicyTrainer):
                 n: round(float(v), 4) for n, v in zip(self.objective_names, mean, strict=True)
             }
         return table
+
+    def unwrapped(self) -> ArmoRMHead:
+        return cast(ArmoRMHead, super().unwrapped())
 
     def scorer(self) -> ArmoRMScorer:
         return ArmoRMScorer(self.extractor, self.unwrapped(), self.objective_names)

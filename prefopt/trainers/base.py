@@ -243,7 +243,7 @@ class Trainer:
         record.update(
             step=self.step,
             epoch=epoch + 1,
-            lr=self.scheduler.get_last_lr()[0],
+            lr=float(self.scheduler.get_last_lr()[0]),
             examples_per_s=(self.step - start_step)
             * self.global_batch
             * self.cfg.grad_accum
@@ -361,6 +361,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # legacy format: the global RandomState is MT19937
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],

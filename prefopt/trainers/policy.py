@@ -8,7 +8,7 @@ end.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,9 @@ from prefopt.models.loading import (
     save_model,
 )
 from prefopt.trainers.base import Trainer, TrainingError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 WORLD = "world"
 
@@ -109,7 +112,7 @@ class PolicyTrainer(Trainer):
         )
         train, bad = load_records(data.source, split=data.split, max_rows=data.max_rows, **kwargs)
         self.bad_rows.merge(bad)
-        held_out: list[dict[str, Any]] = []
+        held_out = []
         if data.eval_source:
             held_out, bad = load_records(
                 data.eval_source,
@@ -155,7 +158,7 @@ class PolicyTrainer(Trainer):
         import contextlib
 
         if self.reference_uses_adapter:
-            return self.unwrapped().disable_adapter()
+            return cast("PeftModel", self.unwrapped()).disable_adapter()
         return contextlib.nullcontext()
 
     def reference_model(self) -> nn.Module:

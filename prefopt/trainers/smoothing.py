@@ -46,8 +46,10 @@ class SoftLabelMixin:
                 for k, v in batch.items()
             }
             self.soft_labels.update(
-                batch["position"], self.pair_deltas(batch).float(), self.recipe.smoothing.beta
-            )  # type: ignore[attr-defined]
+                batch["position"],
+                self.pair_deltas(batch).float(),
+                self.recipe.smoothing.beta,  # type: ignore[attr-defined]
+            )
         model.train(was_training)
         labels = self.soft_labels.labels
         return {"ids/label_mean": labels.mean().item(), "ids/label_min": labels.min().item()}

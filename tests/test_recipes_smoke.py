@@ -1,0 +1,23 @@
+"""Every shipped recipe trains for two steps at tiny size, from a local pretrained folder."""
+
+import pytest
+
+from prefopt.config import list_recipes
+from prefopt.train import train
+from tests.conftest import tiny_recipe
+
+EXTRA = {"armorm": ["loss.gate_hidden=[16]", "trainer.batch_size=16"]}
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_recipe_runs_at_tiny_size(name, tmp_path, tiny_pretrained):
+    recipe = tiny_recipe(
+        name,
+        tmp_path / name,
+        f"model.name_or_path={tiny_pretrained}",
+        "trainer.max_steps=2",
+        *EXTRA.get(name, []),
+    )
+    summary, run_dir = train(recipe)
+    assert summary["steps"] == 2
+    assert (run_dir / "summary.json").exists() and (run_dir / "model").is_dir()

@@ -1,0 +1,205 @@
+"""Reward models: BT training, saved model portability, IDS labels in checkpoints, ensembles,
+ArmoRM, and RETA through `eval-rm`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from prefopt.rewards.scorers import EnsembleScorer, RewardModelScorer, load_scorer
+from prefopt.train import train
+from prefopt.trainers.base import Trainer
+from prefopt.trainers.reward import RewardTrainer, reward_metrics
+from tests.conftest import read_metrics, tiny_recipe
+
+SCRATCH = ["model.name_or_path=null"]
+
+
+def test_reward_metrics_hand_computed():
+    chosen, rejected = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 1.0])
+    m = reward_metrics(chosen, rejected)
+    assert m["accuracy"] == pytest.approx(1 / 3)  # only the first margin is > 0
+    assert m["margin"] == pytest.approx(0.0)  # (1 - 1 + 0) / 3
+    assert m["reward_mean"] == pytest.approx(1.0)
+    # ECE: p = sig(1), sig(-1), sig(0) -> confidences .731, .731, .5; accuracies 1, 0, .5
+    # one bin (0.7, 0.8] holds two pairs: |0.5 - 0.731| * 2/3; the tie adds nothing
+    assert m["ece"] == pytest.approx(abs(0.5 - 0.7310585786) * 2 / 3, abs=1e-6)
+
+
+def test_reward_model_trains_and_loads_with_plain_transformers(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    summary, run_dir = train(
+        tiny_recipe("rm", tmp_path / "rm", *SCRATCH, "trainer.max_steps=40", "trainer.lr=3e-3")
+    )
+    ev = summary["eval"]
+    for key in ("accuracy", "ece", "bayes_accuracy", "margin", "reward_std", "ood_accuracy"):
+        assert key in ev
+    first, last = read_metrics(run_dir)[0], summary["train"]
+    assert last["loss"] < first["loss"]  # it learns something from the pairs
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
+    assert model.config.num_labels == 1
+    scorer = RewardModelScorer.from_pretrained(run_dir)
+    trainer = RewardTrainer(
+        tiny_recipe("rm", tmp_path / "again", f"model.name_or_path={run_dir / 'model'}"),
+        tmp_path / "x",
+        for_eval=True,
+    )
+    chosen, rejected = trainer.held_out_rewards(trainer.eval_examples)
+    records = trainer.world.preference_records("test")[: len(chosen)]
+    direct = scorer.score([r["prompt"] for r in records], [r["chosen"] for r in records])
+    assert_close(direct, chosen)  # the scorer reproduces the trainer's rewards exactly
+
+
+def test_ids_labels_move_each_epoch_and_resume_with_the_checkpoint(tmp_path, monkeypatch):
+    # 128 pairs / batch 8 = 16 steps per epoch; 40 steps cross two epoch boundaries
+    common = [
+        *SCRATCH,
+        "trainer.max_steps=40",
+        "trainer.save_every=20",
+        "trainer.lr=3e-3",
+        "world.comparison_counts=uniform",
+    ]
+    straight = RewardTrainer(tiny_recipe("rm_ids", tmp_path / "a", *common), tmp_path / "a")
+    straight.train()
+    labels = straight.soft_labels.labels
+    assert labels.lt(1).all() and labels.gt(0).all()  # updated after epochs 1 and 2
+    logged = [m["ids/label_mean"] for m in read_metrics(tmp_path / "a") if "ids/label_mean" in m]
+    assert len(logged) == 2 and logged[1] < logged[0] < 1
+
+    original = Trainer.save_checkpoint
+
+    def crash(self):
+        path = original(self)
+        if self.step == 20:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        RewardTrainer(tiny_recipe("rm_ids", tmp_path / "b", *common), tmp_path / "b").train()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    state = torch.load(tmp_path / "b" / "checkpoint-20" / "state.pt", weights_only=True)
+    assert "ids_labels" in state["extra"]
+    resumed = RewardTrainer(
+        tiny_recipe("rm_ids", tmp_path / "b", *common, "resume=auto"), tmp_path / "b"
+    )
+    resumed.train()
+    assert torch.equal(resumed.soft_labels.labels, labels)
+    loss = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "a") if "loss" in m}
+    loss_b = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "b") if "loss" in m}
+    assert all(loss[s] == loss_b[s] for s in range(21, 41))
+
+
+def test_dpo_with_ids_uses_soft_labels(tmp_path):
+    trainer = RewardTrainer  # noqa: F841  (keeps the import used when run alone)
+    from prefopt.trainers.preference import PreferenceTrainer
+
+    dpo = PreferenceTrainer(
+        tiny_recipe(
+            "dpo", tmp_path / "d", *SCRATCH, "smoothing.method=ids", "trainer.max_steps=18"
+        ),
+        tmp_path / "d",
+    )
+    batch = dpo.collate(dpo.train_examples[:4])
+    assert_close(batch["soft_labels"], torch.ones(4))
+    dpo.train()
+    assert dpo.soft_labels.labels.ne(1).any()  # moved at the epoch boundary (step 16)
+
+
+def test_ensemble_mean_and_uncertainty_penalty(tmp_path):
+    runs = [
+        train(
+            tiny_recipe(
+                "rm", tmp_path / f"s{seed}", *SCRATCH, f"seed={seed}", "trainer.max_steps=5"
+            )
+        )[1]
+        for seed in (0, 1)
+    ]
+    prompts, completions = ["a b c :", "a b c :"], ["x y", "z"]
+    single = [RewardModelScorer.from_pretrained(r).score(prompts, completions) for r in runs]
+    mean = load_scorer(f"{runs[0]},{runs[1]}")
+    assert isinstance(mean, EnsembleScorer)
+    assert_close(mean.score(prompts, completions), (single[0] + single[1]) / 2)
+    pessimistic = load_scorer(
+        f"{runs[0]},{runs[1]}", ensemble_mode="mean_minus_std", ensemble_coef=2.0
+    )
+    spread = (single[0] - single[1]).abs() / 2  # population std of two values
+    assert_close(pessimistic.score(prompts, completions), (single[0] + single[1]) / 2 - 2 * spread)
+
+
+def test_armorm_trains_saves_and_explains(tmp_path, tiny_pretrained):
+    summary, run_dir = train(
+        tiny_recipe(
+            "armorm",
+            tmp_path / "arm",
+            f"model.name_or_path={tiny_pretrained}",
+            "loss.gate_hidden=[32,32]",
+            "trainer.batch_size=32",
+            "trainer.max_steps=10",
+        )
+    )
+    stage1 = summary["stage1"]
+    assert stage1["objectives"] == [
+        "relevance",
+        "length",
+        "fluency",
+        "positivity",
+        "safety",
+        "verbosity",
+    ]
+    assert stage1["verbosity_lambdas"][-1] == 0.0
+    assert set(summary["eval"]["gate_by_instruction"]) == {"brief", "cheer", "careful", "explain"}
+    scorer = load_scorer(str(run_dir))
+    out = scorer.explain(["a b :"], ["c d e"])
+    assert out["objectives"].shape == (1, 6) and out["gate"].shape == (1, 6)
+    assert_close(out["gate"].sum(-1), torch.tensor([summary["eval"]["beta"]]), rtol=1e-5, atol=1e-5)
+    assert_close(out["score"], (out["gate"] * out["objectives"]).sum(-1))
+
+
+class NoisyGold:
+    """The world's gold reward plus fixed Gaussian noise: a reward model of known quality."""
+
+    def __init__(self, world, noise: float):
+        self.world, self.noise = world, noise
+
+    def score(self, prompts, completions):
+        import zlib
+
+        import numpy as np
+
+        gold = self.world.gold_reward(prompts, completions)
+        # noise fixed per (prompt, response): the same text always gets the same score
+        noise = [
+            np.random.default_rng(zlib.crc32(f"{p}|{c}".encode())).standard_normal()
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        return gold + self.noise * torch.tensor(noise, dtype=gold.dtype)
+
+
+def test_reta_orders_reward_models_by_accuracy(tmp_path):
+    from prefopt.eval.reta_eval import evaluate_reward_models, world_oracle
+    from prefopt.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig())
+    pairs = world.preference_records("test")
+    scorers = {f"noise={n}": NoisyGold(world, n) for n in (0.5, 2.0, 8.0)}
+    accuracy = {}
+    for name, s in scorers.items():
+        chosen = s.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
+        rejected = s.score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
+        accuracy[name] = (chosen > rejected).float().mean().item()
+    assert accuracy["noise=0.5"] > accuracy["noise=2.0"] > accuracy["noise=8.0"]
+    prompts, responses, oracle = world_oracle(world, n_prompts=32, n_responses=16)
+    curves = evaluate_reward_models(scorers, prompts, responses, oracle, tmp_path, n_resamples=20)
+    small = {name: c.mean[0] for name, c in curves.items()}  # eta = 1/8
+    assert small["noise=0.5"] > small["noise=2.0"] > small["noise=8.0"] > 1.0
+    for c in curves.values():
+        assert c.etas[-1] == 1.0 and c.mean[-1] == 1.0
+    saved = json.loads((tmp_path / "reta.json").read_text())
+    assert set(saved["models"]) == set(scorers)
+    assert (tmp_path / "reta.png").stat().st_size > 0
+    assert (tmp_path / "reta.csv").read_text().startswith("model,eta,mean,std")
