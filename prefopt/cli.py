@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p_rm.add_argument("--n-responses", type=int, default=16)
     p_rm.add_argument("--subset-size", type=int, default=None, help="default: half of N")
     p_rm.add_argument("--resamples", type=int, default=100)
-    p_rm.add_argument("--ensemble", choices=["mean", "mean_minus_std"], default="mean")
+    p_rm.add_argument("--ensemble", choices=["mean", "mean_minus_std", "min"], default="mean")
     p_rm.add_argument("--ensemble-coef", type=float, default=1.0)
     p_rm.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -84,11 +84,12 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
     from prefopt.train import run_directory, train
     from prefopt.trainers.base import TrainingError
 
+    run_dir = run_directory(recipe)
     try:
-        summary, run_dir = train(recipe)
+        summary, run_dir = train(recipe, run_dir)
     except TrainingError as exc:
         print(f"prefopt: training failed: {exc}", file=sys.stderr)
-        print(f"run directory: {run_directory(recipe)}")
+        print(f"run directory: {run_dir}")
         return 1
     _print_summary(summary)
     print(f"run directory: {run_dir}")

@@ -275,18 +275,22 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
 
     schema = OmegaConf.structured(Recipe)
     schema.loss = OmegaConf.structured(loss_cls)
-    problems += _check_node(schema, raw, prefix="", all_keys=_all_keys(schema))
-    if problems:
-        raise ConfigError(problems)
-
+    bad_keys: list[str] = []
+    problems += _check_node(schema, raw, prefix="", all_keys=_all_keys(schema), bad=bad_keys)
+    for key in bad_keys:  # drop what cannot be typed, so range checks still see the rest
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(raw, parent) if parent else raw
+        if isinstance(node, DictConfig) and leaf in node:
+            node.pop(leaf)
     merged = OmegaConf.merge(schema, raw)
     merged.name = merged.name or path.stem
     try:
         recipe = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ConfigError([_describe(exc)]) from None
+        raise ConfigError([*problems, _describe(exc)]) from None
     assert isinstance(recipe, Recipe)
-    problems += _check_ranges(recipe)
+    if loss_cls is not LossConfigFallback:
+        problems += _check_ranges(recipe)
     if problems:
         raise ConfigError(problems)
     return recipe
@@ -349,27 +353,34 @@ def _dataclass_of(tp: Any) -> type | None:
     return None
 
 
-def _check_node(schema: DictConfig, raw: Any, prefix: str, all_keys: list[str]) -> list[str]:
+def _check_node(
+    schema: DictConfig, raw: Any, prefix: str, all_keys: list[str], bad: list[str] | None = None
+) -> list[str]:
+    """Problems of `raw` against `schema`; the offending full keys are appended to `bad`."""
     problems: list[str] = []
+    bad = [] if bad is None else bad
     if not isinstance(raw, DictConfig):
         return [f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {raw!r}"]
     for key in raw.keys():
         full = f"{prefix}{key!s}"
         if key not in schema:
             problems.append(_unknown_key(full, str(key), schema, prefix, all_keys))
+            bad.append(full)
             continue
         child_schema = _schema_child(schema, str(key))
         value = raw._get_node(key)
         if child_schema is not None and isinstance(value, DictConfig) and not value._is_none():
-            problems += _check_node(child_schema, value, full + ".", all_keys)
+            problems += _check_node(child_schema, value, full + ".", all_keys, bad)
             continue
         try:
             trial = OmegaConf.structured(schema) if not isinstance(schema, DictConfig) else schema
             OmegaConf.merge(trial, OmegaConf.create({key: value}))
         except OmegaConfBaseException as exc:
             problems.append(_type_problem(full, schema, str(key), value, exc))
+            bad.append(full)
         except Exception as exc:  # pragma: no cover - defensive: report, never crash
             problems.append(f"{full}: {exc}")
+            bad.append(full)
     return problems
 
 
@@ -409,10 +420,24 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         value = OmegaConf.select(flat, key)
         if value is not None and value not in choices:
             problems.append(f"{key}: {value!r} is not one of null, {', '.join(choices)}")
-    t = recipe.trainer
-    for name in ("batch_size", "grad_accum", "max_steps"):
+    t, e = recipe.trainer, recipe.eval
+    for name in ("batch_size", "grad_accum", "max_steps", "log_every", "keep_checkpoints"):
         if getattr(t, name) < 1:
             problems.append(f"trainer.{name} must be >= 1, got {getattr(t, name)}")
+    for name in ("eval_every", "save_every", "warmup_steps"):
+        if getattr(t, name) < 0:
+            problems.append(f"trainer.{name} must be >= 0, got {getattr(t, name)}")
+    unknown_trackers = sorted(set(t.report_to) - {"tensorboard"})
+    if unknown_trackers:
+        problems.append(f"trainer.report_to: unknown {unknown_trackers}; supported: tensorboard")
+    for name in ("n_prompts", "samples_per_prompt", "max_new_tokens", "batch_size"):
+        if getattr(e, name) < 1:
+            problems.append(f"eval.{name} must be >= 1, got {getattr(e, name)}")
+    if e.temperature <= 0 or not 0 < e.top_p <= 1 or e.top_k < 0:
+        problems.append(
+            f"eval sampling: need temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
+            f"{e.temperature}, {e.top_p}, {e.top_k}"
+        )
     if t.lr <= 0:
         problems.append(f"trainer.lr must be > 0, got {t.lr}")
     if recipe.data.max_prompt_length >= recipe.data.max_length:
@@ -424,6 +449,16 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         problems.append(f"resume: {recipe.resume!r} is neither 'auto' nor an existing path")
     if not 0 < recipe.smoothing.beta <= 1:
         problems.append(f"smoothing.beta must be in (0, 1], got {recipe.smoothing.beta}")
+    if recipe.smoothing.method == "ids":
+        entry = get_loss(recipe.loss.name)
+        if not getattr(entry.build, "supports_soft_labels", False):
+            takes = sorted(
+                n for n, x in LOSSES.items() if getattr(x.build, "supports_soft_labels", False)
+            )
+            problems.append(
+                f"smoothing.method: ids needs a loss that trains on soft labels ({', '.join(takes)}); "
+                f"loss {recipe.loss.name!r} would ignore them"
+            )
     validate = getattr(recipe.loss, "validate", None)
     if callable(validate):
         problems += validate()

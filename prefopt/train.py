@@ -45,9 +45,18 @@ def run_directory(recipe: Recipe) -> Path:
     return path
 
 
-def train(recipe: Recipe) -> tuple[dict[str, Any], Path]:
-    """Train `recipe`; returns (summary, run directory)."""
-    run_dir = run_directory(recipe)
+def train(recipe: Recipe, run_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """Train `recipe` in `run_dir` (default: `run_directory(recipe)`); returns (summary, run
+    directory). A fresh run (no `resume`) refuses a folder that already holds checkpoints, so a
+    later `resume: auto` can never pick up weights of another run."""
+    from prefopt.trainers.base import TrainingError, list_checkpoints
+
+    run_dir = run_dir or run_directory(recipe)
+    if recipe.resume is None and list_checkpoints(run_dir):
+        raise TrainingError(
+            f"{run_dir} already holds checkpoints of an earlier run: set resume=auto to continue "
+            "it, or choose another output_dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / "recipe.yaml")
     trainer = trainer_class(recipe)(recipe, run_dir)

@@ -30,8 +30,6 @@ def sft_recipe_for(recipe: Recipe) -> Recipe:
     sft.world = recipe.world
     sft.model.tiny = recipe.model.tiny
     sft.seed = recipe.seed
-    sft.trainer.device = recipe.trainer.device
-    sft.trainer.progress_bar = recipe.trainer.progress_bar
     sft.eval.enabled = False  # `make train RECIPE=sft` reports the SFT model's own evaluation
     sft.output_dir = None
     return sft
@@ -42,6 +40,9 @@ def world_sft_model(recipe: Recipe) -> Path:
 
     sft = sft_recipe_for(recipe)
     key = hashlib.sha256(to_yaml(sft).encode()).hexdigest()[:12]
+    # how it runs (not what it learns) stays out of the cache key
+    sft.trainer.device = recipe.trainer.device
+    sft.trainer.progress_bar = recipe.trainer.progress_bar
     folder = world_cache_dir() / f"world-sft-{key}"
     model = folder / "model"
     if (model / "config.json").exists():

@@ -108,3 +108,23 @@ def test_cli_lists_recipes():
     assert proc.returncode == 0
     lines = dict(line.split(None, 1) for line in proc.stdout.strip().splitlines())
     assert "DPO" in lines["dpo"] and "SimPO" in lines["simpo"]
+
+
+def test_range_errors_reported_with_type_errors_together():
+    found = problems("dpo", ["trainer.lr=abc", "trainer.log_every=0", "eval.samples_per_prompt=0"])
+    assert any(p.startswith("trainer.lr: expected float") for p in found)
+    assert any(p.startswith("trainer.log_every must be >= 1") for p in found)
+    assert any(p.startswith("eval.samples_per_prompt") for p in found)
+
+
+def test_ids_only_with_losses_that_read_soft_labels():
+    assert load_recipe("rm_ids").smoothing.method == "ids"
+    assert load_recipe("dpo", ["smoothing.method=ids"]).loss.name == "sigmoid"
+    for loss in ("ipo", "hinge", "simpo", "cdpo", "robust"):
+        (p,) = problems("dpo", ["smoothing.method=ids", f"loss.name={loss}"])
+        assert p.startswith("smoothing.method: ids needs a loss") and "bradley_terry" in p
+
+
+def test_unknown_tracker_fails_before_loading():
+    (p,) = problems("dpo", ["trainer.report_to=[wandb]"])
+    assert "trainer.report_to" in p and "tensorboard" in p

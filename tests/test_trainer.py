@@ -140,3 +140,31 @@ def test_resolved_recipe_reproduces_the_run(tmp_path):
     again = load_recipe(first / "recipe.yaml", [f"output_dir={tmp_path / 'b'}"])
     _, second = train(again)
     assert losses(first) == losses(second)
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
+    from prefopt.trainers.base import TrainingError
+
+    common = [*DPO_FROM_SCRATCH, "trainer.max_steps=2"]
+    train(tiny_recipe("dpo", tmp_path / "r", *common))
+    with pytest.raises(TrainingError, match="resume=auto"):
+        train(tiny_recipe("dpo", tmp_path / "r", *common))
+    summary, _ = train(tiny_recipe("dpo", tmp_path / "r", *common, "resume=auto"))
+    assert summary["steps"] == 2  # already complete: resumes at 2 and stops
+
+
+def test_tensorboard_logging(tmp_path):
+    _, run_dir = train(
+        tiny_recipe(
+            "sft", tmp_path / "tb", "trainer.max_steps=2", "trainer.report_to=[tensorboard]"
+        )
+    )
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_periodic_evaluation_is_logged_once_per_interval(tmp_path):
+    _, run_dir = train(
+        tiny_recipe("sft", tmp_path / "ev", "trainer.max_steps=4", "trainer.eval_every=2")
+    )
+    evals = [m["step"] for m in read_metrics(run_dir) if "eval/nll_per_token" in m]
+    assert evals == [2, 4]

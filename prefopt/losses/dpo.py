@@ -77,6 +77,7 @@ class PairwiseLoss:
     """Base class: subclasses implement `pair_loss(policy, ref, batch) -> [B] loss`."""
 
     needs_reference: ClassVar[bool] = True
+    supports_soft_labels: ClassVar[bool] = False  # reads batch["soft_labels"] (IDS)
 
     def __init__(self, config: DPOConfig):
         self.config = config
@@ -128,6 +129,8 @@ class SigmoidLoss(PairwiseLoss):
     """DPO (Rafailov et al. 2023, eq. 7): ``-logsig(z)``; soft labels y give
     ``-(y logsig(z) + (1-y) logsig(-z))``."""
 
+    supports_soft_labels = True
+
     def target(self, batch: dict[str, Any], like: Tensor) -> Tensor | None:
         labels = batch.get("soft_labels")
         return None if labels is None else labels.to(like)
@@ -142,12 +145,14 @@ class SigmoidLoss(PairwiseLoss):
 
 @register_loss("cdpo", SmoothedDPOConfig)
 class ConservativeLoss(SigmoidLoss):
-    """cDPO: label smoothing ``-(1-eps) logsig(z) - eps logsig(-z)``."""
+    """cDPO: label smoothing ``-(1-eps) logsig(z) - eps logsig(-z)``. Its labels are the fixed
+    1 - eps, so it does not take IDS labels (that would silently override eps)."""
+
+    supports_soft_labels = False
 
     def target(self, batch, like):
-        labels = super().target(batch, like)
         eps = self.config.label_smoothing  # type: ignore[attr-defined]
-        return torch.full_like(like, 1 - eps) if labels is None else labels
+        return torch.full_like(like, 1 - eps)
 
 
 @register_loss("robust", SmoothedDPOConfig)

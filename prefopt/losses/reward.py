@@ -35,6 +35,7 @@ class BradleyTerryConfig(LossConfig):
 @register_loss("bradley_terry", BradleyTerryConfig, kind="reward")
 class BradleyTerryLoss:
     needs_reference: ClassVar[bool] = False
+    supports_soft_labels: ClassVar[bool] = True
 
     def __init__(self, config: BradleyTerryConfig):
         self.config = config

@@ -97,6 +97,8 @@ def load_reward_backbone(
     `AutoModelForSequenceClassification(num_labels=1)`, so the saved model loads with plain
     transformers. The score of a sequence is the head's output at its last non-pad token."""
     if init_path is None:
+        if cfg.quantization:
+            raise ValueError("model.quantization needs a pretrained model (model.name_or_path)")
         model = build_tiny_reward_model(cfg.tiny, tokenizer)
     else:
         from transformers import AutoModelForSequenceClassification

@@ -77,13 +77,27 @@ class RewardModelScorer:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> RewardModelScorer:
-        from transformers import AutoModelForSequenceClassification
-
+        """A full model folder or a LoRA adapter folder (its base loads through peft). The
+        length limits default to those of the run's recipe when `path` is a run directory."""
         from prefopt.models.loading import load_tokenizer
 
-        path = _model_folder(Path(path))
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-        return cls(model, load_tokenizer(str(path)), **kwargs)
+        run_dir = Path(path)
+        folder = _model_folder(run_dir)
+        if (folder / "adapter_config.json").exists():
+            from peft import AutoPeftModelForSequenceClassification
+
+            model = AutoPeftModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            model = AutoModelForSequenceClassification.from_pretrained(folder)
+        if (run_dir / "recipe.yaml").exists():
+            from prefopt.config import load_recipe
+
+            data = load_recipe(run_dir / "recipe.yaml").data
+            kwargs.setdefault("max_length", data.max_length)
+            kwargs.setdefault("max_prompt_length", data.max_prompt_length)
+        return cls(model, load_tokenizer(str(folder)), **kwargs)
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str]) -> Tensor:
@@ -118,8 +132,8 @@ class EnsembleScorer:
 def _model_folder(path: Path) -> Path:
     """Accept a run directory (use its `model/`) or a model folder."""
     model = path / "model"
-    is_run = (model / "config.json").exists() or (model / "armorm.json").exists()
-    return model if is_run else path
+    markers = ("config.json", "armorm.json", "adapter_config.json")
+    return model if any((model / m).exists() for m in markers) else path
 
 
 def load_scorer(
@@ -144,6 +158,6 @@ def load_scorer(
         from prefopt.rewards.armorm_model import ArmoRMScorer
 
         return ArmoRMScorer.from_pretrained(folder, device=device)
-    if (folder / "config.json").exists():
-        return RewardModelScorer.from_pretrained(folder, device=device)
+    if (folder / "config.json").exists() or (folder / "adapter_config.json").exists():
+        return RewardModelScorer.from_pretrained(spec, device=device)
     raise FileNotFoundError(f"{spec}: not 'world', a reward-model folder or a run directory")

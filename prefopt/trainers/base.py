@@ -209,7 +209,8 @@ class Trainer:
                 tracker.log(self.step, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 window.clear()
-            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            final_step = self.step == self.cfg.max_steps  # the final evaluation covers it
+            if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not final_step:
                 tracker.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
                 self.model.train()
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:

@@ -190,7 +190,8 @@ class PolicyTrainer(Trainer):
                 trust_remote_code=self.recipe.model.trust_remote_code,
             )
             ref.eval().requires_grad_(False)
-            return ref
+            # a k-bit model is placed by its device_map; a plain one must follow the policy
+            return ref if self.recipe.model.quantization else ref.to(self.device)
         return frozen_copy(self.model).to(self.device)
 
     # ---------------------------------------------------------------- outputs

@@ -58,7 +58,7 @@ class SFTTrainer(PolicyTrainer):
         if not self.eval_examples:
             return {}
         self.model.eval()
-        total_nll, total_tokens = 0.0, 0.0
+        total_nll, total_tokens, per_example = 0.0, 0.0, 0.0
         bs = self.cfg.batch_size
         for start in range(0, len(self.eval_examples), bs):
             batch = to_device(self._collator(self.eval_examples[start : start + bs]), self.device)
@@ -67,5 +67,11 @@ class SFTTrainer(PolicyTrainer):
             )
             total_nll -= logps.sum().item()
             total_tokens += n.sum().item()
+            per_example -= (logps / n.clamp(min=1)).sum().item()
         self.model.train()
-        return {"nll_per_token": total_nll / max(total_tokens, 1.0)}
+        # nll_per_token: mean over examples of each one's per-token NLL (as the training metric);
+        # token_nll: every held-out token weighted the same (perplexity = exp(token_nll))
+        return {
+            "nll_per_token": per_example / len(self.eval_examples),
+            "token_nll": total_nll / max(total_tokens, 1.0),
+        }
