@@ -456,8 +456,8 @@ def _check_ranges(recipe: Recipe) -> list[str]:
                 n for n, x in LOSSES.items() if getattr(x.build, "supports_soft_labels", False)
             )
             problems.append(
-                f"smoothing.method: ids needs a loss that trains on soft labels ({', '.join(takes)}); "
-                f"loss {recipe.loss.name!r} would ignore them"
+                "smoothing.method: ids needs a loss that trains on soft labels "
+                f"({', '.join(takes)}); loss {recipe.loss.name!r} would ignore them"
             )
     validate = getattr(recipe.loss, "validate", None)
     if callable(validate):
