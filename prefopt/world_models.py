@@ -15,7 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
+from dataclasses import replace
+
 from prefopt.config import Recipe, load_recipe, to_yaml
+from prefopt.world.config import WorldConfig
 
 
 def world_cache_dir() -> Path:
@@ -24,10 +27,27 @@ def world_cache_dir() -> Path:
     return root
 
 
+# World settings that shape only the preference pairs, never the language, prompts or
+# demonstrations: they stay out of the SFT model's cache key (test_world_models checks this).
+PAIR_ONLY_FIELDS = (
+    "n_train_pairs",
+    "n_test_pairs",
+    "n_ood_pairs",
+    "label_temperature",
+    "comparison_counts",
+    "long_tail_exponent",
+    "long_tail_max_count",
+    "pair_quality_min",
+    "pair_quality_max",
+    "hard_pair_fraction",
+)
+
+
 def sft_recipe_for(recipe: Recipe) -> Recipe:
     """The `sft` recipe on the same world, architecture and seed as `recipe`."""
     sft = load_recipe("sft")
-    sft.world = recipe.world
+    defaults = WorldConfig()
+    sft.world = replace(recipe.world, **{f: getattr(defaults, f) for f in PAIR_ONLY_FIELDS})
     sft.model.tiny = recipe.model.tiny
     sft.seed = recipe.seed
     sft.eval.enabled = False  # `make train RECIPE=sft` reports the SFT model's own evaluation
