@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from prefopt.config import Recipe, load_recipe, to_yaml
 from prefopt.world.config import WorldConfig
