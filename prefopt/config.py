@@ -144,7 +144,7 @@ class EvalConfig:
     """Generation-based evaluation on the world (gold reward, KL, win rate, diversity)."""
 
     enabled: bool = True
-    n_prompts: int = 32  # per split (in distribution and out of distribution)
+    n_prompts: int = 64  # per split (in distribution and out of distribution)
     samples_per_prompt: int = 4
     max_new_tokens: int = 32
     temperature: float = 1.0

@@ -28,10 +28,10 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
         raise ConfigError([f"{run_dir} has no trained model (model/); did the run finish?"])
     kind = get_loss(recipe.loss.name).kind
     original_init = recipe.model.name_or_path
-    if original_init == "world:sft":
-        from prefopt.world_models import world_sft_model
+    if original_init is not None and original_init.startswith("world:"):
+        from prefopt.world_models import WORLD_MODELS
 
-        original_init = str(world_sft_model(recipe))
+        original_init = str(WORLD_MODELS[original_init](recipe))
     initial = run_dir / "initial_model"
     reference_path = (
         recipe.reference.name_or_path

@@ -1,7 +1,8 @@
 """Models of the synthetic world that recipes can start from, trained once and cached.
 
 ``model.name_or_path: world:sft`` names the SFT policy of the recipe's world: the `sft` recipe
-run with the same world, tiny architecture and seed. It is trained on first use (about a minute
+run with the same world, tiny architecture and seed; ``world:rm`` likewise names the `rm`
+recipe's Bradley-Terry reward model. It is trained on first use (about a minute
 on 2 CPU cores) into the cache folder and reused afterwards, keyed by a hash of the resolved SFT
 recipe, so a change of the world or of the architecture trains a new one.
 
@@ -17,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from prefopt.config import Recipe, load_recipe, to_yaml
-from prefopt.world.config import WorldConfig
 
 
 def world_cache_dir() -> Path:
@@ -42,35 +42,55 @@ PAIR_ONLY_FIELDS = (
 )
 
 
+def stage_recipe_for(recipe: Recipe, stage: str) -> Recipe:
+    """The shipped `stage` recipe ("sft" or "rm") on the same language, architecture and seed as
+    `recipe`. The stage keeps its own pair settings (e.g. how many pairs an RM trains on)."""
+    base = load_recipe(stage)
+    shared = {f: getattr(base.world, f) for f in PAIR_ONLY_FIELDS}
+    base.world = replace(recipe.world, **shared)
+    base.model.tiny = recipe.model.tiny
+    base.seed = recipe.seed
+    base.eval.enabled = False  # `make train RECIPE=sft` reports the SFT model's own evaluation
+    base.output_dir = None
+    base.resume = None
+    return base
+
+
 def sft_recipe_for(recipe: Recipe) -> Recipe:
-    """The `sft` recipe on the same world, architecture and seed as `recipe`."""
-    sft = load_recipe("sft")
-    defaults = WorldConfig()
-    sft.world = replace(recipe.world, **{f: getattr(defaults, f) for f in PAIR_ONLY_FIELDS})
-    sft.model.tiny = recipe.model.tiny
-    sft.seed = recipe.seed
-    sft.eval.enabled = False  # `make train RECIPE=sft` reports the SFT model's own evaluation
-    sft.output_dir = None
-    return sft
+    return stage_recipe_for(recipe, "sft")
 
 
 def world_sft_model(recipe: Recipe) -> Path:
+    """The world's SFT policy for `recipe` (``model.name_or_path: world:sft``)."""
+    return world_stage_model(recipe, "sft")
+
+
+def world_rm_model(recipe: Recipe) -> Path:
+    """The world's Bradley-Terry reward model (``world:rm``), e.g. ArmoRM's frozen backbone as
+    in the paper, whose backbone was a Bradley-Terry reward model."""
+    return world_stage_model(recipe, "rm")
+
+
+WORLD_MODELS = {"world:sft": world_sft_model, "world:rm": world_rm_model}
+
+
+def world_stage_model(recipe: Recipe, stage: str) -> Path:
     from prefopt.train import train
 
-    sft = sft_recipe_for(recipe)
-    key = hashlib.sha256(to_yaml(sft).encode()).hexdigest()[:12]
+    staged = stage_recipe_for(recipe, stage)
+    key = hashlib.sha256(to_yaml(staged).encode()).hexdigest()[:12]
     # how it runs (not what it learns) stays out of the cache key
-    sft.trainer.device = recipe.trainer.device
-    sft.trainer.progress_bar = recipe.trainer.progress_bar
-    folder = world_cache_dir() / f"world-sft-{key}"
+    staged.trainer.device = recipe.trainer.device
+    staged.trainer.progress_bar = recipe.trainer.progress_bar
+    folder = world_cache_dir() / f"world-{stage}-{key}"
     model = folder / "model"
     if (model / "config.json").exists():
         return model
-    print(f"training the world's SFT policy once (cached in {folder})")
+    print(f"training the world's {stage} model once (cached in {folder})")
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    sft.output_dir = str(tmp)
-    train(sft)
+    staged.output_dir = str(tmp)
+    train(staged)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return model

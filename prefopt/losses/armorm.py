@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from prefopt.losses.base import LossConfig
 from prefopt.registry import register_loss
 
-POOLINGS = ("last", "mean", "last_mean")
+POOLINGS = ("last", "mean", "last_mean", "all_layers")
 
 
 @dataclass
@@ -20,7 +20,10 @@ class ArmoRMConfig(LossConfig):
     """The `loss:` section of `recipes/armorm.yaml` (defaults: the paper's, section 3.2)."""
 
     name: str = "armorm"
-    pooling: str = "last"  # last (paper) | mean | last_mean over the response tokens
+    # Features of a sequence: "last" (paper: final layer, last token), "mean" (final layer,
+    # mean over response tokens), "last_mean" (both), "all_layers" (last and mean of every
+    # layer's hidden states, embeddings included) -- deviations for small backbones.
+    pooling: str = "last"
     ridge_alphas: list[float] = field(
         default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]
     )
@@ -28,7 +31,12 @@ class ArmoRMConfig(LossConfig):
     gate_hidden: list[int] = field(default_factory=lambda: [1024, 1024, 1024])
     gate_dropout: float = 0.2
     temperature: float = 10.0  # T in softmax(z / T), fixed
-    beta_init: float = 1.0  # learnable output scale
+    beta_init: float = 1.0  # learnable output scale (paper: 1)
+    # Deviation (off by default): start beta at the maximum-likelihood scale of the uniformly
+    # gated score on the training pairs instead of beta_init. With objective scores in [0, 1]
+    # and AdamW at lr 1e-3, beta grows by ~0.3 in 300 steps, far below the scale the labels
+    # need; the gate then saturates on one objective to widen margins (see armorm.md).
+    fit_beta_init: bool = False
     verbosity_objective: str | None = "verbosity"  # null: no decorrelation
     decorrelation_threshold: float = 0.03  # Spearman(r'_i, r_verbosity) <= this
     max_length: int = 128

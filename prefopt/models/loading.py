@@ -172,6 +172,13 @@ def load_pretrained(
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
+def load_backbone(path: str, trust_remote_code: bool = False) -> nn.Module:
+    """The transformer body of any checkpoint (`AutoModel`): a causal LM, a reward model..."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
 def add_lora(model: nn.Module, lora: LoraSettings, quantized: bool) -> nn.Module:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 

@@ -69,18 +69,21 @@ class FeatureExtractor:
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
                 span[row, start : len(seq)] = 1
-            hidden = self.backbone(
+            states = self.backbone(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 output_hidden_states=True,
                 use_cache=False,
-            ).hidden_states[-1]
-            hidden = hidden.float().cpu()
-            last = hidden[torch.arange(len(chunk)), mask.sum(1) - 1]
-            mean = (hidden * span.unsqueeze(-1)).sum(1) / span.sum(1, keepdim=True).clamp(min=1)
-            out.append(
-                {"last": last, "mean": mean, "last_mean": torch.cat([last, mean], -1)}[self.pooling]
-            )
+            ).hidden_states
+            layers = states if self.pooling == "all_layers" else states[-1:]
+            pooled = []
+            for hidden in layers:
+                hidden = hidden.float().cpu()
+                last = hidden[torch.arange(len(chunk)), mask.sum(1) - 1]
+                weights = span.unsqueeze(-1)
+                mean = (hidden * weights).sum(1) / span.sum(1, keepdim=True).clamp(min=1)
+                pooled += {"last": [last], "mean": [mean]}.get(self.pooling, [last, mean])
+            out.append(torch.cat(pooled, -1))
         return torch.cat(out)
 
     def responses(self, prompts: list[str], completions: list[str]) -> Tensor:
@@ -146,9 +149,8 @@ class ArmoRMScorer:
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> ArmoRMScorer:
         from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM
 
-        from prefopt.models.loading import load_tokenizer
+        from prefopt.models.loading import load_backbone, load_tokenizer
 
         folder = Path(folder)
         meta = json.loads((folder / "armorm.json").read_text())
@@ -168,7 +170,7 @@ class ArmoRMScorer:
         if int(state["verbosity_index"]) < 0:
             state = {**state}
         head.load_state_dict(state)
-        backbone = AutoModelForCausalLM.from_pretrained(folder / "backbone")
+        backbone = load_backbone(str(folder / "backbone"))
         tokenizer = load_tokenizer(str(folder / "backbone"))
         features = FeatureExtractor(
             backbone,

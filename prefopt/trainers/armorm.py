@@ -22,7 +22,7 @@ from torch import Tensor
 from prefopt.eval.calibration import expected_calibration_error
 from prefopt.losses.base import LossOutput
 from prefopt.losses.reward import BradleyTerryConfig, BradleyTerryLoss
-from prefopt.models.loading import load_pretrained
+from prefopt.models.loading import load_backbone
 from prefopt.rewards.armorm import (
     ArmoRMHead,
     apply_decorrelation,
@@ -82,6 +82,10 @@ class ArmoRMTrainer(PolicyTrainer):
             "r2": self.r_squared(responses, ratings, mask, weights.float()),
             "verbosity_lambdas": None if lambdas is None else lambdas.tolist(),
         }
+        if cfg.fit_beta_init:
+            with torch.no_grad():
+                self.model.gating.beta.fill_(self.fit_scale(feats))
+            self.summary["stage1"]["beta_init"] = self.model.gating.beta.item()
         self.train_examples = self.feature_examples(feats, "train")
         self.eval_examples = (
             self.feature_examples(self.pair_features(self.eval_records), "eval")
@@ -90,13 +94,25 @@ class ArmoRMTrainer(PolicyTrainer):
         )
         self.bt = BradleyTerryLoss(BradleyTerryConfig())
 
+    @torch.no_grad()
+    def fit_scale(self, feats: dict[str, Tensor]) -> float:
+        """Maximum-likelihood beta for the uniformly gated score: argmin over a log grid of the
+        mean BT loss of ``beta * mean_k(r'_c - r'_r)`` on the training pairs."""
+        head = cast(ArmoRMHead, self.model)
+        gap = (head.objectives(feats["chosen"]) - head.objectives(feats["rejected"])).mean(-1)
+        grid = torch.logspace(-2, 3, 501)
+        losses = torch.nn.functional.softplus(-grid[:, None] * gap[None, :].float()).mean(-1)
+        return float(grid[losses.argmin()])
+
     # ---------------------------------------------------------------- data
 
     def build_model(self):
-        """The frozen backbone (a causal LM); the trainable model is the ArmoRM head."""
+        """The frozen backbone; the trainable model is the ArmoRM head. Any checkpoint with a
+        transformer body works: a causal LM or, as in the paper, a Bradley-Terry reward model
+        (its head is dropped; the features are the body's final hidden states)."""
         if self.init_path is None:
             raise TrainingError("ArmoRM needs a pretrained backbone: set model.name_or_path")
-        self.backbone = load_pretrained(
+        self.backbone = load_backbone(
             self.init_path, trust_remote_code=self.recipe.model.trust_remote_code
         )
         return self.backbone

@@ -37,7 +37,8 @@ class PolicyTrainer(Trainer):
     def build(self) -> None:
         recipe = self.recipe
         self.world = None
-        if recipe.data.source == WORLD or recipe.model.name_or_path in (None, "world:sft"):
+        name = recipe.model.name_or_path
+        if recipe.data.source == WORLD or name is None or name.startswith("world:"):
             from prefopt.world import build_world
             from prefopt.world_models import world_cache_dir
 
@@ -73,10 +74,14 @@ class PolicyTrainer(Trainer):
 
     def resolve_init_path(self) -> str | None:
         name = self.recipe.model.name_or_path
-        if name == "world:sft":
-            from prefopt.world_models import world_sft_model
+        if name is not None and name.startswith("world:"):
+            from prefopt.world_models import WORLD_MODELS
 
-            return str(world_sft_model(self.recipe))
+            if name not in WORLD_MODELS:
+                raise TrainingError(
+                    f"model.name_or_path: unknown {name!r}; use {sorted(WORLD_MODELS)}"
+                )
+            return str(WORLD_MODELS[name](self.recipe))
         return name
 
     def build_tokenizer(self):
