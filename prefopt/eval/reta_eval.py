@@ -145,9 +145,10 @@ def plot(curves: dict[str, RetaCurve], path: Path) -> None:
 def format_table(
     curves: dict[str, RetaCurve], etas: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 ) -> str:
-    lines = ["model".ljust(28) + "".join(f"eta={e:<6}" for e in etas) + "best eta"]
+    width = max(len("model"), *(len(name) for name in curves)) + 2
+    lines = ["model".ljust(width) + "".join(f"eta={e:<6}" for e in etas) + "best eta"]
     for name, c in curves.items():
-        row = name[-28:].ljust(28)
+        row = name.ljust(width)
         for e in etas:
             i = min(range(len(c.etas)), key=lambda j: abs(c.etas[j] - e))
             row += f"{c.mean[i]:<10.3f}"

@@ -14,7 +14,6 @@ deviation for small backbones whose last state does not encode counts such as le
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -124,15 +123,13 @@ class ArmoRMScorer:
     def score(self, prompts: list[str], completions: list[str]) -> Tensor:
         return self.explain(prompts, completions)["score"]
 
-    def save_pretrained(self, folder: Path, backbone_source: str | None, settings: dict) -> None:
+    def save_pretrained(self, folder: Path, settings: dict) -> None:
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        if backbone_source is not None and Path(backbone_source).is_dir():
-            shutil.copytree(backbone_source, folder / "backbone", dirs_exist_ok=True)
-        else:
-            backbone = cast("PreTrainedModel", self.features.backbone)
-            backbone.save_pretrained(folder / "backbone")
+        # the body only (an RM backbone's score head is not part of ArmoRM): self-contained
+        backbone = cast("PreTrainedModel", self.features.backbone)
+        backbone.save_pretrained(folder / "backbone")
         self.features.tokenizer.save_pretrained(folder / "backbone")
         save_file(
             {k: v.contiguous() for k, v in self.head.state_dict().items()},

@@ -254,7 +254,7 @@ class ArmoRMTrainer(PolicyTrainer):
 
     def save_outputs(self, path: Path) -> None:
         settings = settings_of(self.recipe.loss, int(self.train_examples[0]["prompt"].shape[0]))
-        self.scorer().save_pretrained(path, self.init_path, settings)
+        self.scorer().save_pretrained(path, settings)
 
 
 __all__ = ["ArmoRMTrainer", "apply_decorrelation", "expected_calibration_error"]
