@@ -81,14 +81,17 @@ def _recipes() -> int:
 
 def _train(recipe_name: str, overrides: list[str]) -> int:
     recipe = load_recipe(recipe_name, overrides)  # validates before anything heavy loads
+    from prefopt.data import DataError
     from prefopt.train import run_directory, train
     from prefopt.trainers.base import TrainingError
 
     run_dir = run_directory(recipe)
     try:
         summary, run_dir = train(recipe, run_dir)
-    except TrainingError as exc:
-        print(f"prefopt: training failed: {exc}", file=sys.stderr)
+    except (TrainingError, DataError, OSError) as exc:
+        # expected failures (bad data, missing files or models, a diverging run): a message,
+        # no traceback; the last checkpoint in the run directory is intact
+        print(f"prefopt: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"run directory: {run_dir}")
         return 1
     _print_summary(summary)

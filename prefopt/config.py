@@ -72,6 +72,9 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraSettings | None = None
     quantization: str | None = None  # null | "4bit" | "8bit" (bitsandbytes; QLoRA with lora)
+    # dtype of loaded weights: fp32 keeps full-precision master weights (trainer.precision
+    # adds mixed precision on top); "auto" keeps the checkpoint's own dtype
+    dtype: str = "fp32"
     trust_remote_code: bool = False  # only when the recipe says so: runs the hub repo's code
     gradient_checkpointing: bool = False
 
@@ -173,6 +176,7 @@ class Recipe:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.tiny.family": ("gpt2", "llama"),
+    "model.dtype": ("fp32", "bf16", "fp16", "auto"),
     "reference.mode": ("auto", "copy", "adapter", "cached", "none"),
     "data.format": ("auto", "preference", "hh", "tldr", "conversation", "sft"),
     "data.on_bad_row": ("skip", "error"),
@@ -440,6 +444,11 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         )
     if t.lr <= 0:
         problems.append(f"trainer.lr must be > 0, got {t.lr}")
+    if recipe.reference.mode == "adapter" and recipe.reference.name_or_path:
+        problems.append(
+            "reference.name_or_path is set but reference.mode is adapter (the policy's own base "
+            "with the adapter disabled): use mode copy or cached for a separate reference"
+        )
     if recipe.data.max_prompt_length >= recipe.data.max_length:
         problems.append(
             f"data.max_prompt_length ({recipe.data.max_prompt_length}) must be smaller than "

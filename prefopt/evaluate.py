@@ -27,6 +27,8 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
     if not model_dir.exists():
         raise ConfigError([f"{run_dir} has no trained model (model/); did the run finish?"])
     kind = get_loss(recipe.loss.name).kind
+    if kind == "armorm":
+        return _update_summary(run_dir, evaluate_armorm(recipe, model_dir))
     original_init = recipe.model.name_or_path
     if original_init is not None and original_init.startswith("world:"):
         from prefopt.world_models import WORLD_MODELS
@@ -50,11 +52,45 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
     if kind in ("sft", "pairwise") and reference_path is None:
         raise ConfigError([f"{run_dir}: no reference to compare with (no initial_model/)"])
     results = {**trainer.evaluate(), **trainer.final_evaluation()}
+    report = eval_dir / "eval_report.md"
+    if report.exists():
+        report.replace(run_dir / "eval_report.md")
+    return _update_summary(run_dir, results)
+
+
+def _update_summary(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary["eval"] = {**summary.get("eval", {}), **results}
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
-    report = eval_dir / "eval_report.md"
-    if report.exists():
-        report.replace(run_dir / "eval_report.md")
     return summary
+
+
+def evaluate_armorm(recipe: Any, model_dir: Path) -> dict[str, Any]:
+    """Held-out accuracy and calibration of a saved ArmoRM (its trained gate, not a refit)."""
+    from prefopt.data import load_records
+    from prefopt.rewards.armorm_model import ArmoRMScorer
+    from prefopt.trainers.reward import reward_metrics
+
+    scorer = ArmoRMScorer.from_pretrained(model_dir)
+    data = recipe.data
+    world = None
+    if data.source == "world":
+        from prefopt.world import build_world
+        from prefopt.world_models import world_cache_dir
+
+        world = build_world(recipe.world, cache_dir=world_cache_dir())
+        records = world.preference_records(data.eval_split or "test")
+    else:
+        source = data.eval_source or data.source
+        records, _ = load_records(source, split=data.eval_split or "test")
+    records = records[: data.max_eval_rows] if data.max_eval_rows else records
+    if not records:
+        raise ConfigError(["no held-out pairs to evaluate (data.eval_split / data.eval_source)"])
+    prompts = [r["prompt"] for r in records]
+    chosen = scorer.score(prompts, [r["chosen"] for r in records])
+    rejected = scorer.score(prompts, [r["rejected"] for r in records])
+    results: dict[str, Any] = reward_metrics(chosen, rejected)
+    if world is not None:
+        results["bayes_accuracy"] = world.bayes_accuracy(records)["expected"]
+    return results

@@ -141,3 +141,71 @@ def test_dpo_trains_on_real_hh_rlhf_data(tmp_path, hh_tokenizer):
     assert summary["steps"] == 2
     assert summary["data"]["train_examples"] == 64  # no bad row among the first 64
     assert summary["train"]["loss"] > 0
+
+
+def test_bad_data_fails_with_a_message_not_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefopt.cli",
+            "train",
+            "sft",
+            "data.source=/nonexistent.jsonl",
+            "model.tokenizer=gpt2-does-not-matter",
+            f"output_dir={tmp_path / 'x'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "training failed" in proc.stderr
+    assert proc.stdout.strip().endswith(f"run directory: {tmp_path / 'x'}")
+
+
+def test_a_file_source_has_no_held_out_split(tmp_path):
+    from prefopt.data import DataError, load_records
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "chosen": " a", "rejected": " b"}\n')
+    assert len(load_records(str(path))[0]) == 1
+    for source in (str(path), str(tmp_path / "*.jsonl")):
+        with pytest.raises(DataError, match="data.eval_source"):
+            load_records(source, split="test")
+
+
+def test_eval_of_an_armorm_run_uses_its_trained_gate(tmp_path, tiny_pretrained):
+    summary, run_dir = train(
+        tiny_recipe(
+            "armorm",
+            tmp_path / "arm",
+            f"model.name_or_path={tiny_pretrained}",
+            "loss.gate_hidden=[16]",
+            "trainer.batch_size=16",
+            "trainer.max_steps=3",
+        )
+    )
+    assert main(["eval", str(run_dir)]) == 0
+    again = json.loads((run_dir / "summary.json").read_text())["eval"]
+    assert again["accuracy"] == pytest.approx(summary["eval"]["accuracy"])
+    assert again["ece"] == pytest.approx(summary["eval"]["ece"], abs=1e-6)
+
+
+def test_missing_data_file_fails_with_a_message(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefopt.cli",
+            "train",
+            "sft",
+            "data.source=/nonexistent.jsonl",
+            f"output_dir={tmp_path / 'y'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "no data file matches" in proc.stderr

@@ -16,8 +16,9 @@ def test_batched_samples_and_logps_match_one_sequence_at_a_time(tiny_pretrained)
     world = build_world(WorldConfig())
     tokenizer = world.tokenizer()
     prompts = world.eval_prompts("test")[:3] + ["keda :"]  # a shorter prompt: left padding
-    cfg = SimpleNamespace(samples_per_prompt=2, batch_size=8, temperature=1.0, top_k=0, top_p=1.0,
-                          max_new_tokens=6)
+    cfg = SimpleNamespace(
+        samples_per_prompt=2, batch_size=8, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=6
+    )
     samples = generate(model, tokenizer, prompts, cfg, torch.device("cpu"), seed=0)
     assert [len(g) for g in samples.completions] == [2, 2, 2, 2]
     batched = completion_logps(model, samples, torch.device("cpu"))

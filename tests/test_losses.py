@@ -127,11 +127,11 @@ def test_bradley_terry_hand_computed():
 
 
 def test_sft_reductions():
-    logps, n = torch.tensor([-6.0, -2.0]), torch.tensor([3.0, 1.0])
+    logps, n = torch.tensor([-6.0, -2.0]), torch.tensor([3.0, 2.0])
     seq = build(SFTConfig())(logps, n)
-    assert_close(seq.loss, torch.tensor([2.0, 2.0]))  # 6/3, 2/1
+    assert_close(seq.loss, torch.tensor([2.0, 1.0]))  # 6/3, 2/2: batch mean 1.5
     tok = build(SFTConfig(reduction="token_mean"))(logps, n)
-    assert_close(tok.loss.mean(), torch.tensor(8.0 / 4.0))  # all NLL over all tokens
+    assert_close(tok.loss.mean(), torch.tensor(8.0 / 5.0))  # all NLL over all tokens: 1.6
 
 
 def test_range_validation_names_the_key():

@@ -94,8 +94,7 @@ def test_ids_labels_move_each_epoch_and_resume_with_the_checkpoint(tmp_path, mon
     assert all(loss[s] == loss_b[s] for s in range(21, 41))
 
 
-def test_dpo_with_ids_uses_soft_labels(tmp_path):
-    trainer = RewardTrainer  # noqa: F841  (keeps the import used when run alone)
+def test_dpo_with_ids_trains_on_the_soft_labels(tmp_path):
     from prefopt.trainers.preference import PreferenceTrainer
 
     dpo = PreferenceTrainer(
@@ -107,7 +106,21 @@ def test_dpo_with_ids_uses_soft_labels(tmp_path):
     batch = dpo.collate(dpo.train_examples[:4])
     assert_close(batch["soft_labels"], torch.ones(4))
     dpo.train()
-    assert dpo.soft_labels.labels.ne(1).any()  # moved at the epoch boundary (step 16)
+    labels = dpo.soft_labels.labels
+    assert labels.ne(1).any()  # moved at the epoch boundary (step 16)
+    # the loss of a batch is the soft-label cross-entropy with the stored labels
+    batch = dpo.collate(dpo.train_examples[:4])
+    assert_close(batch["soft_labels"], labels[:4])
+    with torch.no_grad():
+        out = dpo.compute_loss(batch)
+        z = dpo.pair_deltas(batch)
+    y = labels[:4]
+    expected = -(
+        y * torch.nn.functional.logsigmoid(z) + (1 - y) * torch.nn.functional.logsigmoid(-z)
+    )
+    assert_close(out.loss, expected)
+    hard = -torch.nn.functional.logsigmoid(z)
+    assert not torch.allclose(out.loss, hard)
 
 
 def test_ensemble_mean_and_uncertainty_penalty(tmp_path):

@@ -96,6 +96,12 @@ def read_rows(
 
     builder = file_builder(source)
     if builder is not None:
+        if split != "train":
+            # a file or glob has no splits: never hand back the training rows as "held out"
+            raise DataError(
+                f"{source}: a file has no {split!r} split; give the held-out rows "
+                "as their own file (data.eval_source)"
+            )
         files = _expand(source)
         dataset = datasets.load_dataset(builder, data_files=files, split="train")
     else:

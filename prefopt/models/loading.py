@@ -92,6 +92,7 @@ def load_reward_backbone(
     tokenizer: PreTrainedTokenizerBase,
     init_path: str | None,
     compute_dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> nn.Module:
     """A reward model: a causal-LM backbone (pretrained or tiny) with a new scalar head, through
     `AutoModelForSequenceClassification(num_labels=1)`, so the saved model loads with plain
@@ -103,12 +104,16 @@ def load_reward_backbone(
     else:
         from transformers import AutoModelForSequenceClassification
 
-        kwargs: dict[str, Any] = {"num_labels": 1, "trust_remote_code": cfg.trust_remote_code}
-        qconfig = quantization_config(cfg.quantization, compute_dtype)
-        if qconfig is not None:
-            kwargs["quantization_config"] = qconfig
-            kwargs["device_map"] = "cuda" if torch.cuda.is_available() else "cpu"
-        model = AutoModelForSequenceClassification.from_pretrained(init_path, **kwargs)
+        kwargs = load_kwargs(
+            dtype=cfg.dtype,
+            quantization=cfg.quantization,
+            compute_dtype=compute_dtype,
+            device=device,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(
+            init_path, num_labels=1, **kwargs
+        )
     model_config = cast("PreTrainedConfig", model.config)
     if model_config.pad_token_id is None:
         model_config.pad_token_id = tokenizer.pad_token_id
@@ -148,23 +153,54 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype) -> Any:
     raise ValueError(f"model.quantization: {kind!r} is not one of null, 4bit, 8bit")
 
 
+WEIGHT_DTYPES: dict[str, Any] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "auto": "auto",
+}
+
+
+def load_kwargs(
+    *,
+    dtype: str = "fp32",
+    quantization: str | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """`from_pretrained` arguments. Weights load in `dtype` (fp32 by default: transformers 5
+    would otherwise keep a checkpoint's own fp16/bf16, and AdamW on half-precision weights loses
+    small updates; mixed precision comes from `trainer.precision`). A k-bit model is placed on
+    `device` (this process's device) by bitsandbytes."""
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": WEIGHT_DTYPES[dtype]}
+    qconfig = quantization_config(quantization, compute_dtype)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}
+    return kwargs
+
+
 def load_pretrained(
     path: str,
     *,
     quantization: str | None = None,
     compute_dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
-    device_map: Any = None,
+    device: torch.device | str | None = None,
+    dtype: str = "fp32",
 ) -> nn.Module:
     """`AutoModelForCausalLM.from_pretrained` on a hub name or a local folder (a LoRA adapter
     folder loads its base model and the adapter, merged-free, through peft)."""
     from transformers import AutoModelForCausalLM
 
-    qconfig = quantization_config(quantization, compute_dtype)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if qconfig is not None:
-        kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs = load_kwargs(
+        dtype=dtype,
+        quantization=quantization,
+        compute_dtype=compute_dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
     if (Path(path) / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
@@ -172,11 +208,13 @@ def load_pretrained(
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
-def load_backbone(path: str, trust_remote_code: bool = False) -> nn.Module:
+def load_backbone(path: str, trust_remote_code: bool = False, dtype: str = "fp32") -> nn.Module:
     """The transformer body of any checkpoint (`AutoModel`): a causal LM, a reward model..."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return AutoModel.from_pretrained(
+        path, **load_kwargs(dtype=dtype, trust_remote_code=trust_remote_code)
+    )
 
 
 def add_lora(model: nn.Module, lora: LoraSettings, quantized: bool) -> nn.Module:
@@ -199,6 +237,7 @@ def load_policy(
     tokenizer: PreTrainedTokenizerBase,
     init_path: str | None,
     compute_dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> nn.Module:
     """The trainable policy: pretrained from `init_path` (or tiny from config when None), then
     LoRA (and k-bit preparation) when configured. Dropout is disabled."""
@@ -212,6 +251,8 @@ def load_policy(
             quantization=cfg.quantization,
             compute_dtype=compute_dtype,
             trust_remote_code=cfg.trust_remote_code,
+            device=device,
+            dtype=cfg.dtype,
         )
     if cfg.gradient_checkpointing:
         cast("PreTrainedModel", model).gradient_checkpointing_enable()

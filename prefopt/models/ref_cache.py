@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,13 +58,11 @@ def cached_reference_logps(
             ):
                 column.append(value.float().cpu())
     result = tuple(torch.cat(c) for c in columns)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        dict(zip(("chosen", "rejected", "chosen_tokens", "rejected_tokens"), result, strict=True)),
-        tmp,
-    )
-    tmp.replace(path)
-    if trainer.is_main:
+    if trainer.is_main:  # every process computed the same values; one writes them
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        names = ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
+        torch.save(dict(zip(names, result, strict=True)), tmp)
+        tmp.replace(path)  # atomic: readers never see a partial file
         print(f"reference log-probs for {len(examples)} {split} pairs cached in {path}")
     return result

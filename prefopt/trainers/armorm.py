@@ -113,7 +113,9 @@ class ArmoRMTrainer(PolicyTrainer):
         if self.init_path is None:
             raise TrainingError("ArmoRM needs a pretrained backbone: set model.name_or_path")
         self.backbone = load_backbone(
-            self.init_path, trust_remote_code=self.recipe.model.trust_remote_code
+            self.init_path,
+            trust_remote_code=self.recipe.model.trust_remote_code,
+            dtype=self.recipe.model.dtype,
         )
         return self.backbone
 

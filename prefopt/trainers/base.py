@@ -66,6 +66,10 @@ class Trainer:
             raise TrainingError("trainer.device is cuda but no CUDA device is available")
         set_seed(recipe.seed)
         self.device = self.accelerator.device
+        # compute dtype of k-bit layers follows the mixed-precision setting
+        self.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            self.cfg.precision, torch.float32
+        )
         self.step = 0
         self.summary: dict[str, Any] = {"recipe": recipe.name}
         self.pending_log: dict[str, float] = {}  # merged into the next metrics record
@@ -293,6 +297,11 @@ class Trainer:
                     "scheduler": self.scheduler.state_dict(),
                     "rng": _rng_state(),
                     "extra": self.extra_state(),
+                    "scaler": (
+                        self.accelerator.scaler.state_dict()
+                        if self.accelerator.scaler is not None
+                        else None
+                    ),
                 },
                 tmp / "state.pt",
             )
@@ -323,6 +332,13 @@ class Trainer:
                 if not ckpts:
                     raise TrainingError(f"resume: no checkpoint found in {path}")
                 path = ckpts[-1]
+        later = [p for p in list_checkpoints(self.run_dir) if _step_of(p) > _step_of(path)]
+        if later:
+            raise TrainingError(
+                f"resume: {path} is older than {later[-1]} in {self.run_dir}; continuing from it "
+                "would mix two trajectories in one folder. Move the later checkpoints away or "
+                "resume in another output_dir"
+            )
         self.load_checkpoint(path)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -345,10 +361,16 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("extra", {}))
         self.step = int(step)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
+
+
+def _step_of(path: Path) -> int:
+    return int(json.loads((path / "trainer_state.json").read_text())["step"])
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data import BadRows, load_records
+from prefopt.data.loaders import file_builder
 from prefopt.models.loading import (
     frozen_copy,
     load_policy,
@@ -61,7 +62,7 @@ class PolicyTrainer(Trainer):
             print(self.bad_rows.report())
         torch.manual_seed(recipe.seed)
         self.model = self.build_model()
-        if self.init_path is None and not self.for_eval:
+        if self.init_path is None and not self.for_eval and self.is_main:
             # A tiny model built from config has no folder to reload it from: keep its initial
             # weights so that `prefopt eval` can compare against the untrained model later.
             save_model(self.model, self.tokenizer, self.run_dir / "initial_model")
@@ -70,7 +71,13 @@ class PolicyTrainer(Trainer):
     # ---------------------------------------------------------------- pieces
 
     def build_model(self) -> nn.Module:
-        return load_policy(self.recipe.model, self.tokenizer, self.init_path)
+        return load_policy(
+            self.recipe.model,
+            self.tokenizer,
+            self.init_path,
+            compute_dtype=self.compute_dtype,
+            device=self.device,
+        )
 
     def resolve_init_path(self) -> str | None:
         name = self.recipe.model.name_or_path
@@ -126,17 +133,17 @@ class PolicyTrainer(Trainer):
                 **kwargs,
             )
             self.bad_rows.merge(bad)
-        elif data.eval_split and not Path(data.source).is_file():
+        elif data.eval_split and file_builder(data.source) is None:
             try:
                 held_out, bad = load_records(
                     data.source, split=data.eval_split, max_rows=data.max_eval_rows, **kwargs
                 )
                 self.bad_rows.merge(bad)
-            except (ValueError, KeyError, FileNotFoundError) as exc:
+            except (ValueError, KeyError, FileNotFoundError) as exc:  # DataError included
                 if self.is_main:
                     print(f"no held-out split {data.eval_split!r} ({exc}); no held-out metrics")
         elif self.is_main:
-            print("data.source is a single file: set data.eval_source for held-out metrics")
+            print("data.source is a file: set data.eval_source for held-out metrics")
         return train, held_out
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -180,7 +187,9 @@ class PolicyTrainer(Trainer):
         cfg = self.recipe.reference
         if cfg.name_or_path:
             ref = load_pretrained(
-                cfg.name_or_path, trust_remote_code=self.recipe.model.trust_remote_code
+                cfg.name_or_path,
+                trust_remote_code=self.recipe.model.trust_remote_code,
+                dtype=self.recipe.model.dtype,
             )
             ref.eval().requires_grad_(False)
             return ref.to(self.device)
@@ -193,6 +202,9 @@ class PolicyTrainer(Trainer):
                 self.init_path,
                 quantization=self.recipe.model.quantization,
                 trust_remote_code=self.recipe.model.trust_remote_code,
+                compute_dtype=self.compute_dtype,
+                device=self.device,
+                dtype=self.recipe.model.dtype,
             )
             ref.eval().requires_grad_(False)
             # a k-bit model is placed by its device_map; a plain one must follow the policy

@@ -89,7 +89,11 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
     def reference_mode(self) -> str:
         mode = self.recipe.reference.mode
         if mode == "auto":
-            return "adapter" if self.recipe.model.lora is not None else "copy"
+            # the adapter-disabled policy is the reference only when no other one is named
+            lora_base = (
+                self.recipe.model.lora is not None and not self.recipe.reference.name_or_path
+            )
+            return "adapter" if lora_base else "copy"
         return mode
 
     def build_reference(self) -> None:

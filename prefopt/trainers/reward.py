@@ -35,7 +35,13 @@ def pair_rewards(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Te
 
 class RewardTrainer(PreferenceTrainer):
     def build_model(self) -> nn.Module:
-        return load_reward_backbone(self.recipe.model, self.tokenizer, self.init_path)
+        return load_reward_backbone(
+            self.recipe.model,
+            self.tokenizer,
+            self.init_path,
+            compute_dtype=self.compute_dtype,
+            device=self.device,
+        )
 
     def build_reference(self) -> None:
         self.reference = None
