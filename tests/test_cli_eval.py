@@ -209,3 +209,15 @@ def test_missing_data_file_fails_with_a_message(tmp_path):
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "no data file matches" in proc.stderr
+
+
+def test_cli_train_prints_the_run_directory_last(tmp_path):
+    from tests.conftest import TINY
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefopt.cli", "train", "dpo", *TINY, "model.name_or_path=null",
+         "trainer.max_steps=2", f"output_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"run directory: {tmp_path / 'run'}"
+    assert (tmp_path / "run" / "summary.json").exists()
