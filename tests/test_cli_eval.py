@@ -143,7 +143,14 @@ def test_dpo_trains_on_real_hh_rlhf_data(tmp_path, hh_tokenizer):
     assert summary["train"]["loss"] > 0
 
 
-def test_bad_data_fails_with_a_message_not_a_traceback(tmp_path):
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("data.source=/nonexistent.jsonl", "no data file matches"),
+        ("model.tokenizer=no-org/no-such-tokenizer", "OSError"),  # not on disk, no network
+    ],
+)
+def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path, override, needle):
     proc = subprocess.run(
         [
             sys.executable,
@@ -151,8 +158,7 @@ def test_bad_data_fails_with_a_message_not_a_traceback(tmp_path):
             "prefopt.cli",
             "train",
             "sft",
-            "data.source=/nonexistent.jsonl",
-            "model.tokenizer=gpt2-does-not-matter",
+            override,
             f"output_dir={tmp_path / 'x'}",
         ],
         capture_output=True,
@@ -161,6 +167,7 @@ def test_bad_data_fails_with_a_message_not_a_traceback(tmp_path):
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "training failed" in proc.stderr
+    assert needle in proc.stderr
     assert proc.stdout.strip().endswith(f"run directory: {tmp_path / 'x'}")
 
 
@@ -192,32 +199,25 @@ def test_eval_of_an_armorm_run_uses_its_trained_gate(tmp_path, tiny_pretrained):
     assert again["ece"] == pytest.approx(summary["eval"]["ece"], abs=1e-6)
 
 
-def test_missing_data_file_fails_with_a_message(tmp_path):
+def test_cli_train_prints_the_run_directory_last(tmp_path):
+    from tests.conftest import TINY
+
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "prefopt.cli",
             "train",
-            "sft",
-            "data.source=/nonexistent.jsonl",
-            f"output_dir={tmp_path / 'y'}",
+            "dpo",
+            *TINY,
+            "model.name_or_path=null",
+            "trainer.max_steps=2",
+            f"output_dir={tmp_path / 'run'}",
         ],
         capture_output=True,
         text=True,
         cwd=REPO,
     )
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr and "no data file matches" in proc.stderr
-
-
-def test_cli_train_prints_the_run_directory_last(tmp_path):
-    from tests.conftest import TINY
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefopt.cli", "train", "dpo", *TINY, "model.name_or_path=null",
-         "trainer.max_steps=2", f"output_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == f"run directory: {tmp_path / 'run'}"
     assert (tmp_path / "run" / "summary.json").exists()

@@ -118,19 +118,8 @@ def load_reward_backbone(
     if model_config.pad_token_id is None:
         model_config.pad_token_id = tokenizer.pad_token_id
     if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-        if cfg.quantization:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules) if cfg.lora.target_modules else None,
-                task_type="SEQ_CLS",
-            ),
+        model = add_lora(
+            model, cfg.lora, quantized=cfg.quantization is not None, task_type="SEQ_CLS"
         )
     disable_dropout(model)
     return model
@@ -217,7 +206,9 @@ def load_backbone(path: str, trust_remote_code: bool = False, dtype: str = "fp32
     )
 
 
-def add_lora(model: nn.Module, lora: LoraSettings, quantized: bool) -> nn.Module:
+def add_lora(
+    model: nn.Module, lora: LoraSettings, quantized: bool, task_type: str = "CAUSAL_LM"
+) -> nn.Module:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
@@ -227,7 +218,7 @@ def add_lora(model: nn.Module, lora: LoraSettings, quantized: bool) -> nn.Module
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules) if lora.target_modules else None,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, config)
 
