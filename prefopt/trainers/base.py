@@ -201,9 +201,10 @@ class Trainer:
                             f"{micro}; the last checkpoint in {self.run_dir} is intact"
                         )
                     self.accelerator.backward(loss)
-                window["loss"].append(loss.item())
+                # logged values are means over all processes' examples (a no-op on one process)
+                window["loss"].append(self._global_mean(loss.detach()))
                 for name, value in out.metrics.items():
-                    window[name].append(value.float().mean().item())
+                    window[name].append(self._global_mean(value.float().mean()))
             grad_norm = self._optimizer_step()
             self.step += 1
             if grad_norm is not None:
@@ -223,6 +224,11 @@ class Trainer:
         bar.close()
         self.save_checkpoint()
         return self._finish(tracker, start_time)
+
+    def _global_mean(self, value: Tensor) -> float:
+        if self.accelerator.num_processes == 1:
+            return value.item()
+        return self.accelerator.reduce(value.reshape(1), reduction="mean").item()
 
     @property
     def is_main(self) -> bool:
