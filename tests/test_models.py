@@ -115,3 +115,11 @@ def test_tiny_llama_family_trains(tmp_path):
         tiny_recipe("sft", tmp_path / "l", "model.tiny.family=llama", "trainer.max_steps=2")
     )
     assert summary["steps"] == 2
+
+
+def test_weights_load_in_the_recipe_dtype_not_the_checkpoints(tmp_path, tiny_pretrained):
+    half = load_pretrained(str(tiny_pretrained)).to(torch.float16)
+    half.save_pretrained(tmp_path / "fp16")
+    assert next(load_pretrained(str(tmp_path / "fp16")).parameters()).dtype == torch.float32
+    auto = load_pretrained(str(tmp_path / "fp16"), dtype="auto")
+    assert next(auto.parameters()).dtype == torch.float16
