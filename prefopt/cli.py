@@ -105,7 +105,13 @@ def _eval(run_dir: Path, overrides: list[str]) -> int:
     if not (run_dir / "recipe.yaml").exists():
         raise ConfigError([f"{run_dir} is not a run directory (no recipe.yaml)"])
     recipe_path(run_dir / "recipe.yaml")
-    summary = evaluate_run(run_dir, overrides)
+    from prefopt.data import DataError
+
+    try:
+        summary = evaluate_run(run_dir, overrides)
+    except (DataError, OSError) as exc:
+        print(f"prefopt: evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     _print_summary(summary)
     print(f"run directory: {run_dir}")
     return 0

@@ -444,6 +444,12 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         )
     if t.lr <= 0:
         problems.append(f"trainer.lr must be > 0, got {t.lr}")
+    if recipe.model.dtype in ("fp16", "bf16") and recipe.model.lora is None:
+        problems.append(
+            f"model.dtype {recipe.model.dtype} without model.lora would train half-precision "
+            "weights (no fp32 master copy; fp16 gradients cannot be unscaled): keep fp32 and "
+            "set trainer.precision for mixed precision, or add model.lora"
+        )
     if recipe.reference.mode == "adapter" and recipe.reference.name_or_path:
         problems.append(
             "reference.name_or_path is set but reference.mode is adapter (the policy's own base "

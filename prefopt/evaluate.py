@@ -81,10 +81,23 @@ def evaluate_armorm(recipe: Any, model_dir: Path) -> dict[str, Any]:
 
         world = build_world(recipe.world, cache_dir=world_cache_dir())
         records = world.preference_records(data.eval_split or "test")
+        records = records[: data.max_eval_rows] if data.max_eval_rows else records
     else:
-        source = data.eval_source or data.source
-        records, _ = load_records(source, split=data.eval_split or "test")
-    records = records[: data.max_eval_rows] if data.max_eval_rows else records
+        from prefopt.data.loaders import file_builder
+        from prefopt.trainers.policy import held_out_split
+
+        if not data.eval_source and file_builder(data.source) is not None:
+            raise ConfigError(["data.source is a file (no held-out split): set data.eval_source"])
+        split = held_out_split(data) if data.eval_source else (data.eval_split or "test")
+        records, _ = load_records(
+            data.eval_source or data.source,
+            split=split,
+            format=data.format,
+            data_dir=data.data_dir,
+            max_rows=data.max_eval_rows,
+            on_bad_row=data.on_bad_row,
+            tokenizer=scorer.features.tokenizer,
+        )
     if not records:
         raise ConfigError(["no held-out pairs to evaluate (data.eval_split / data.eval_source)"])
     prompts = [r["prompt"] for r in records]

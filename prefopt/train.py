@@ -58,6 +58,7 @@ def train(recipe: Recipe, run_dir: Path | None = None) -> tuple[dict[str, Any], 
             "it, or choose another output_dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "recipe.yaml")
     trainer = trainer_class(recipe)(recipe, run_dir)
+    trainer.resume_checkpoint()  # a resume that cannot work fails before the recipe is written
+    save_recipe(recipe, run_dir / "recipe.yaml")
     return trainer.train(), run_dir

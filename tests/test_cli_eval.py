@@ -171,15 +171,29 @@ def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path, override, need
     assert proc.stdout.strip().endswith(f"run directory: {tmp_path / 'x'}")
 
 
-def test_a_file_source_has_no_held_out_split(tmp_path):
-    from prefopt.data import DataError, load_records
+def test_file_sources_train_and_hold_out_only_what_they_are_given(tmp_path):
+    from prefopt.trainers.preference import PreferenceTrainer
 
-    path = tmp_path / "pairs.jsonl"
-    path.write_text('{"prompt": "p", "chosen": " a", "rejected": " b"}\n')
-    assert len(load_records(str(path))[0]) == 1
-    for source in (str(path), str(tmp_path / "*.jsonl")):
-        with pytest.raises(DataError, match="data.eval_source"):
-            load_records(source, split="test")
+    rows = [
+        {"prompt": f"keda rufigon {i} :", "chosen": " pulu vunibe", "rejected": " zisa"}
+        for i in range(10)
+    ]
+    for name, chunk in (("train", rows[:8]), ("test", rows[8:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chunk))
+    common = [
+        "model.name_or_path=null",
+        "trainer.max_steps=1",
+        "trainer.batch_size=4",
+        f"data.source={tmp_path / 'train.jsonl'}",
+    ]
+    alone = PreferenceTrainer(tiny_recipe("dpo", tmp_path / "a", *common), tmp_path / "a")
+    assert len(alone.train_examples) == 8 and alone.eval_examples == []  # never train as test
+    held = PreferenceTrainer(
+        tiny_recipe("dpo", tmp_path / "b", *common, f"data.eval_source={tmp_path / 'test.jsonl'}"),
+        tmp_path / "b",
+    )
+    assert len(held.eval_examples) == 2
+    assert "eval/loss" in {f"eval/{k}" for k in held.evaluate()}
 
 
 def test_eval_of_an_armorm_run_uses_its_trained_gate(tmp_path, tiny_pretrained):

@@ -128,3 +128,9 @@ def test_ids_only_with_losses_that_read_soft_labels():
 def test_unknown_tracker_fails_before_loading():
     (p,) = problems("dpo", ["trainer.report_to=[wandb]"])
     assert "trainer.report_to" in p and "tensorboard" in p
+
+
+def test_half_precision_weights_need_lora():
+    (p,) = problems("dpo", ["model.dtype=bf16"])
+    assert p.startswith("model.dtype bf16 without model.lora")
+    assert load_recipe("dpo", ["model.dtype=bf16", "model.lora.r=8"]).model.dtype == "bf16"

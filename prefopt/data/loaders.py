@@ -91,7 +91,10 @@ def read_rows(
     data_dir: str | None = None,
     data_files: list[str] | None = None,
 ) -> Any:
-    """Read raw rows as a `datasets.Dataset` (local file/glob, local folder or hub name)."""
+    """Read raw rows as a `datasets.Dataset` (local file/glob, local folder or hub name).
+
+    A file or glob has no splits: `split` applies to folders and hub datasets only. Callers
+    decide what a held-out set is (see `PolicyTrainer.load_data`), never this reader."""
     import datasets
 
     builder = file_builder(source)

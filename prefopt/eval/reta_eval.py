@@ -145,7 +145,7 @@ def plot(curves: dict[str, RetaCurve], path: Path) -> None:
 def format_table(
     curves: dict[str, RetaCurve], etas: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 ) -> str:
-    width = max(len("model"), *(len(name) for name in curves)) + 2
+    width = max([len("model"), *(len(name) for name in curves)]) + 2
     lines = ["model".ljust(width) + "".join(f"eta={e:<6}" for e in etas) + "best eta"]
     for name, c in curves.items():
         row = name.ljust(width)

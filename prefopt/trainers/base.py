@@ -323,13 +323,20 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def _maybe_resume(self) -> None:
+        path = self.resume_checkpoint()
+        if path is not None:
+            self.load_checkpoint(path)
+
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint `resume` points to (None: start fresh). Raises TrainingError early,
+        before anything is written, when it cannot be used."""
         resume = self.recipe.resume
         if resume is None:
-            return
+            return None
         if resume == "auto":
             ckpts = list_checkpoints(self.run_dir)
             if not ckpts:
-                return  # nothing yet: start from scratch
+                return None  # nothing yet: start from scratch
             path = ckpts[-1]
         else:
             path = Path(resume)
@@ -338,14 +345,18 @@ class Trainer:
                 if not ckpts:
                     raise TrainingError(f"resume: no checkpoint found in {path}")
                 path = ckpts[-1]
-        later = [p for p in list_checkpoints(self.run_dir) if _step_of(p) > _step_of(path)]
+        try:
+            step = _step_of(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise TrainingError(f"resume: {path} is not a readable checkpoint ({exc})") from exc
+        later = [p for p in list_checkpoints(self.run_dir) if _step_of(p) > step]
         if later:
             raise TrainingError(
                 f"resume: {path} is older than {later[-1]} in {self.run_dir}; continuing from it "
                 "would mix two trajectories in one folder. Move the later checkpoints away or "
                 "resume in another output_dir"
             )
-        self.load_checkpoint(path)
+        return path
 
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file

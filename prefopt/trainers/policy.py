@@ -127,10 +127,7 @@ class PolicyTrainer(Trainer):
         held_out = []
         if data.eval_source:
             held_out, bad = load_records(
-                data.eval_source,
-                split=data.eval_split or "test",
-                max_rows=data.max_eval_rows,
-                **kwargs,
+                data.eval_source, split=held_out_split(data), max_rows=data.max_eval_rows, **kwargs
             )
             self.bad_rows.merge(bad)
         elif data.eval_split and file_builder(data.source) is None:
@@ -236,6 +233,14 @@ class PolicyTrainer(Trainer):
             max_prompt_length=self.recipe.data.max_prompt_length,
         )
         return results
+
+
+def held_out_split(data: Any) -> str:
+    """The split to read from `data.eval_source`: a file is read whole; a folder or hub
+    dataset gives its `data.eval_split` (default "test")."""
+    if data.eval_source and file_builder(data.eval_source) is not None:
+        return "train"  # the datasets name of a file's only split
+    return data.eval_split or "test"
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
