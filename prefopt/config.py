@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import prefopt.losses  # noqa: F401  (registers the built-in losses)
@@ -495,5 +495,4 @@ __all__ = [
     "list_recipes",
     "recipe_path",
     "save_recipe",
-    "ListConfig",
 ]

@@ -19,13 +19,11 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from prefopt.eval.calibration import expected_calibration_error
 from prefopt.losses.base import LossOutput
 from prefopt.losses.reward import BradleyTerryConfig, BradleyTerryLoss
 from prefopt.models.loading import load_backbone
 from prefopt.rewards.armorm import (
     ArmoRMHead,
-    apply_decorrelation,
     fit_multi_objective_ridge,
     verbosity_decorrelation,
 )
@@ -259,4 +257,4 @@ class ArmoRMTrainer(PolicyTrainer):
         self.scorer().save_pretrained(path, settings)
 
 
-__all__ = ["ArmoRMTrainer", "apply_decorrelation", "expected_calibration_error"]
+__all__ = ["ArmoRMTrainer"]

@@ -218,8 +218,6 @@ class PolicyTrainer(Trainer):
             return {}
         from prefopt.eval.gold import gold_evaluation
 
-        with self.reference_forward():
-            pass  # validates that the context can be entered before the long evaluation
         results = gold_evaluation(
             policy=self.unwrapped(),
             reference=self.reference_model(),
