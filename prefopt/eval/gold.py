@@ -201,6 +201,7 @@ def _split_stats(world: Any, pol: Samples, ref: Samples, vocab: int) -> dict[str
     wins = (pol_gold > ref_gold).float() + 0.5 * (pol_gold == ref_gold).float()
     objectives = world.objective_scores(flat_prompts, pol_flat).mean(0)
     per_input = per_input_diversity(pol.completions, vocab)
+    across_input = across_input_diversity(pol.completions, vocab)
     return {
         "gold": float(pol_gold.mean()),
         "ref_gold": float(ref_gold.mean()),
@@ -209,9 +210,9 @@ def _split_stats(world: Any, pol: Samples, ref: Samples, vocab: int) -> dict[str
         "ref_length": _mean_words(ref_flat),
         "ead": float(per_input["ead"]),
         "ref_ead": float(per_input_diversity(ref.completions, vocab)["ead"]),
-        "ead_across": float(across_input_diversity(pol.completions, vocab)["ead"]),
+        "ead_across": float(across_input["ead"]),
         "per_input": per_input,
-        "across_input": across_input_diversity(pol.completions, vocab),
+        "across_input": across_input,
         "objectives": dict(zip(world.objective_names, objectives.tolist(), strict=True)),
         "example": (pol.prompts[0], pol.completions[0][0]),
     }

@@ -10,7 +10,6 @@ held-out pairs (the ceiling of any reward model) and the out-of-distribution acc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -91,9 +90,6 @@ class RewardTrainer(PreferenceTrainer):
         ood_metrics = reward_metrics(*self.held_out_rewards(ood))
         results["ood_accuracy"] = ood_metrics["accuracy"]
         return results
-
-    def save_outputs(self, path: Path) -> None:
-        super().save_outputs(path)
 
 
 def reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, float]:
