@@ -186,6 +186,7 @@ def _print_summary(summary: dict) -> None:
         "mean_length",
         "accuracy",
         "ece",
+        "expected_accuracy",
         "bayes_accuracy",
         "rewards/accuracies",
         "loss",

@@ -106,4 +106,5 @@ def evaluate_armorm(recipe: Any, model_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = reward_metrics(chosen, rejected)
     if world is not None:
         results["bayes_accuracy"] = world.bayes_accuracy(records)["expected"]
+        results["expected_accuracy"] = world.expected_accuracy(records, chosen - rejected)
     return results

@@ -270,6 +270,25 @@ def test_bayes_accuracy_band_and_hand_computation() -> None:
     assert acc["empirical_label_agreement"] == pytest.approx(2 / 3)
 
 
+def test_expected_accuracy_hand_computation_and_the_bayes_bound() -> None:
+    w = World(small(label_temperature=2.0))
+    records = [{"metadata": {"gold_gap": g}} for g in (1.0, -2.0, 0.5, 3.0)]
+    # margins right, right (negative gap, negative margin), tie, wrong
+    got = w.expected_accuracy(records, torch.tensor([0.3, -5.0, 0.0, -1.0]))
+    assert got == pytest.approx((sigmoid(0.5) + (1 - sigmoid(-1.0)) + 0.5 + (1 - sigmoid(1.5))) / 4)
+    with pytest.raises(ValueError, match="3 margins"):
+        w.expected_accuracy(records, [1.0, 1.0, 1.0])
+
+
+def test_expected_accuracy_of_the_gold_reward_is_the_bayes_accuracy(world: World) -> None:
+    records = world.preference_records("test")
+    gaps = [r["metadata"]["gold_gap"] for r in records]
+    bayes = world.bayes_accuracy(records)["expected"]
+    assert world.expected_accuracy(records, gaps) == pytest.approx(bayes)
+    # the reversed scorer is expected to be right exactly when the Bayes scorer is wrong
+    assert world.expected_accuracy(records, [-g for g in gaps]) == pytest.approx(1 - bayes)
+
+
 def test_default_bayes_accuracy_in_band(world: World) -> None:
     acc = world.bayes_accuracy(world.preference_records("test"))
     assert 0.75 <= acc["expected"] <= 0.9

@@ -5,7 +5,8 @@ The model is a causal-LM backbone with a scalar head (`AutoModelForSequenceClass
 one label); chosen and rejected go through it in one concatenated forward pass. Held-out
 metrics: accuracy, mean margin, reward mean / std, expected calibration error of
 ``sigmoid(r_c - r_r)``; on the synthetic world also the Bayes-optimal accuracy of the same
-held-out pairs (the ceiling of any reward model) and the out-of-distribution accuracy.
+held-out pairs (the ceiling of any reward model), the model's expected accuracy on them (free of
+the noise of the sampled labels) and the out-of-distribution accuracy.
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class RewardTrainer(PreferenceTrainer):
             "bayes_accuracy": bayes["expected"],
             "label_agreement_with_gold": bayes["empirical_label_agreement"],
         }
+        examples = self._indexed(self.tokenize(test), "eval")
+        chosen, rejected = self.held_out_rewards(examples)
+        kept = [test[e["index"]] for e in examples]
+        results["expected_accuracy"] = self.world.expected_accuracy(kept, chosen - rejected)
         ood = self.tokenize(self.world.preference_records("ood"))
         ood = self._indexed(ood[: self.recipe.data.max_eval_rows or None], "eval")
         ood_metrics = reward_metrics(*self.held_out_rewards(ood))

@@ -224,6 +224,13 @@ class World:
         """``{"expected", "empirical_label_agreement", "n"}`` (see ``data.bayes_accuracy``)."""
         return data.bayes_accuracy(records, self.config.label_temperature)
 
+    def expected_accuracy(self, records: list[dict[str, Any]], margins: Any) -> float:
+        """Label-noise-free accuracy of a scorer on these pairs: the mean probability that a
+        fresh label agrees with the sign of its margin (``chosen`` minus ``rejected``, a
+        sequence or tensor, one per record); see ``data.expected_accuracy``."""
+        values = margins.tolist() if hasattr(margins, "tolist") else list(margins)
+        return data.expected_accuracy(records, values, self.config.label_temperature)
+
     def weights_table(self) -> dict[str, dict[str, float]]:
         """Scaled objective weights per instruction type."""
         w = weight_matrix(self.config.reward_scale)
