@@ -45,6 +45,28 @@ def tiny_recipe(name: str, output_dir: Path | None, *overrides: str):
     return load_recipe(name, [*TINY, *extra, *overrides])
 
 
+def train_until_interrupted(recipe, step: int, monkeypatch) -> None:
+    """Train `recipe` and stop it with a KeyboardInterrupt right after checkpoint-`step` is
+    written, as a crash would; `Trainer.save_checkpoint` is restored afterwards."""
+    import pytest
+
+    from prefopt.train import train
+    from prefopt.trainers.base import Trainer
+
+    original = Trainer.save_checkpoint
+
+    def crash_after_checkpoint(self):
+        path = original(self)
+        if self.step == step:
+            raise KeyboardInterrupt("simulated interruption")
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash_after_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe)
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 

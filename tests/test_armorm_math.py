@@ -10,11 +10,13 @@ from torch.testing import assert_close
 from prefopt.rewards.armorm import (
     ArmoRMHead,
     GatingNetwork,
+    ObjectiveMLP,
     apply_decorrelation,
     armorm_score,
     average_ranks,
     default_lambda_grid,
     fit_multi_objective_ridge,
+    fit_objective_mlp,
     spearman,
     verbosity_decorrelation,
 )
@@ -247,6 +249,83 @@ def test_head_outputs_and_state_dict_round_trip():
     reloaded = fresh(response, prompt)
     for key in out:
         assert_close(reloaded[key], out[key])
+
+
+# ------------------------------------------------------------- stage 1 as an MLP probe
+
+
+def _product_data(n=1200, seed=0):
+    """Objective 0 is linear in x, objective 1 is x0 * x1: invisible to a linear layer."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=generator)
+    targets = torch.stack([x[:, 0] - 2 * x[:, 2] + 3.0, x[:, 0] * x[:, 1]], dim=1)
+    return x, targets
+
+
+def _r2(pred, y):
+    return float(1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def test_mlp_probe_fits_what_a_linear_layer_cannot():
+    x, targets = _product_data()
+    probe, val_r2 = fit_objective_mlp(x, targets, None, (64, 64), epochs=60, batch_size=64)
+    assert val_r2[0] > 0.98 and val_r2[1] > 0.9
+    weights, _ = fit_multi_objective_ridge(x, targets, None, [1e-3, 1.0])
+    assert _r2(x @ weights[:, 1], targets[:, 1]) < 0.05  # the product is out of a line's reach
+    # outputs are in the ratings' own units (standardisation undone), on fresh inputs too
+    fresh, fresh_targets = _product_data(400, seed=1)
+    with torch.no_grad():
+        pred = probe(fresh)
+    assert (
+        _r2(pred[:, 0], fresh_targets[:, 0]) > 0.98 and _r2(pred[:, 1], fresh_targets[:, 1]) > 0.9
+    )
+    assert abs(float(pred[:, 0].mean()) - 3.0) < 0.2
+    assert not any(p.requires_grad for p in probe.parameters()) and not probe.training
+
+
+def test_mlp_probe_ignores_unrated_cells():
+    x, targets = _product_data(400)
+    mask = torch.ones_like(targets, dtype=torch.bool)
+    mask[::3, 1] = False  # a third of the rows have no rating for objective 1
+    zeros, garbage = targets.clone(), targets.clone()
+    zeros[~mask], garbage[~mask] = 0.0, 1e6
+    a, r2_a = fit_objective_mlp(x, zeros, mask, (16,), epochs=3, batch_size=64)
+    b, r2_b = fit_objective_mlp(x, garbage, mask, (16,), epochs=3, batch_size=64)
+    assert r2_a == r2_b
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ValueError, match="objective 1"):
+        fit_objective_mlp(
+            x, targets, torch.stack([mask[:, 0], torch.zeros(400, dtype=torch.bool)], 1)
+        )
+
+
+def test_head_with_mlp_probe_trains_only_the_gate_and_round_trips():
+    x, targets = _product_data(300)
+    probe, _ = fit_objective_mlp(
+        torch.cat([x, x[:, :2]], 1), torch.cat([targets, x[:, 3:]], 1), None, (8,), epochs=1
+    )
+    torch.manual_seed(0)
+    head = ArmoRMHead(
+        None, torch.tensor([0.3, 0.0, 0.0]), 1, prompt_dim=6, hidden_sizes=(8,), regression=probe
+    )
+    assert head.shape == (6, 3) and head.regression_weights is None
+    assert all(n.startswith("gating.") for n, p in head.named_parameters() if p.requires_grad)
+    response, prompt = torch.randn(5, 6), torch.randn(5, 6)
+    out = head.eval()(response, prompt)
+    with torch.no_grad():
+        raw = probe(response)
+    assert_close(out["objectives"], apply_decorrelation(raw, head.lambdas, 1))
+    fresh = ArmoRMHead(
+        None, prompt_dim=6, hidden_sizes=(8,), regression=ObjectiveMLP(6, 3, [8])
+    ).eval()
+    fresh.load_state_dict(head.state_dict())  # probe weights and standardisation included
+    for key, value in fresh(response, prompt).items():
+        assert_close(value, out[key])
+    with pytest.raises(ValueError, match="exactly one"):
+        ArmoRMHead(torch.zeros(6, 3), regression=probe)
+    with pytest.raises(ValueError, match="exactly one"):
+        ArmoRMHead(None)
 
 
 # ------------------------------------------------------------------------------ ensemble

@@ -68,6 +68,17 @@ def test_range_and_choice_errors():
     assert any(p.startswith("loss.beta") for p in found)
 
 
+def test_armorm_stage1_options_are_checked():
+    found = problems(
+        "armorm",
+        ["loss.regression=linear", "loss.regression_epochs=0", "loss.regression_hidden=[64,0]"],
+    )
+    assert len(found) == 3
+    assert any("loss.regression: 'linear'" in p and "ridge, mlp" in p for p in found)
+    assert any(p.startswith("loss.regression_epochs") for p in found)
+    assert any(p.startswith("loss.regression_hidden") for p in found)
+
+
 def test_resolved_recipe_round_trips(tmp_path):
     recipe = load_recipe("ipo", ["loss.beta=0.3", "trainer.max_steps=7"])
     save_recipe(recipe, tmp_path / "recipe.yaml")

@@ -13,7 +13,7 @@ from prefopt.rewards.scorers import EnsembleScorer, RewardModelScorer, load_scor
 from prefopt.train import train
 from prefopt.trainers.base import Trainer
 from prefopt.trainers.reward import RewardTrainer, reward_metrics
-from tests.conftest import read_metrics, tiny_recipe
+from tests.conftest import read_metrics, tiny_recipe, train_until_interrupted
 
 SCRATCH = ["model.name_or_path=null"]
 
@@ -38,6 +38,7 @@ def test_reward_model_trains_and_loads_with_plain_transformers(tmp_path):
     ev = summary["eval"]
     for key in ("accuracy", "ece", "bayes_accuracy", "margin", "reward_std", "ood_accuracy"):
         assert key in ev
+    assert 0.5 < ev["expected_accuracy"] < ev["bayes_accuracy"]  # better than chance, below Bayes
     first, last = read_metrics(run_dir)[0], summary["train"]
     assert last["loss"] < first["loss"]  # it learns something from the pairs
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
@@ -144,18 +145,25 @@ def test_ensemble_mean_and_uncertainty_penalty(tmp_path):
     assert_close(pessimistic.score(prompts, completions), (single[0] + single[1]) / 2 - 2 * spread)
 
 
-def test_armorm_trains_saves_and_explains(tmp_path, tiny_pretrained):
+@pytest.mark.parametrize("regression", ["ridge", "mlp"])
+def test_armorm_trains_saves_and_explains(tmp_path, tiny_pretrained, regression):
     summary, run_dir = train(
         tiny_recipe(
             "armorm",
             tmp_path / "arm",
             f"model.name_or_path={tiny_pretrained}",
             "loss.gate_hidden=[32,32]",
+            f"loss.regression={regression}",
+            "loss.regression_hidden=[32]",
+            "loss.regression_epochs=2",
             "trainer.batch_size=32",
             "trainer.max_steps=10",
         )
     )
     stage1 = summary["stage1"]
+    assert stage1["regression"] == regression
+    assert ("val_r2" in stage1) == (regression == "mlp")
+    assert ("ridge_alpha" in stage1) == (regression == "ridge")
     assert stage1["objectives"] == [
         "relevance",
         "length",
@@ -171,6 +179,64 @@ def test_armorm_trains_saves_and_explains(tmp_path, tiny_pretrained):
     assert out["objectives"].shape == (1, 6) and out["gate"].shape == (1, 6)
     assert_close(out["gate"].sum(-1), torch.tensor([summary["eval"]["beta"]]), rtol=1e-5, atol=1e-5)
     assert_close(out["score"], (out["gate"] * out["objectives"]).sum(-1))
+    # the label-noise-free accuracy is the saved scorer's, on the same held-out pairs
+    from prefopt.config import load_recipe
+    from prefopt.world import build_world
+
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    world = build_world(recipe.world)
+    test = world.preference_records("test")[: recipe.data.max_eval_rows]
+    prompts = [r["prompt"] for r in test]
+    margins = scorer.score(prompts, [r["chosen"] for r in test]) - scorer.score(
+        prompts, [r["rejected"] for r in test]
+    )
+    assert summary["eval"]["expected_accuracy"] == pytest.approx(
+        world.expected_accuracy(test, margins), abs=1e-6
+    )
+    assert summary["eval"]["accuracy"] == pytest.approx((margins > 0).float().mean().item())
+
+
+def test_armorm_resume_keeps_the_stage1_it_started_with(tmp_path, tiny_pretrained, monkeypatch):
+    import prefopt.trainers.armorm as armorm_trainer
+
+    common = [
+        f"model.name_or_path={tiny_pretrained}",
+        "loss.gate_hidden=[16]",
+        "loss.regression=mlp",
+        "loss.regression_hidden=[16]",
+        "loss.regression_epochs=2",
+        "trainer.batch_size=32",
+        "trainer.max_steps=8",
+        "trainer.save_every=4",
+    ]
+    train_until_interrupted(tiny_recipe("armorm", tmp_path / "run", *common), 4, monkeypatch)
+    saved = torch.load(tmp_path / "run" / "checkpoint-4" / "state.pt", weights_only=False)
+    stage1 = {k: v for k, v in saved["extra"].items() if k.startswith("stage1.regression.")}
+    assert "stage1.regression.net.0.weight" in stage1 and "stage1.lambdas" in saved["extra"]
+
+    # a refit that came out differently (as non-deterministic kernels could) must not be used
+    fit, refits = armorm_trainer.fit_objective_mlp, []
+
+    def other_refit(*args, **kwargs):
+        probe, r2 = fit(*args[:-1], seed=args[-1] + 1, **kwargs)
+        refits.append(probe.state_dict()["net.0.weight"].clone())  # before any resume
+        return probe, r2
+
+    monkeypatch.setattr(armorm_trainer, "fit_objective_mlp", other_refit)
+    captured = {}
+    original_train = Trainer.train
+
+    def keep_trainer(self):
+        captured["trainer"] = self
+        return original_train(self)
+
+    monkeypatch.setattr(Trainer, "train", keep_trainer)
+    summary, _ = train(tiny_recipe("armorm", tmp_path / "run", *common, "resume=auto"))
+    assert summary["steps"] == 8
+    assert not torch.equal(refits[0], stage1["stage1.regression.net.0.weight"])  # the test can fail
+    head = captured["trainer"].unwrapped()
+    for key, value in stage1.items():
+        assert torch.equal(head.state_dict()[key.removeprefix("stage1.")], value)
 
 
 class NoisyGold:

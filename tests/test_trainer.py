@@ -9,8 +9,8 @@ import torch
 from torch.testing import assert_close
 
 from prefopt.train import train
-from prefopt.trainers.base import Trainer, list_checkpoints
-from tests.conftest import read_metrics, tiny_recipe
+from prefopt.trainers.base import list_checkpoints
+from tests.conftest import read_metrics, tiny_recipe, train_until_interrupted
 
 DPO_FROM_SCRATCH = ["model.name_or_path=null"]  # no cached SFT needed: fast and self-contained
 
@@ -40,18 +40,7 @@ def test_resume_continues_the_exact_trajectory(tmp_path, monkeypatch):
     ]
     straight = losses(train(tiny_recipe("dpo", tmp_path / "straight", *common))[1])
 
-    original = Trainer.save_checkpoint
-
-    def crash_after_first_checkpoint(self):
-        path = original(self)
-        if self.step == 10:
-            raise KeyboardInterrupt("simulated interruption")
-        return path
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", crash_after_first_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_recipe("dpo", tmp_path / "interrupted", *common))
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    train_until_interrupted(tiny_recipe("dpo", tmp_path / "interrupted", *common), 10, monkeypatch)
     assert [p.name for p in list_checkpoints(tmp_path / "interrupted")] == ["checkpoint-10"]
 
     summary, _ = train(tiny_recipe("dpo", tmp_path / "interrupted", *common, "resume=auto"))

@@ -1,6 +1,7 @@
 """ArmoRM's recipe section (Wang et al. 2024, arXiv 2406.12845, section 3.2 defaults).
 
-Stage 1 fits one ridge regression per objective on frozen backbone features; stage 2 trains
+Stage 1 fits one ridge regression per objective on frozen backbone features (or, as a
+documented deviation, an MLP probe: ``regression: mlp``); stage 2 trains
 the gating network with the Bradley-Terry loss on pairs. The trainer is
 `prefopt.trainers.armorm.ArmoRMTrainer`; the model code is `prefopt.rewards.armorm_model`.
 """
@@ -13,6 +14,7 @@ from prefopt.losses.base import LossConfig
 from prefopt.registry import register_loss
 
 POOLINGS = ("last", "mean", "last_mean", "all_layers")
+REGRESSIONS = ("ridge", "mlp")
 
 
 @dataclass
@@ -28,6 +30,15 @@ class ArmoRMConfig(LossConfig):
         default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0]
     )
     val_fraction: float = 0.2  # validation split that picks each objective's ridge alpha
+    # Stage 1: "ridge" (paper: a linear layer, closed form) or "mlp" -- a deviation for small
+    # backbones whose features hold the objectives non-linearly: an MLP probe (GELU) trained by
+    # masked MSE on the same features, still one output per objective, still frozen in stage 2.
+    regression: str = "ridge"
+    regression_hidden: list[int] = field(default_factory=lambda: [512, 512])
+    regression_epochs: int = 20
+    regression_lr: float = 1e-3
+    regression_weight_decay: float = 0.01
+    regression_batch_size: int = 256
     gate_hidden: list[int] = field(default_factory=lambda: [1024, 1024, 1024])
     gate_dropout: float = 0.2
     temperature: float = 10.0  # T in softmax(z / T), fixed
@@ -46,6 +57,19 @@ class ArmoRMConfig(LossConfig):
         problems = []
         if self.pooling not in POOLINGS:
             problems.append(f"loss.pooling: {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.regression not in REGRESSIONS:
+            problems.append(
+                f"loss.regression: {self.regression!r} is not one of {', '.join(REGRESSIONS)}"
+            )
+        for key in ("regression_epochs", "regression_batch_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"loss.{key} must be >= 1, got {getattr(self, key)}")
+        if self.regression_lr <= 0:
+            problems.append(f"loss.regression_lr must be > 0, got {self.regression_lr}")
+        if any(h < 1 for h in self.regression_hidden):
+            problems.append(
+                f"loss.regression_hidden: sizes must be >= 1, got {self.regression_hidden}"
+            )
         if not 0 < self.val_fraction < 1:
             problems.append(f"loss.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.temperature <= 0:

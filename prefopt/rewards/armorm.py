@@ -33,6 +33,7 @@ signed Spearman correlation (an objective already negatively correlated with ver
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -41,11 +42,13 @@ from torch import Tensor, nn
 __all__ = [
     "ArmoRMHead",
     "GatingNetwork",
+    "ObjectiveMLP",
     "apply_decorrelation",
     "armorm_score",
     "average_ranks",
     "default_lambda_grid",
     "fit_multi_objective_ridge",
+    "fit_objective_mlp",
     "spearman",
     "verbosity_decorrelation",
 ]
@@ -59,6 +62,28 @@ def _ridge_solve(x: Tensor, y: Tensor, alpha: float) -> Tensor:
     gram = x.T @ x
     gram.diagonal().add_(alpha)
     return torch.linalg.solve(gram, x.T @ y)
+
+
+def _check_regression_inputs(
+    features: Tensor, targets: Tensor, mask: Tensor | None, val_fraction: float
+) -> None:
+    if features.dim() != 2 or targets.dim() != 2 or features.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"features must be [N, D] and targets [N, K]; got {tuple(features.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    if mask is not None and mask.shape != targets.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must match targets {tuple(targets.shape)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+
+
+def validation_rows(n: int, val_fraction: float, seed: int) -> Tensor:
+    """``[n]`` bool, True for the ``round(val_fraction * n)`` rows of one seeded random split."""
+    generator = torch.Generator().manual_seed(seed)
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[torch.randperm(n, generator=generator)[: round(val_fraction * n)]] = True
+    return is_val
 
 
 def fit_multi_objective_ridge(
@@ -87,17 +112,9 @@ def fit_multi_objective_ridge(
     Returns:
         ``(weights [D, K]`` in the dtype of ``features``, ``chosen alpha per objective)``.
     """
-    if features.dim() != 2 or targets.dim() != 2 or features.shape[0] != targets.shape[0]:
-        raise ValueError(
-            f"features must be [N, D] and targets [N, K]; got {tuple(features.shape)} and "
-            f"{tuple(targets.shape)}"
-        )
-    if mask is not None and mask.shape != targets.shape:
-        raise ValueError(f"mask {tuple(mask.shape)} must match targets {tuple(targets.shape)}")
+    _check_regression_inputs(features, targets, mask, val_fraction)
     if not alphas or any(a < 0 for a in alphas):
         raise ValueError(f"alphas must be a non-empty list of values >= 0, got {alphas}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
 
     x = features.detach().to(device="cpu", dtype=torch.float64)
     t = targets.detach().to(device="cpu", dtype=torch.float64)
@@ -105,9 +122,7 @@ def fit_multi_objective_ridge(
     n, d = x.shape
     k_objectives = t.shape[1]
 
-    generator = torch.Generator().manual_seed(seed)
-    is_val = torch.zeros(n, dtype=torch.bool)
-    is_val[torch.randperm(n, generator=generator)[: round(val_fraction * n)]] = True
+    is_val = validation_rows(n, val_fraction, seed)
 
     weights = torch.zeros(d, k_objectives, dtype=torch.float64)
     chosen: list[float] = []
@@ -130,6 +145,132 @@ def fit_multi_objective_ridge(
         chosen.append(float(alpha_k))
     out_dtype = features.dtype if features.is_floating_point() else torch.float64
     return weights.to(out_dtype), chosen
+
+
+# ------------------------------------------------- stage 1 (deviation): a non-linear probe
+
+
+class ObjectiveMLP(nn.Module):
+    """Stage-1 regression as an MLP instead of the paper's linear layer (``loss.regression:
+    mlp``, a deviation for small backbones whose features hold the objectives non-linearly).
+
+    ``[B, D]`` features are standardised with the training mean / std, go through hidden
+    layers with GELU, and come out as ``[B, K]`` objective scores in the ratings' own units
+    (the outputs are trained on standardised targets and mapped back). All weights are frozen
+    after :func:`fit_objective_mlp`; the standardisation constants are buffers.
+    """
+
+    x_mean: Tensor
+    x_std: Tensor
+    y_mean: Tensor
+    y_std: Tensor
+
+    def __init__(self, in_features: int, n_objectives: int, hidden_sizes: Sequence[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        layers.append(nn.Linear(width, n_objectives))
+        self.net = nn.Sequential(*layers)
+        self.in_features, self.n_objectives = in_features, n_objectives
+        self.hidden_sizes = list(hidden_sizes)
+        self.register_buffer("x_mean", torch.zeros(in_features))
+        self.register_buffer("x_std", torch.ones(in_features))
+        self.register_buffer("y_mean", torch.zeros(n_objectives))
+        self.register_buffer("y_std", torch.ones(n_objectives))
+
+    def standardised(self, features: Tensor) -> Tensor:
+        """Outputs in standardised target units (what the fit's loss sees)."""
+        return self.net((features.to(self.x_mean.dtype) - self.x_mean) / self.x_std)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.standardised(features) * self.y_std + self.y_mean
+
+
+def fit_objective_mlp(
+    features: Tensor,
+    targets: Tensor,
+    mask: Tensor | None,
+    hidden_sizes: Sequence[int] = (512, 512),
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    batch_size: int = 256,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[ObjectiveMLP, list[float]]:
+    """Fit an :class:`ObjectiveMLP` by masked mean squared error (unrated cells ignored).
+
+    The rows are split once, as in :func:`fit_multi_objective_ridge` (same seed, same split);
+    the MLP trains on the training rows for ``epochs`` passes (AdamW, cosine decay, seeded
+    order) and the validation rows give each objective's held-out R^2, the figure to compare
+    with the ridge's. Targets are standardised per objective over their rated rows.
+
+    Returns:
+        ``(model`` frozen, in eval mode, on the features' device``, validation R^2 per objective)``.
+    """
+    _check_regression_inputs(features, targets, mask, val_fraction)
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"need epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
+    device = features.device
+    x = features.detach().float()
+    labelled = (
+        torch.ones(targets.shape, dtype=torch.bool) if mask is None else mask.detach().cpu().bool()
+    ).to(device)
+    t = torch.where(labelled, targets.detach().float().to(device), 0.0)
+    n, d = x.shape
+    is_val = validation_rows(n, val_fraction, seed).to(device)
+    train_rows = torch.nonzero(~is_val).squeeze(1)
+    for k in range(t.shape[1]):
+        n_train, n_val = int(labelled[~is_val, k].sum()), int(labelled[is_val, k].sum())
+        if n_train < 2 or n_val == 0:
+            raise ValueError(
+                f"objective {k} has {n_train} training and {n_val} validation labels; it needs "
+                "at least 2 and 1"
+            )
+
+    torch.manual_seed(seed)
+    model = ObjectiveMLP(d, t.shape[1], hidden_sizes).to(device)
+    xt, mt = x[train_rows], labelled[train_rows]
+    model.x_mean.copy_(xt.mean(0))
+    model.x_std.copy_(xt.std(0).clamp(min=1e-6))
+    count = mt.sum(0).clamp(min=1)
+    y_mean = (t[train_rows] * mt).sum(0) / count
+    y_var = (((t[train_rows] - y_mean) * mt) ** 2).sum(0) / count
+    model.y_mean.copy_(y_mean)
+    model.y_std.copy_(y_var.sqrt().clamp(min=1e-6))
+    z = (t - model.y_mean) / model.y_std
+
+    steps_per_epoch = max(1, -(-len(train_rows) // batch_size))
+    optimizer = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
+    total = epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
+    )
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = train_rows[torch.randperm(len(train_rows), generator=generator).to(device)]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            m = labelled[rows].float()
+            err = (model.standardised(x[rows]) - z[rows]) ** 2 * m
+            loss = err.sum() / m.sum().clamp(min=1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    model.eval().requires_grad_(False)
+    with torch.no_grad():
+        pred = model(x[is_val])
+    r2 = []
+    for k in range(t.shape[1]):
+        rated = labelled[is_val, k]
+        y, p = t[is_val, k][rated], pred[:, k][rated]
+        total_ss = ((y - y.mean()) ** 2).sum().clamp(min=1e-12)
+        r2.append(float(1 - ((y - p) ** 2).sum() / total_ss))
+    return model, r2
 
 
 # --------------------------------------------------------------- verbosity decorrelation
@@ -301,11 +442,15 @@ class ArmoRMHead(nn.Module):
     """Frozen regression + verbosity decorrelation + trainable gate, on precomputed features.
 
     ``regression_weights`` ``[D, K]`` and ``lambdas`` ``[K]`` are buffers (saved in the
-    ``state_dict``, never trained); only the gating network has parameters. The verbosity index
-    is also a buffer (-1 when there is no verbosity objective) so that a checkpoint is complete.
+    ``state_dict``, never trained); only the gating network has trainable parameters. The
+    verbosity index is also a buffer (-1 when there is no verbosity objective) so that a
+    checkpoint is complete. With ``regression`` (an :class:`ObjectiveMLP`, frozen) in place of
+    the weights, stage 1 is that probe instead of the paper's linear layer.
 
     Args:
-        regression_weights: ``[D, K]`` from :func:`fit_multi_objective_ridge`.
+        regression_weights: ``[D, K]`` from :func:`fit_multi_objective_ridge`, or None when
+            ``regression`` is given.
+        regression: a fitted :class:`ObjectiveMLP` (``loss.regression: mlp``), or None.
         lambdas: ``[K]`` from :func:`verbosity_decorrelation`; None means no decorrelation.
         verbosity_index: column of the verbosity objective; required when some lambda is
             non-zero. None (stored as -1) means no verbosity objective and no decorrelation.
@@ -313,13 +458,13 @@ class ArmoRMHead(nn.Module):
         hidden_sizes, dropout, temperature, beta_init: see :class:`GatingNetwork`.
     """
 
-    regression_weights: Tensor
+    regression_weights: Tensor | None
     lambdas: Tensor
     verbosity_index: Tensor
 
     def __init__(
         self,
-        regression_weights: Tensor,
+        regression_weights: Tensor | None,
         lambdas: Tensor | None = None,
         verbosity_index: int | None = None,
         prompt_dim: int | None = None,
@@ -327,17 +472,26 @@ class ArmoRMHead(nn.Module):
         dropout: float = 0.2,
         temperature: float = 10.0,
         beta_init: float = 1.0,
+        regression: ObjectiveMLP | None = None,
     ):
         super().__init__()
-        if regression_weights.dim() != 2:
-            raise ValueError("regression_weights must be [D, K]")
-        d, k_objectives = regression_weights.shape
+        if (regression_weights is None) == (regression is None):
+            raise ValueError("give exactly one of regression_weights and regression")
+        if regression is not None:
+            d, k_objectives = regression.in_features, regression.n_objectives
+            self.regression: ObjectiveMLP | None = regression.eval().requires_grad_(False)
+            self.register_buffer("regression_weights", None)
+        else:
+            assert regression_weights is not None
+            if regression_weights.dim() != 2:
+                raise ValueError("regression_weights must be [D, K]")
+            d, k_objectives = regression_weights.shape
+            self.regression = None
+            self.register_buffer("regression_weights", regression_weights.detach().clone().float())
         if lambdas is not None and verbosity_index is None and bool(lambdas.abs().sum() > 0):
             raise ValueError("non-zero lambdas need the verbosity_index they refer to")
         if verbosity_index is not None and not 0 <= verbosity_index < k_objectives:
             raise ValueError(f"verbosity_index {verbosity_index} out of range for K={k_objectives}")
-        weights = regression_weights.detach().clone().float()
-        self.register_buffer("regression_weights", weights)
         lam = torch.zeros(k_objectives) if lambdas is None else lambdas.detach().clone().float()
         if lam.shape != (k_objectives,):
             raise ValueError(f"lambdas must be [K={k_objectives}], got {tuple(lam.shape)}")
@@ -348,14 +502,30 @@ class ArmoRMHead(nn.Module):
             prompt_dim or d, k_objectives, hidden_sizes, dropout, temperature, beta_init
         )
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(D, K)``: feature size and number of objectives of stage 1."""
+        if self.regression is not None:
+            return self.regression.in_features, self.regression.n_objectives
+        assert self.regression_weights is not None
+        return tuple(self.regression_weights.shape)  # type: ignore[return-value]
+
+    def raw_objectives(self, response_features: Tensor) -> Tensor:
+        """``[B, D]`` -> ``[B, K]`` stage-1 objective scores ``r`` (before decorrelation)."""
+        x = response_features.to(self.lambdas.dtype)
+        if self.regression is not None:
+            return self.regression(x)
+        assert self.regression_weights is not None
+        return x @ self.regression_weights
+
     def objectives(self, response_features: Tensor) -> Tensor:
         """``[B, D]`` response features -> ``[B, K]`` decorrelated objective scores ``r'``."""
-        raw = response_features.to(self.regression_weights.dtype) @ self.regression_weights
+        raw = self.raw_objectives(response_features)
         index = int(self.verbosity_index)
         return raw if index < 0 else apply_decorrelation(raw, self.lambdas, index)
 
     def forward(self, response_features: Tensor, prompt_features: Tensor) -> dict[str, Tensor]:
         """Returns ``score [B]``, ``objectives [B, K]`` (decorrelated) and ``gate [B, K]``."""
         objectives = self.objectives(response_features)
-        gate = self.gating(prompt_features.to(self.regression_weights.dtype))
+        gate = self.gating(prompt_features.to(self.lambdas.dtype))
         return {"score": armorm_score(gate, objectives), "objectives": objectives, "gate": gate}

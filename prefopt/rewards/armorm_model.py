@@ -7,8 +7,10 @@ features and packages everything behind the `Scorer` interface, with `explain()`
 overall score, each objective's score and the gate's weights for every response.
 
 Features: the paper uses the last token's final hidden state. ``pooling`` may instead be "mean"
-(mean over the response tokens) or "last_mean" (both concatenated): a deliberate, configurable
-deviation for small backbones whose last state does not encode counts such as length.
+(mean over the response tokens), "last_mean" (both concatenated) or "all_layers" (last and mean of
+every layer): deliberate, configurable deviations for small backbones whose last state does not
+encode counts such as length. Stage 1 is the paper's linear layer or, with ``regression: mlp``,
+an MLP probe (saved with the head; ``armorm.json`` says which).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from prefopt.data import tokenize_prompts
 from prefopt.losses.armorm import ArmoRMConfig
-from prefopt.rewards.armorm import ArmoRMHead
+from prefopt.rewards.armorm import ArmoRMHead, ObjectiveMLP
 from prefopt.rewards.scorers import encode_pairs
 
 if TYPE_CHECKING:
@@ -138,7 +140,7 @@ class ArmoRMScorer:
         meta = {
             "objective_names": self.objective_names,
             "pooling": self.features.pooling,
-            "regression_shape": list(self.head.regression_weights.shape),
+            "regression_shape": list(self.head.shape),
             **settings,
         }
         (folder / "armorm.json").write_text(json.dumps(meta, indent=2))
@@ -153,8 +155,11 @@ class ArmoRMScorer:
         meta = json.loads((folder / "armorm.json").read_text())
         state = load_file(folder / "head.safetensors")
         d, k = meta["regression_shape"]
+        probe = None
+        if meta.get("regression", "ridge") == "mlp":
+            probe = ObjectiveMLP(d, k, meta["regression_hidden"])
         head = ArmoRMHead(
-            torch.zeros(d, k),
+            None if probe is not None else torch.zeros(d, k),
             lambdas=state["lambdas"],
             verbosity_index=int(state["verbosity_index"])
             if int(state["verbosity_index"]) >= 0
@@ -163,9 +168,8 @@ class ArmoRMScorer:
             hidden_sizes=meta["gate_hidden"],
             dropout=meta["gate_dropout"],
             temperature=meta["temperature"],
+            regression=probe,
         )
-        if int(state["verbosity_index"]) < 0:
-            state = {**state}
         head.load_state_dict(state)
         backbone = load_backbone(str(folder / "backbone"))
         tokenizer = load_tokenizer(str(folder / "backbone"))
@@ -181,5 +185,13 @@ class ArmoRMScorer:
 
 
 def settings_of(config: ArmoRMConfig, prompt_dim: int) -> dict[str, Any]:
-    keep = ("gate_hidden", "gate_dropout", "temperature", "max_length", "max_prompt_length")
+    keep = (
+        "gate_hidden",
+        "gate_dropout",
+        "temperature",
+        "max_length",
+        "max_prompt_length",
+        "regression",
+        "regression_hidden",
+    )
     return {k: v for k, v in asdict(config).items() if k in keep} | {"prompt_dim": prompt_dim}

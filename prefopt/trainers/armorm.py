@@ -25,6 +25,7 @@ from prefopt.models.loading import load_backbone
 from prefopt.rewards.armorm import (
     ArmoRMHead,
     fit_multi_objective_ridge,
+    fit_objective_mlp,
     verbosity_decorrelation,
 )
 from prefopt.rewards.armorm_model import ArmoRMScorer, FeatureExtractor, settings_of
@@ -50,9 +51,32 @@ class ArmoRMTrainer(PolicyTrainer):
         self.objective_names, ratings, mask = self.ratings(self.train_records)
         feats = self.pair_features(self.train_records)
         responses = torch.cat([feats["chosen"], feats["rejected"]])
-        weights, alphas = fit_multi_objective_ridge(
-            responses, ratings, mask, list(cfg.ridge_alphas), cfg.val_fraction, self.recipe.seed
-        )
+        stage1: dict[str, Any] = {"objectives": self.objective_names, "regression": cfg.regression}
+        weights, probe = None, None
+        if cfg.regression == "mlp":
+            probe, val_r2 = fit_objective_mlp(
+                responses.to(self.device),
+                ratings,
+                mask,
+                list(cfg.regression_hidden),
+                cfg.regression_epochs,
+                cfg.regression_lr,
+                cfg.regression_weight_decay,
+                cfg.regression_batch_size,
+                cfg.val_fraction,
+                self.recipe.seed,
+            )
+            probe = probe.cpu()
+            stage1["val_r2"] = dict(zip(self.objective_names, val_r2, strict=True))
+            with torch.no_grad():
+                raw = probe(responses)
+        else:
+            weights, alphas = fit_multi_objective_ridge(
+                responses, ratings, mask, list(cfg.ridge_alphas), cfg.val_fraction, self.recipe.seed
+            )
+            weights = weights.float()
+            stage1["ridge_alpha"] = dict(zip(self.objective_names, alphas, strict=True))
+            raw = responses @ weights
         verbosity = (
             self.objective_names.index(cfg.verbosity_objective)
             if cfg.verbosity_objective in self.objective_names
@@ -60,12 +84,10 @@ class ArmoRMTrainer(PolicyTrainer):
         )
         lambdas = None
         if verbosity is not None:
-            lambdas = verbosity_decorrelation(
-                responses @ weights.float(), verbosity, threshold=cfg.decorrelation_threshold
-            )
+            lambdas = verbosity_decorrelation(raw, verbosity, threshold=cfg.decorrelation_threshold)
         torch.manual_seed(self.recipe.seed)
         self.model = ArmoRMHead(
-            weights.float(),
+            weights,
             lambdas,
             verbosity,
             prompt_dim=feats["prompt"].shape[1],
@@ -73,13 +95,11 @@ class ArmoRMTrainer(PolicyTrainer):
             dropout=cfg.gate_dropout,
             temperature=cfg.temperature,
             beta_init=cfg.beta_init,
+            regression=probe,
         )
-        self.summary["stage1"] = {
-            "objectives": self.objective_names,
-            "ridge_alpha": dict(zip(self.objective_names, alphas, strict=True)),
-            "r2": self.r_squared(responses, ratings, mask, weights.float()),
-            "verbosity_lambdas": None if lambdas is None else lambdas.tolist(),
-        }
+        stage1["r2"] = self.r_squared(raw, ratings, mask)
+        stage1["verbosity_lambdas"] = None if lambdas is None else lambdas.tolist()
+        self.summary["stage1"] = stage1
         if cfg.fit_beta_init:
             with torch.no_grad():
                 self.model.gating.beta.fill_(self.fit_scale(feats))
@@ -101,6 +121,30 @@ class ArmoRMTrainer(PolicyTrainer):
         grid = torch.logspace(-2, 3, 501)
         losses = torch.nn.functional.softplus(-grid[:, None] * gap[None, :].float()).mean(-1)
         return float(grid[losses.argmin()])
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Stage 1's frozen results (regression, lambdas): a resumed run trains its gate against
+        exactly the objectives it started with, even where a refit would differ (e.g. an MLP
+        probe refitted with non-deterministic GPU kernels)."""
+        head = self.unwrapped()
+        return {
+            f"stage1.{k}": v.detach().cpu()
+            for k, v in head.state_dict().items()
+            if not k.startswith("gating.")
+        }
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        frozen = {k.removeprefix("stage1."): v for k, v in state.items() if k.startswith("stage1.")}
+        if not frozen:
+            return
+        head = self.unwrapped()
+        expected = {k for k in head.state_dict() if not k.startswith("gating.")}
+        if set(frozen) != expected:
+            raise TrainingError(
+                "checkpoint's ArmoRM stage 1 does not match this recipe's "
+                f"(checkpoint: {sorted(frozen)[:4]}..., recipe: {sorted(expected)[:4]}...)"
+            )
+        head.load_state_dict(frozen, strict=False)
 
     # ---------------------------------------------------------------- data
 
@@ -183,8 +227,9 @@ class ArmoRMTrainer(PolicyTrainer):
         ]
 
     @staticmethod
-    def r_squared(x: Tensor, y: Tensor, mask: Tensor, w: Tensor) -> list[float]:
-        pred = x.double() @ w.double()
+    def r_squared(pred: Tensor, y: Tensor, mask: Tensor) -> list[float]:
+        """In-sample R^2 per objective of stage-1 predictions ``[N, K]`` (rated rows only)."""
+        pred = pred.double()
         out = []
         for k in range(y.shape[1]):
             m = mask[:, k]
@@ -224,6 +269,8 @@ class ArmoRMTrainer(PolicyTrainer):
             return {}
         test = self.eval_records
         results: dict[str, Any] = {"bayes_accuracy": self.world.bayes_accuracy(test)["expected"]}
+        chosen, rejected = self.scores_of(self.eval_examples)
+        results["expected_accuracy"] = self.world.expected_accuracy(test, chosen - rejected)
         ood = self.world.preference_records("ood")[: self.recipe.data.max_eval_rows or None]
         ood_examples = self.feature_examples(self.pair_features(ood), "eval")
         results["ood_accuracy"] = reward_metrics(*self.scores_of(ood_examples))["accuracy"]
