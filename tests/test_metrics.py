@@ -303,3 +303,15 @@ def test_reta_rejects_bad_input():
         reta(torch.zeros(2, 3), torch.ones(2, 3), 0.0)
     with pytest.raises(ValueError, match="subset_size"):
         reta_curve(torch.zeros(2, 3), torch.ones(2, 3), subset_size=4)
+
+
+def test_reta_table_labels_columns_with_the_etas_it_shows():
+    from prefopt.eval.reta import RetaCurve
+    from prefopt.eval.reta_eval import format_table
+
+    eighths = [i / 8 for i in range(1, 9)]
+    curve = RetaCurve(eighths, [2.0 - e for e in eighths], [0.0] * 8, 0.125, 1.875, 16, 10)
+    header, row = format_table({"rm": curve}).splitlines()
+    # 0.1 is not on a grid of eighths: the column is the nearest point, 0.125, and says so
+    assert header.split()[1:] == ["eta=0.125", "eta=0.25", "eta=0.5", "eta=1", "best", "eta"]
+    assert row.split() == ["rm", "1.875", "1.750", "1.500", "1.000", "0.125"]

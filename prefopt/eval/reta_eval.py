@@ -145,11 +145,15 @@ def plot(curves: dict[str, RetaCurve], path: Path) -> None:
 def format_table(
     curves: dict[str, RetaCurve], etas: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 ) -> str:
+    """One row per model: RETA at the grid points nearest to `etas` (the columns are labelled
+    with the grid's own eta, e.g. 0.125 for 0.1 on a grid of eighths), then the best eta."""
+    grid = next(iter(curves.values())).etas if curves else list(etas)
+    columns = sorted({min(grid, key=lambda g: abs(g - e)) for e in etas})
     width = max([len("model"), *(len(name) for name in curves)]) + 2
-    lines = ["model".ljust(width) + "".join(f"eta={e:<6}" for e in etas) + "best eta"]
+    lines = ["model".ljust(width) + "".join(f"{f'eta={e:.3g}':<10}" for e in columns) + "best eta"]
     for name, c in curves.items():
         row = name.ljust(width)
-        for e in etas:
+        for e in columns:
             i = min(range(len(c.etas)), key=lambda j: abs(c.etas[j] - e))
             row += f"{c.mean[i]:<10.3f}"
         lines.append(row + f"{c.best_eta:.3g}")
