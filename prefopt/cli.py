@@ -4,6 +4,7 @@
     prefopt recipes                        list the shipped recipes
     prefopt eval RUN_DIR                   evaluate a finished run again
     prefopt eval-rm RM [RM ...]            RETA reliability curves of reward models
+    prefopt compare-rm A B                 paired comparison of two reward models' accuracy
 
 A bad recipe exits with status 2 and the list of problems, without a traceback. The last line
 of `train` is ``run directory: <path>``; scripts rely on it.
@@ -50,6 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     p_rm.add_argument("--ensemble", choices=["mean", "mean_minus_std", "min"], default="mean")
     p_rm.add_argument("--ensemble-coef", type=float, default=1.0)
     p_rm.add_argument("--seed", type=int, default=0)
+    p_cmp = sub.add_parser(
+        "compare-rm",
+        help="two reward models on the same held-out world pairs: accuracy, expected accuracy, "
+        "their difference and its paired standard error",
+    )
+    p_cmp.add_argument("a", help="reward-model run dir / folder, or 'world'")
+    p_cmp.add_argument("b", help="reward-model run dir / folder, or 'world'")
+    p_cmp.add_argument(
+        "--n-pairs", type=int, default=None, help="default: the run's held-out pairs"
+    )
+    p_cmp.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="start after this many test pairs (e.g. pairs no choice was made on)",
+    )
+    p_cmp.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -61,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args.run_dir, args.overrides)
         if args.command == "eval-rm":
             return _eval_rm(args)
+        if args.command == "compare-rm":
+            return _compare_rm(args)
     except ConfigError as exc:
         print(f"prefopt: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -158,6 +178,53 @@ def _eval_rm(args: argparse.Namespace) -> int:
     )
     print(format_table(curves))
     print(f"run directory: {out}")
+    return 0
+
+
+def _compare_rm(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    import torch
+
+    from prefopt.eval.compare import format_comparison, paired_comparison, score_margins
+    from prefopt.rewards.scorers import load_scorer
+    from prefopt.world import build_world
+    from prefopt.world_models import world_cache_dir
+
+    recipes = [Path(m) / "recipe.yaml" for m in (args.a, args.b)]
+    found = [load_recipe(r) for r in recipes if r.exists()]
+    if not found or found[0].data.source != "world":
+        raise ConfigError(
+            [
+                "compare-rm: needs a reward-model run trained on the world (its recipe.yaml names "
+                "the world whose held-out pairs and gold reward are used)"
+            ]
+        )
+    if args.skip < 0 or (args.n_pairs is not None and args.n_pairs < 1):
+        raise ConfigError(["compare-rm: need --skip >= 0 and --n-pairs >= 1"])
+    try:
+        scorers = [load_scorer(m) for m in (args.a, args.b)]
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise ConfigError([f"compare-rm: {exc}"]) from None
+    recipe = found[0]
+    n = args.n_pairs or recipe.data.max_eval_rows or recipe.world.n_test_pairs
+    # the world's test pairs come from one seeded stream: asking for more keeps the first ones
+    config = replace(recipe.world, n_test_pairs=max(recipe.world.n_test_pairs, args.skip + n))
+    world = build_world(config, cache_dir=world_cache_dir())
+    records = world.preference_records("test")[args.skip : args.skip + n]
+    gaps = torch.tensor([r["metadata"]["gold_gap"] for r in records])
+    result = paired_comparison(
+        score_margins(scorers[0], records),
+        score_margins(scorers[1], records),
+        gaps,
+        world.config.label_temperature,
+    )
+    result["pairs"] = {"split": "test", "skip": args.skip, "n": len(records)}
+    print(format_comparison(result, f"A: {args.a}", f"B: {args.b}"))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"a": args.a, "b": args.b, **result}, indent=2))
     return 0
 
 

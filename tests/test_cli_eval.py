@@ -88,6 +88,38 @@ def test_eval_rm_cli_writes_curves(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def test_compare_rm_pairs_two_models_on_the_same_pairs(tmp_path, capsys):
+    from dataclasses import replace
+
+    from prefopt.config import load_recipe
+    from prefopt.world import build_world
+
+    _, rm_dir = train(
+        tiny_recipe("rm", tmp_path / "rm", "model.name_or_path=null", "trainer.max_steps=3")
+    )
+    out = tmp_path / "cmp.json"
+    assert main(["compare-rm", str(rm_dir), "world", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    recipe = load_recipe(rm_dir / "recipe.yaml")
+    world = build_world(recipe.world)
+    test = world.preference_records("test")[: recipe.data.max_eval_rows]
+    assert result["n"] == len(test) == recipe.data.max_eval_rows
+    # B is the gold reward: its accuracy is the labels' agreement with gold, its expected
+    # accuracy the Bayes accuracy; A is the run's own held-out figure
+    summary = json.loads((rm_dir / "summary.json").read_text())["eval"]
+    assert result["expected_accuracy"]["b"] == pytest.approx(world.bayes_accuracy(test)["expected"])
+    assert result["accuracy"]["a"] == pytest.approx(summary["accuracy"])
+    assert result["expected_accuracy"]["a"] == pytest.approx(summary["expected_accuracy"])
+    assert "paired SE" in capsys.readouterr().out
+    # pairs beyond the run's held-out set: the same stream, so a longer set starts the same way
+    assert main(["compare-rm", str(rm_dir), "world", "--skip", "8", "--out", str(out)]) == 0
+    later = json.loads(out.read_text())
+    assert later["pairs"] == {"split": "test", "skip": 8, "n": recipe.data.max_eval_rows}
+    longer = replace(recipe.world, n_test_pairs=recipe.world.n_test_pairs + 16)
+    assert build_world(longer).preference_records("test")[: len(test)] == test
+    assert main(["compare-rm", str(tmp_path / "nope"), "world"]) == 2
+
+
 @pytest.fixture(scope="module")
 def hh_tokenizer(tmp_path_factory):
     """A small BPE tokenizer trained locally on the HH dialogues (nothing is downloaded)."""

@@ -315,3 +315,29 @@ def test_reta_table_labels_columns_with_the_etas_it_shows():
     # 0.1 is not on a grid of eighths: the column is the nearest point, 0.125, and says so
     assert header.split()[1:] == ["eta=0.125", "eta=0.25", "eta=0.5", "eta=1", "best", "eta"]
     assert row.split() == ["rm", "1.875", "1.750", "1.500", "1.000", "0.125"]
+
+
+def test_paired_comparison_hand_values():
+    from prefopt.eval.compare import paired_comparison
+
+    a = torch.tensor([1.0, 1.0, -1.0, 0.0])
+    b = torch.tensor([1.0, -1.0, -1.0, 2.0])
+    gaps = torch.tensor(
+        [0.0, math.log(3.0), -math.log(3.0), math.log(3.0)]
+    )  # p = .5, .75, .25, .75
+    out = paired_comparison(a, b, gaps)
+    # right on the labels: a = 1, 1, 0, 0 (a tie is not right); b = 1, 0, 0, 1
+    assert out["accuracy"]["a"] == 0.5 and out["accuracy"]["b"] == 0.5
+    diffs = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=torch.float64)
+    assert out["accuracy"]["diff"] == 0.0
+    assert out["accuracy"]["se"] == pytest.approx(float(diffs.std()) / 2)
+    assert out["disagreement"] == 0.5
+    # expected: a = .5, .75, .75 (negative margin, p = .25), .5 (tie); b = .5, .25, .75, .75
+    assert out["expected_accuracy"]["a"] == pytest.approx(2.5 / 4)
+    assert out["expected_accuracy"]["b"] == pytest.approx(2.25 / 4)
+    expected_diffs = torch.tensor([0.0, 0.5, 0.0, -0.25], dtype=torch.float64)
+    assert out["expected_accuracy"]["diff"] == pytest.approx(0.25 / 4)
+    assert out["expected_accuracy"]["se"] == pytest.approx(float(expected_diffs.std()) / 2)
+    assert "expected_accuracy" not in paired_comparison(a, b)
+    with pytest.raises(ValueError, match="one size"):
+        paired_comparison(a, b[:3])

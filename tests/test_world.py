@@ -278,6 +278,8 @@ def test_expected_accuracy_hand_computation_and_the_bayes_bound() -> None:
     assert got == pytest.approx((sigmoid(0.5) + (1 - sigmoid(-1.0)) + 0.5 + (1 - sigmoid(1.5))) / 4)
     with pytest.raises(ValueError, match="3 margins"):
         w.expected_accuracy(records, [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        w.expected_accuracy(records, [1.0, float("nan"), 1.0, 1.0])
 
 
 def test_expected_accuracy_of_the_gold_reward_is_the_bayes_accuracy(world: World) -> None:

@@ -205,8 +205,9 @@ def fit_objective_mlp(
 
     The rows are split once, as in :func:`fit_multi_objective_ridge` (same seed, same split);
     the MLP trains on the training rows for ``epochs`` passes (AdamW, cosine decay, seeded
-    order) and the validation rows give each objective's held-out R^2, the figure to compare
-    with the ridge's. Targets are standardised per objective over their rated rows.
+    order) and the validation rows give each objective's held-out R^2. Unlike the ridge, the
+    model is not refitted on all rows afterwards: the reported R^2 is that of the returned
+    model. Targets are standardised per objective over their rated rows.
 
     Returns:
         ``(model`` frozen, in eval mode, on the features' device``, validation R^2 per objective)``.
@@ -235,7 +236,10 @@ def fit_objective_mlp(
     model = ObjectiveMLP(d, t.shape[1], hidden_sizes).to(device)
     xt, mt = x[train_rows], labelled[train_rows]
     model.x_mean.copy_(xt.mean(0))
-    model.x_std.copy_(xt.std(0).clamp(min=1e-6))
+    # a feature constant on the training rows (e.g. the embedding of a final EOS) is centred
+    # but not scaled: dividing by a tiny std would turn a small change of it into a huge one
+    x_std = xt.std(0)
+    model.x_std.copy_(torch.where(x_std > 1e-6, x_std, torch.ones_like(x_std)))
     count = mt.sum(0).clamp(min=1)
     y_mean = (t[train_rows] * mt).sum(0) / count
     y_var = (((t[train_rows] - y_mean) * mt) ** 2).sum(0) / count

@@ -1,10 +1,12 @@
 """ArmoRM training (Wang et al. 2024, arXiv 2406.12845; ALGORITHMS.md section 8).
 
 Stage 1: features of every training response from the frozen backbone; one ridge regression per
-objective (no intercept, alpha picked on a validation split) onto the objective ratings; the
+objective (no intercept, alpha picked on a validation split) onto the objective ratings -- or,
+with ``loss.regression: mlp`` (a deviation), an MLP probe with one output per objective; the
 verbosity decorrelation lambdas on the training responses. Stage 2: the gating network on
 prompt features, trained with the Bradley-Terry loss on pairs through the common trainer loop
-(checkpoints, logging, resume all apply); backbone and regression frozen.
+(checkpoints, logging, resume all apply); backbone and regression frozen. Checkpoints carry
+stage 1, so a resumed run trains its gate against the objectives it started with.
 
 Ratings: on the synthetic world, its per-objective scores of each response plus a verbosity
 column (words / max words) used for decorrelation; on other data, each record's ``scores``
@@ -135,16 +137,46 @@ class ArmoRMTrainer(PolicyTrainer):
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         frozen = {k.removeprefix("stage1."): v for k, v in state.items() if k.startswith("stage1.")}
-        if not frozen:
-            return
         head = self.unwrapped()
-        expected = {k for k in head.state_dict() if not k.startswith("gating.")}
-        if set(frozen) != expected:
+        if not frozen:
+            # a checkpoint from before stage 1 travelled with it: only the closed-form ridge
+            # refits to exactly what its gate was trained against
+            if self.recipe.loss.regression != "ridge":
+                raise TrainingError(
+                    "this checkpoint holds no ArmoRM stage 1 (it predates that); it can only "
+                    "be resumed with loss.regression=ridge"
+                )
+            return
+        expected = {k: v.shape for k, v in head.state_dict().items() if not k.startswith("gating.")}
+        got = {k: v.shape for k, v in frozen.items()}
+        if got != expected:
+            differ = sorted(set(got) ^ set(expected)) or sorted(
+                k for k in got if got[k] != expected[k]
+            )
             raise TrainingError(
-                "checkpoint's ArmoRM stage 1 does not match this recipe's "
-                f"(checkpoint: {sorted(frozen)[:4]}..., recipe: {sorted(expected)[:4]}...)"
+                "the checkpoint's ArmoRM stage 1 does not fit this recipe's (loss.regression, "
+                f"loss.regression_hidden or the backbone changed?): differs at {differ[:4]}"
             )
         head.load_state_dict(frozen, strict=False)
+        self.describe_restored_stage1()
+
+    def describe_restored_stage1(self) -> None:
+        """Make `summary["stage1"]` describe the restored stage 1, not the refit it replaced."""
+        head = self.unwrapped()
+        stage1 = self.summary["stage1"]
+        responses = torch.cat(
+            [
+                torch.stack([e["chosen"] for e in self.train_examples]),
+                torch.stack([e["rejected"] for e in self.train_examples]),
+            ]
+        )
+        _, ratings, mask = self.ratings(self.train_records)
+        with torch.no_grad():
+            raw = head.raw_objectives(responses.to(head.lambdas.device)).cpu()
+        stage1["r2"] = self.r_squared(raw, ratings, mask)
+        stage1["verbosity_lambdas"] = head.lambdas.tolist()
+        stage1.pop("val_r2", None)  # the restored probe's validation figures are in its run's log
+        stage1["restored_from_checkpoint"] = True
 
     # ---------------------------------------------------------------- data
 

@@ -81,15 +81,15 @@ class RewardTrainer(PreferenceTrainer):
             return {}
         test = self.world.preference_records(self.recipe.data.eval_split or "test")
         test = test[: self.recipe.data.max_eval_rows] if self.recipe.data.max_eval_rows else test
-        bayes = self.world.bayes_accuracy(test)
+        examples = self._indexed(self.tokenize(test), "eval")
+        kept = [test[e["index"]] for e in examples]  # the pairs `accuracy` is measured on
+        bayes = self.world.bayes_accuracy(kept)
+        chosen, rejected = self.held_out_rewards(examples)
         results: dict[str, Any] = {
             "bayes_accuracy": bayes["expected"],
             "label_agreement_with_gold": bayes["empirical_label_agreement"],
+            "expected_accuracy": self.world.expected_accuracy(kept, chosen - rejected),
         }
-        examples = self._indexed(self.tokenize(test), "eval")
-        chosen, rejected = self.held_out_rewards(examples)
-        kept = [test[e["index"]] for e in examples]
-        results["expected_accuracy"] = self.world.expected_accuracy(kept, chosen - rejected)
         ood = self.tokenize(self.world.preference_records("ood"))
         ood = self._indexed(ood[: self.recipe.data.max_eval_rows or None], "eval")
         ood_metrics = reward_metrics(*self.held_out_rewards(ood))

@@ -235,6 +235,8 @@ def expected_accuracy(
         raise ValueError(f"{len(records)} records but {len(margins)} margins")
     if not records:
         return float("nan")
+    if any(math.isnan(m) for m in margins):
+        raise ValueError("a margin is NaN: the scorer produced no usable score for some pair")
     total = 0.0
     for record, margin in zip(records, margins, strict=True):
         p = sigmoid(record["metadata"]["gold_gap"] / temperature)
