@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         help="two reward models on the same held-out world pairs: accuracy, expected accuracy, "
         "their difference and its paired standard error",
     )
-    p_cmp.add_argument("a", help="reward-model run dir / folder, or 'world'")
-    p_cmp.add_argument("b", help="reward-model run dir / folder, or 'world'")
+    p_cmp.add_argument(
+        "a",
+        help="reward-model run dir or model folder, or 'world' (the gold reward); A or B must "
+        "be a run trained on the world",
+    )
+    p_cmp.add_argument("b", help="as A")
     p_cmp.add_argument(
         "--n-pairs", type=int, default=None, help="default: the run's held-out pairs"
     )
@@ -155,6 +159,8 @@ def _eval_rm(args: argparse.Namespace) -> int:
         }
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise ConfigError([f"eval-rm: {exc}"]) from None
+    if "world" in scorers:
+        scorers["world"] = _world_of(args.models)  # the gold reward of the runs' own world
     if args.oracle == "world":
         world = _world_of(args.models)
         prompts, responses, oracle = world_oracle(
@@ -188,38 +194,61 @@ def _compare_rm(args: argparse.Namespace) -> int:
     import torch
 
     from prefopt.eval.compare import format_comparison, paired_comparison, score_margins
+    from prefopt.registry import get_loss
     from prefopt.rewards.scorers import load_scorer
     from prefopt.world import build_world
-    from prefopt.world_models import world_cache_dir
+    from prefopt.world_models import PAIR_ONLY_FIELDS
 
-    recipes = [Path(m) / "recipe.yaml" for m in (args.a, args.b)]
-    found = [load_recipe(r) for r in recipes if r.exists()]
-    if not found or found[0].data.source != "world":
-        raise ConfigError(
-            [
-                "compare-rm: needs a reward-model run trained on the world (its recipe.yaml names "
-                "the world whose held-out pairs and gold reward are used)"
-            ]
+    def usage(message: str) -> int:
+        print(f"prefopt compare-rm: {message}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    runs = {
+        m: load_recipe(Path(m) / "recipe.yaml")
+        for m in (args.a, args.b)
+        if (Path(m) / "recipe.yaml").exists()
+    }
+    if not runs:
+        return usage(
+            "A or B must be a reward-model run directory trained on the world (its "
+            "recipe.yaml names the world whose held-out pairs and gold reward are used)"
         )
+    for name, run in runs.items():
+        if run.data.source != "world":
+            return usage(f"{name} was not trained on the world (data.source={run.data.source})")
+        if get_loss(run.loss.name).kind not in ("reward", "armorm"):
+            return usage(f"{name} is not a reward model (loss.name={run.loss.name})")
+    worlds = {
+        name: {k: v for k, v in vars(run.world).items() if k not in PAIR_ONLY_FIELDS}
+        for name, run in runs.items()
+    }
+    if len({json.dumps(w, sort_keys=True) for w in worlds.values()}) > 1:
+        return usage("A and B were trained on different worlds: their pairs are not comparable")
     if args.skip < 0 or (args.n_pairs is not None and args.n_pairs < 1):
-        raise ConfigError(["compare-rm: need --skip >= 0 and --n-pairs >= 1"])
-    try:
-        scorers = [load_scorer(m) for m in (args.a, args.b)]
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        raise ConfigError([f"compare-rm: {exc}"]) from None
-    recipe = found[0]
+        return usage("need --skip >= 0 and --n-pairs >= 1")
+    recipe = next(iter(runs.values()))
     n = args.n_pairs or recipe.data.max_eval_rows or recipe.world.n_test_pairs
-    # the world's test pairs come from one seeded stream: asking for more keeps the first ones
-    config = replace(recipe.world, n_test_pairs=max(recipe.world.n_test_pairs, args.skip + n))
-    world = build_world(config, cache_dir=world_cache_dir())
+    # the world's test pairs come from one seeded stream: asking for more keeps the first ones;
+    # built in memory (only the test split is generated), not materialised in the cache
+    world = build_world(
+        replace(recipe.world, n_test_pairs=max(recipe.world.n_test_pairs, args.skip + n))
+    )
+    try:
+        scorers = [world if m == "world" else load_scorer(m) for m in (args.a, args.b)]
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        return usage(str(exc))
     records = world.preference_records("test")[args.skip : args.skip + n]
     gaps = torch.tensor([r["metadata"]["gold_gap"] for r in records])
-    result = paired_comparison(
-        score_margins(scorers[0], records),
-        score_margins(scorers[1], records),
-        gaps,
-        world.config.label_temperature,
-    )
+    try:
+        result = paired_comparison(
+            score_margins(scorers[0], records),
+            score_margins(scorers[1], records),
+            gaps,
+            world.config.label_temperature,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"prefopt compare-rm: scoring failed: {exc}", file=sys.stderr)
+        return 1
     result["pairs"] = {"split": "test", "skip": args.skip, "n": len(records)}
     print(format_comparison(result, f"A: {args.a}", f"B: {args.b}"))
     if args.out:

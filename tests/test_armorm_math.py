@@ -283,6 +283,17 @@ def test_mlp_probe_fits_what_a_linear_layer_cannot():
     assert not any(p.requires_grad for p in probe.parameters()) and not probe.training
 
 
+def test_mlp_probe_centres_but_does_not_scale_a_constant_feature():
+    x, targets = _product_data(400)
+    x = torch.cat([x, torch.full((400, 1), 2.0)], dim=1)  # e.g. the embedding of a final EOS
+    probe, _ = fit_objective_mlp(x, targets, None, (16,), epochs=2, batch_size=64)
+    assert float(probe.x_std[-1]) == 1.0 and float(probe.x_mean[-1]) == 2.0
+    nudged = x[:5].clone()
+    nudged[:, -1] += 0.01  # a truncated response changes it a little: the scores barely move
+    with torch.no_grad():
+        assert (probe(nudged) - probe(x[:5])).abs().max() < 0.1
+
+
 def test_mlp_probe_ignores_unrated_cells():
     x, targets = _product_data(400)
     mask = torch.ones_like(targets, dtype=torch.bool)

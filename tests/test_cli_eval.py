@@ -48,8 +48,11 @@ def test_world_runs_report_gold_metrics_and_eval_reruns_them(tmp_path, capsys):
 
 
 def test_eval_rm_cli_writes_curves(tmp_path):
+    # not the default world: 'world' must be the gold reward of the run's world, the oracle
     _, rm_dir = train(
-        tiny_recipe("rm", tmp_path / "rm", "model.name_or_path=null", "trainer.max_steps=3")
+        tiny_recipe(
+            "rm", tmp_path / "rm", "model.name_or_path=null", "trainer.max_steps=3", "world.seed=1"
+        )
     )
     out = tmp_path / "reta"
     proc = subprocess.run(
@@ -79,6 +82,10 @@ def test_eval_rm_cli_writes_curves(tmp_path):
     for curve in result["models"].values():
         assert curve["mean"][-1] == 1.0  # RETA(1) = 1 exactly
     assert result["models"]["world"]["mean"][0] > 1.0  # the gold reward picks better responses
+    # the oracle ranking its own scores: no model can pick better responses at any eta
+    gold, rm = result["models"]["world"]["mean"], result["models"][str(rm_dir)]["mean"]
+    assert all(g >= m - 1e-9 for g, m in zip(gold, rm, strict=True))
+    assert gold[0] > rm[0] + 0.05
     bad = subprocess.run(
         [sys.executable, "-m", "prefopt.cli", "eval-rm", str(tmp_path / "nope")],
         capture_output=True,
@@ -94,30 +101,49 @@ def test_compare_rm_pairs_two_models_on_the_same_pairs(tmp_path, capsys):
     from prefopt.config import load_recipe
     from prefopt.world import build_world
 
+    # a world other than the default: 'world' must be the gold reward of the run's world
     _, rm_dir = train(
-        tiny_recipe("rm", tmp_path / "rm", "model.name_or_path=null", "trainer.max_steps=3")
+        tiny_recipe(
+            "rm", tmp_path / "rm", "model.name_or_path=null", "trainer.max_steps=3", "world.seed=1"
+        )
     )
     out = tmp_path / "cmp.json"
     assert main(["compare-rm", str(rm_dir), "world", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     recipe = load_recipe(rm_dir / "recipe.yaml")
     world = build_world(recipe.world)
-    test = world.preference_records("test")[: recipe.data.max_eval_rows]
-    assert result["n"] == len(test) == recipe.data.max_eval_rows
-    # B is the gold reward: its accuracy is the labels' agreement with gold, its expected
-    # accuracy the Bayes accuracy; A is the run's own held-out figure
+    n = recipe.data.max_eval_rows
+    test = world.preference_records("test")[:n]
+    assert result["n"] == len(test) == n
+    # B is the gold reward: its expected accuracy is the Bayes accuracy and its accuracy the
+    # labels' agreement with the sign of the gold gap (up to exact-zero gaps, counted wrong);
+    # A reproduces the run's own held-out figures
     summary = json.loads((rm_dir / "summary.json").read_text())["eval"]
     assert result["expected_accuracy"]["b"] == pytest.approx(world.bayes_accuracy(test)["expected"])
+    zero_gaps = sum(r["metadata"]["gold_gap"] == 0 for r in test)
+    assert result["ties"]["b"] == zero_gaps
+    agree = sum(r["metadata"]["label_agrees_with_gold"] for r in test) - zero_gaps
+    assert result["accuracy"]["b"] == pytest.approx(agree / n)
     assert result["accuracy"]["a"] == pytest.approx(summary["accuracy"])
     assert result["expected_accuracy"]["a"] == pytest.approx(summary["expected_accuracy"])
     assert "paired SE" in capsys.readouterr().out
-    # pairs beyond the run's held-out set: the same stream, so a longer set starts the same way
+    # --skip: pairs beyond the run's held-out set, from the same stream of test pairs
     assert main(["compare-rm", str(rm_dir), "world", "--skip", "8", "--out", str(out)]) == 0
     later = json.loads(out.read_text())
-    assert later["pairs"] == {"split": "test", "skip": 8, "n": recipe.data.max_eval_rows}
-    longer = replace(recipe.world, n_test_pairs=recipe.world.n_test_pairs + 16)
-    assert build_world(longer).preference_records("test")[: len(test)] == test
+    longer = build_world(replace(recipe.world, n_test_pairs=recipe.world.n_test_pairs + 16))
+    stream = longer.preference_records("test")
+    assert stream[:n] == test
+    bayes_later = longer.bayes_accuracy(stream[8 : 8 + n])["expected"]
+    assert later["expected_accuracy"]["b"] == pytest.approx(bayes_later)
+    assert bayes_later != pytest.approx(result["expected_accuracy"]["b"])  # other pairs
+    # bad input: a message and status 2, no traceback
     assert main(["compare-rm", str(tmp_path / "nope"), "world"]) == 2
+    assert main(["compare-rm", str(rm_dir), "world", "--n-pairs", "0"]) == 2
+    _, policy_dir = train(
+        tiny_recipe("sft", tmp_path / "sft", "trainer.max_steps=1", "eval.enabled=false")
+    )
+    assert main(["compare-rm", str(policy_dir), str(rm_dir)]) == 2
+    assert "not a reward model" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

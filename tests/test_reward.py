@@ -256,7 +256,12 @@ def test_armorm_resume_keeps_the_stage1_it_started_with(tmp_path, tiny_pretraine
     monkeypatch.setattr(Trainer, "train", keep_trainer)
     summary, _ = train(tiny_recipe("armorm", tmp_path / "run", *common, "resume=auto"))
     assert summary["steps"] == 8
-    assert summary["stage1"]["restored_from_checkpoint"] and "val_r2" not in summary["stage1"]
+    assert summary["stage1"]["restored_from_checkpoint"]
+    # the restored probe's validation R^2 (saved with it), not the refit's
+    assert (
+        list(summary["stage1"]["val_r2"].values())
+        == saved["extra"]["stage1_report.val_r2"].tolist()
+    )
     assert not torch.equal(refits[0], stage1["stage1.regression.net.0.weight"])  # the test can fail
     head = captured["trainer"].unwrapped()
     for key, value in stage1.items():

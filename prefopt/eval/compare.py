@@ -9,7 +9,9 @@ where the two accuracies' separate error bars would overlap.
 Two measures per model:
 
 * ``accuracy``: 1 where the model's margin (``chosen`` minus ``rejected``) is positive, else 0,
-  against the sampled labels;
+  against the sampled labels -- a tie counts as wrong, as in every run's ``eval.accuracy``, so
+  that a run's own figure is reproduced; the number of ties is reported (``ties``) because a
+  scorer with many (the gold reward has a few exact-zero gaps) reads lower here;
 * ``expected_accuracy`` (only with the world's gold gaps): ``p`` where the margin is positive,
   ``1 - p`` where negative, 1/2 on a tie, with ``p = sigmoid(gold_gap / T)`` the probability
   that a fresh label prefers ``chosen`` -- the accuracy free of the labels' noise
@@ -50,9 +52,10 @@ def paired_comparison(
 ) -> dict[str, Any]:
     """Compare two models' margins on the same N pairs (``chosen`` is the labelled winner).
 
-    Returns ``{"n", "disagreement", "accuracy": {"a", "b", "diff", "se"}}`` and, with the gold
-    gaps, ``"expected_accuracy"`` in the same form; ``diff`` is ``a - b`` and ``se`` its paired
-    standard error (sample standard deviation of the per-pair differences over ``sqrt(N)``).
+    Returns ``{"n", "ties", "disagreement", "accuracy": {"a", "b", "diff", "se"}}`` and, with
+    the gold gaps, ``"expected_accuracy"`` in the same form; ``diff`` is ``a - b`` and ``se``
+    its paired standard error (sample standard deviation of the per-pair differences over
+    ``sqrt(N)``).
     """
     if margins_a.shape != margins_b.shape or margins_a.dim() != 1:
         raise ValueError(
@@ -64,6 +67,8 @@ def paired_comparison(
     right_a, right_b = (margins_a > 0).double(), (margins_b > 0).double()
     out: dict[str, Any] = {
         "n": int(margins_a.numel()),
+        "ties": {"a": int((margins_a == 0).sum()), "b": int((margins_b == 0).sum())},
+        # on the sampled labels: one right and the other wrong (a tie counts as wrong)
         "disagreement": float((right_a != right_b).double().mean()),
         "accuracy": _paired(right_a, right_b),
     }
@@ -98,4 +103,10 @@ def format_comparison(result: dict[str, Any], name_a: str, name_b: str) -> str:
         cells += f"{diff:+.4f} ({se:.4f})".ljust(22)
     lines.append("A - B (paired SE)".ljust(width) + cells)
     lines.append(f"{result['n']} pairs; the two disagree on {result['disagreement']:.1%} of them")
+    ties = result.get("ties", {})
+    if any(ties.values()):
+        lines.append(
+            f"ties (counted wrong in accuracy, 1/2 in expected accuracy): A {ties['a']}, "
+            f"B {ties['b']}"
+        )
     return "\n".join(lines)

@@ -129,11 +129,18 @@ class ArmoRMTrainer(PolicyTrainer):
         exactly the objectives it started with, even where a refit would differ (e.g. an MLP
         probe refitted with non-deterministic GPU kernels)."""
         head = self.unwrapped()
-        return {
+        state = {
             f"stage1.{k}": v.detach().cpu()
             for k, v in head.state_dict().items()
             if not k.startswith("gating.")
         }
+        # what summary.json says of that stage 1, which a resumed run cannot recompute
+        report = self.summary["stage1"]
+        if "val_r2" in report:
+            state["stage1_report.val_r2"] = torch.tensor(list(report["val_r2"].values()))
+        if "beta_init" in report:
+            state["stage1_report.beta_init"] = torch.tensor(report["beta_init"])
+        return state
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         frozen = {k.removeprefix("stage1."): v for k, v in state.items() if k.startswith("stage1.")}
@@ -158,9 +165,11 @@ class ArmoRMTrainer(PolicyTrainer):
                 f"loss.regression_hidden or the backbone changed?): differs at {differ[:4]}"
             )
         head.load_state_dict(frozen, strict=False)
-        self.describe_restored_stage1()
+        self.describe_restored_stage1(
+            {k.removeprefix("stage1_report."): v for k, v in state.items() if "_report." in k}
+        )
 
-    def describe_restored_stage1(self) -> None:
+    def describe_restored_stage1(self, report: dict[str, Tensor]) -> None:
         """Make `summary["stage1"]` describe the restored stage 1, not the refit it replaced."""
         head = self.unwrapped()
         stage1 = self.summary["stage1"]
@@ -175,7 +184,13 @@ class ArmoRMTrainer(PolicyTrainer):
             raw = head.raw_objectives(responses.to(head.lambdas.device)).cpu()
         stage1["r2"] = self.r_squared(raw, ratings, mask)
         stage1["verbosity_lambdas"] = head.lambdas.tolist()
-        stage1.pop("val_r2", None)  # the restored probe's validation figures are in its run's log
+        stage1.pop("val_r2", None)
+        stage1.pop("beta_init", None)
+        if "val_r2" in report:
+            values = report["val_r2"].tolist()
+            stage1["val_r2"] = dict(zip(self.objective_names, values, strict=True))
+        if "beta_init" in report:
+            stage1["beta_init"] = float(report["beta_init"])
         stage1["restored_from_checkpoint"] = True
 
     # ---------------------------------------------------------------- data
