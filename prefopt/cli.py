@@ -153,16 +153,18 @@ def _eval_rm(args: argparse.Namespace) -> int:
     from prefopt.rewards.scorers import load_scorer
 
     try:
-        scorers = {
+        loaded = {
             m: load_scorer(m, ensemble_mode=args.ensemble, ensemble_coef=args.ensemble_coef)
             for m in args.models
+            if m != "world"
         }
     except (FileNotFoundError, OSError, ValueError) as exc:
         raise ConfigError([f"eval-rm: {exc}"]) from None
-    if "world" in scorers:
-        scorers["world"] = _world_of(args.models)  # the gold reward of the runs' own world
+    # 'world' is the gold reward of the runs' own world, which is also the default oracle
+    world = _world_of(args.models) if "world" in args.models or args.oracle == "world" else None
+    scorers = {m: world if m == "world" else loaded[m] for m in args.models}
     if args.oracle == "world":
-        world = _world_of(args.models)
+        assert world is not None
         prompts, responses, oracle = world_oracle(
             world, args.n_prompts, args.n_responses, args.seed
         )

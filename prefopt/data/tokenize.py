@@ -46,19 +46,13 @@ def tokenize_preference(
     `add_bos=None` adds the tokenizer's BOS when it has one (never twice). Dropped rows are
     counted in `bad_rows` (or logged when it is None).
     """
-    keys = ("chosen", "rejected")
-    rows = _rendered(records, tokenizer, keys)
-    fitted = _fit_all(rows, tokenizer, keys, max_length, max_prompt_length, add_bos)
     out = []
-    with _dropped(bad_rows) as bad:
-        for pos, (row, ids) in enumerate(zip(rows, fitted, strict=True)):
-            if ids is None:
-                bad.add("prompt_too_long", row.get("index", pos))
-                continue
-            prompt, (chosen, rejected) = ids
-            example = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
-            margin = float(row.get("margin") or 0.0)
-            out.append({**example, "margin": margin, **_meta(row, pos)})
+    for pos, row, prompt, (chosen, rejected) in _fitted_rows(
+        records, tokenizer, ("chosen", "rejected"), max_length, max_prompt_length, add_bos, bad_rows
+    ):
+        example = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+        margin = float(row.get("margin") or 0.0)
+        out.append({**example, "margin": margin, **_meta(row, pos)})
     return out
 
 
@@ -72,18 +66,12 @@ def tokenize_sft(
     add_bos: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Tokenize demonstrations to ``prompt_ids``, ``completion_ids``, ``index`` (same rules)."""
-    keys = ("completion",)
-    rows = _rendered(records, tokenizer, keys)
-    fitted = _fit_all(rows, tokenizer, keys, max_length, max_prompt_length, add_bos)
-    out = []
-    with _dropped(bad_rows) as bad:
-        for pos, (row, ids) in enumerate(zip(rows, fitted, strict=True)):
-            if ids is None:
-                bad.add("prompt_too_long", row.get("index", pos))
-                continue
-            prompt, (completion,) = ids
-            out.append({"prompt_ids": prompt, "completion_ids": completion, **_meta(row, pos)})
-    return out
+    return [
+        {"prompt_ids": prompt, "completion_ids": completion, **_meta(row, pos)}
+        for pos, row, prompt, (completion,) in _fitted_rows(
+            records, tokenizer, ("completion",), max_length, max_prompt_length, add_bos, bad_rows
+        )
+    ]
 
 
 def tokenize_prompts(
@@ -165,6 +153,30 @@ def _rendered(
     records: Iterable[Mapping[str, Any]], tokenizer: Any, keys: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     return [render_record(row, tokenizer, keys) for row in records]
+
+
+def _fitted_rows(
+    records: Iterable[Mapping[str, Any]],
+    tokenizer: Any,
+    keys: tuple[str, ...],
+    max_length: int,
+    max_prompt_length: int,
+    add_bos: bool | None,
+    bad_rows: BadRows | None,
+) -> list[tuple[int, dict[str, Any], list[int], list[list[int]]]]:
+    """``(position, rendered row, prompt ids, completion ids per key)`` of every row that fits
+    the limits; a row whose prompt leaves no room is dropped and counted as
+    ``prompt_too_long`` in `bad_rows` (logged when it is None)."""
+    rows = _rendered(records, tokenizer, keys)
+    fitted = _fit_all(rows, tokenizer, keys, max_length, max_prompt_length, add_bos)
+    out = []
+    with _dropped(bad_rows) as bad:
+        for pos, (row, ids) in enumerate(zip(rows, fitted, strict=True)):
+            if ids is None:
+                bad.add("prompt_too_long", row.get("index", pos))
+                continue
+            out.append((pos, row, ids[0], ids[1]))
+    return out
 
 
 def _fit_all(

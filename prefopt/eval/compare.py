@@ -15,7 +15,7 @@ Two measures per model:
 * ``expected_accuracy`` (only with the world's gold gaps): ``p`` where the margin is positive,
   ``1 - p`` where negative, 1/2 on a tie, with ``p = sigmoid(gold_gap / T)`` the probability
   that a fresh label prefers ``chosen`` -- the accuracy free of the labels' noise
-  (``prefopt.world.data.expected_accuracy`` is its mean).
+  (``World.expected_accuracy`` is its mean).
 """
 
 from __future__ import annotations

@@ -98,8 +98,7 @@ def load_reward_backbone(
     `AutoModelForSequenceClassification(num_labels=1)`, so the saved model loads with plain
     transformers. The score of a sequence is the head's output at its last non-pad token."""
     if init_path is None:
-        if cfg.quantization:
-            raise ValueError("model.quantization needs a pretrained model (model.name_or_path)")
+        _no_quantized_tiny(cfg)
         model = build_tiny_reward_model(cfg.tiny, tokenizer)
     else:
         from transformers import AutoModelForSequenceClassification
@@ -117,9 +116,20 @@ def load_reward_backbone(
     model_config = cast("PreTrainedConfig", model.config)
     if model_config.pad_token_id is None:
         model_config.pad_token_id = tokenizer.pad_token_id
+    return _adapted(model, cfg, task_type="SEQ_CLS")
+
+
+def _no_quantized_tiny(cfg: ModelConfig) -> None:
+    if cfg.quantization:
+        raise ValueError("model.quantization needs a pretrained model (model.name_or_path)")
+
+
+def _adapted(model: nn.Module, cfg: ModelConfig, task_type: str) -> nn.Module:
+    """The common tail of loading a trainable model: LoRA (with k-bit preparation) when
+    configured, then dropout off."""
     if cfg.lora is not None:
         model = add_lora(
-            model, cfg.lora, quantized=cfg.quantization is not None, task_type="SEQ_CLS"
+            model, cfg.lora, quantized=cfg.quantization is not None, task_type=task_type
         )
     disable_dropout(model)
     return model
@@ -233,8 +243,7 @@ def load_policy(
     """The trainable policy: pretrained from `init_path` (or tiny from config when None), then
     LoRA (and k-bit preparation) when configured. Dropout is disabled."""
     if init_path is None:
-        if cfg.quantization:
-            raise ValueError("model.quantization needs a pretrained model (model.name_or_path)")
+        _no_quantized_tiny(cfg)
         model = build_tiny_model(cfg.tiny, tokenizer)
     else:
         model = load_pretrained(
@@ -247,10 +256,7 @@ def load_policy(
         )
     if cfg.gradient_checkpointing:
         cast("PreTrainedModel", model).gradient_checkpointing_enable()
-    if cfg.lora is not None:
-        model = add_lora(model, cfg.lora, quantized=cfg.quantization is not None)
-    disable_dropout(model)
-    return model
+    return _adapted(model, cfg, task_type="CAUSAL_LM")
 
 
 def disable_dropout(model: nn.Module) -> None:

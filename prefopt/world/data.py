@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from prefopt.world.behaviour import behaviour_response
@@ -216,29 +216,3 @@ def bayes_accuracy(records: list[dict[str, Any]], temperature: float) -> dict[st
         "empirical_label_agreement": sum(agree) / len(records),
         "n": float(len(records)),
     }
-
-
-def expected_accuracy(
-    records: list[dict[str, Any]], margins: Sequence[float], temperature: float
-) -> float:
-    """Accuracy that a scorer with these margins (score of ``chosen`` minus score of
-    ``rejected``, one per record) is expected to reach on fresh labels of the same pairs.
-
-    With ``p = sigmoid(gold_gap / T)`` the probability that a fresh label prefers ``chosen``,
-    a record contributes ``p`` when the margin is positive, ``1 - p`` when it is negative and
-    ``1/2`` on a tie. The same expectation as ``bayes_accuracy``'s ``expected``, for any scorer:
-    it removes the noise of the sampled labels (a 2,000-pair held-out accuracy has a standard
-    error of about one point from the labels alone), so two reward models can be compared on
-    the same pairs without that noise.
-    """
-    if len(records) != len(margins):
-        raise ValueError(f"{len(records)} records but {len(margins)} margins")
-    if not records:
-        return float("nan")
-    if any(math.isnan(m) for m in margins):
-        raise ValueError("a margin is NaN: the scorer produced no usable score for some pair")
-    total = 0.0
-    for record, margin in zip(records, margins, strict=True):
-        p = sigmoid(record["metadata"]["gold_gap"] / temperature)
-        total += p if margin > 0 else (1 - p if margin < 0 else 0.5)
-    return total / len(records)

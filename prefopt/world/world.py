@@ -227,9 +227,18 @@ class World:
     def expected_accuracy(self, records: list[dict[str, Any]], margins: Any) -> float:
         """Label-noise-free accuracy of a scorer on these pairs: the mean probability that a
         fresh label agrees with the sign of its margin (``chosen`` minus ``rejected``, a
-        sequence or tensor, one per record); see ``data.expected_accuracy``."""
-        values = margins.tolist() if hasattr(margins, "tolist") else list(margins)
-        return data.expected_accuracy(records, values, self.config.label_temperature)
+        sequence or tensor, one per record), 1/2 on a tie. The same expectation as
+        ``bayes_accuracy``'s ``expected``, for any scorer; per pair:
+        ``prefopt.eval.compare.per_pair_expected``."""
+        from prefopt.eval.compare import per_pair_expected
+
+        values = torch.as_tensor(margins, dtype=torch.float64).reshape(-1)
+        if len(records) != values.numel():
+            raise ValueError(f"{len(records)} records but {values.numel()} margins")
+        if not records:
+            return float("nan")
+        gaps = torch.tensor([r["metadata"]["gold_gap"] for r in records], dtype=torch.float64)
+        return float(per_pair_expected(values, gaps, self.config.label_temperature).mean())
 
     def weights_table(self) -> dict[str, dict[str, float]]:
         """Scaled objective weights per instruction type."""
