@@ -123,3 +123,18 @@ def test_weights_load_in_the_recipe_dtype_not_the_checkpoints(tmp_path, tiny_pre
     assert next(load_pretrained(str(tmp_path / "fp16")).parameters()).dtype == torch.float32
     auto = load_pretrained(str(tmp_path / "fp16"), dtype="auto")
     assert next(auto.parameters()).dtype == torch.float16
+
+
+def test_gradient_checkpointing_reaches_policies_and_reward_models():
+    from prefopt.config import load_recipe
+    from prefopt.models.loading import load_policy, load_reward_backbone
+    from prefopt.world import build_world
+
+    recipe = load_recipe("dpo", ["model.gradient_checkpointing=true"])
+    tokenizer = build_world(recipe.world).tokenizer()
+    for load in (load_policy, load_reward_backbone):
+        model = load(recipe.model, tokenizer, None)
+        assert model.is_gradient_checkpointing, load.__name__
+        recipe.model.gradient_checkpointing = False
+        assert not load(recipe.model, tokenizer, None).is_gradient_checkpointing
+        recipe.model.gradient_checkpointing = True

@@ -125,8 +125,10 @@ def _no_quantized_tiny(cfg: ModelConfig) -> None:
 
 
 def _adapted(model: nn.Module, cfg: ModelConfig, task_type: str) -> nn.Module:
-    """The common tail of loading a trainable model: LoRA (with k-bit preparation) when
-    configured, then dropout off."""
+    """The common tail of loading a trainable model (policy or reward model): gradient
+    checkpointing and LoRA (with k-bit preparation) when configured, then dropout off."""
+    if cfg.gradient_checkpointing:
+        cast("PreTrainedModel", model).gradient_checkpointing_enable()
     if cfg.lora is not None:
         model = add_lora(
             model, cfg.lora, quantized=cfg.quantization is not None, task_type=task_type
@@ -254,8 +256,6 @@ def load_policy(
             device=device,
             dtype=cfg.dtype,
         )
-    if cfg.gradient_checkpointing:
-        cast("PreTrainedModel", model).gradient_checkpointing_enable()
     return _adapted(model, cfg, task_type="CAUSAL_LM")
 
 
