@@ -71,20 +71,31 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="session")
-def tiny_pretrained(tmp_path_factory) -> Path:
-    """A tiny GPT-2 with the world's tokenizer, saved in Hugging Face format (a local 'hub')."""
+def _save_tiny_pretrained(tmp_path_factory, name: str, *overrides: str) -> Path:
     import torch
 
     from prefopt.config import load_recipe
     from prefopt.models.loading import build_tiny_model, save_model
     from prefopt.world import build_world
 
-    recipe = load_recipe("dpo", TINY)
+    recipe = load_recipe("dpo", [*TINY, *overrides])
     world = build_world(recipe.world)
     tokenizer = world.tokenizer()
     torch.manual_seed(0)
     model = build_tiny_model(recipe.model.tiny, tokenizer)
-    path = tmp_path_factory.mktemp("tiny-pretrained")
+    path = tmp_path_factory.mktemp(name)
     save_model(model, tokenizer, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> Path:
+    """A tiny GPT-2 with the world's tokenizer, saved in Hugging Face format (a local 'hub')."""
+    return _save_tiny_pretrained(tmp_path_factory, "tiny-pretrained")
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_4bit(tmp_path_factory) -> Path:
+    """As `tiny_pretrained`, but every linear layer is at least bitsandbytes' 4-bit block size
+    (64) wide, so 4-bit kernels run on every CPU (AVX512-BF16 ones repack per 64-wide block)."""
+    return _save_tiny_pretrained(tmp_path_factory, "tiny-pretrained-64", "model.tiny.hidden=64")

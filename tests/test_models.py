@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -54,11 +55,11 @@ def test_lora_dpo_moves_adapter_keeps_base_and_uses_disabled_adapter_as_referenc
         assert_close(pair_logps(loaded, batch).chosen, policy.chosen.detach())
 
 
-def test_qlora_4bit_dpo_runs_on_cpu(tmp_path, tiny_pretrained):
+def test_qlora_4bit_dpo_runs_on_cpu(tmp_path, tiny_pretrained_4bit):
     recipe = tiny_recipe(
         "dpo",
         tmp_path / "q",
-        f"model.name_or_path={tiny_pretrained}",
+        f"model.name_or_path={tiny_pretrained_4bit}",
         "model.quantization=4bit",
         "trainer.max_steps=3",
         *LORA,
@@ -71,6 +72,20 @@ def test_qlora_4bit_dpo_runs_on_cpu(tmp_path, tiny_pretrained):
     summary = trainer.train()
     assert summary["steps"] == 3
     assert torch.isfinite(torch.tensor(summary["train"]["loss"]))
+
+
+def test_4bit_model_narrower_than_the_block_size_is_refused_on_every_cpu(tmp_path, tiny_pretrained):
+    # hidden 32 < bitsandbytes' block size 64: refused by prefopt with the layer named, before
+    # any 4-bit kernel runs (which crashes only on CPUs with AVX512-BF16)
+    recipe = tiny_recipe(
+        "dpo",
+        tmp_path / "q",
+        f"model.name_or_path={tiny_pretrained}",
+        "model.quantization=4bit",
+        *LORA,
+    )
+    with pytest.raises(ValueError, match=r"layer '.*c_attn'.*in_features=32.*block size 64"):
+        PreferenceTrainer(recipe, tmp_path / "q")
 
 
 def test_cached_reference_matches_live_reference_and_is_reused(tmp_path, tiny_pretrained):

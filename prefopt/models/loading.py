@@ -113,6 +113,8 @@ def load_reward_backbone(
         model = AutoModelForSequenceClassification.from_pretrained(
             init_path, num_labels=1, **kwargs
         )
+        if cfg.quantization == "4bit":
+            check_4bit_widths(model)
     model_config = cast("PreTrainedConfig", model.config)
     if model_config.pad_token_id is None:
         model_config.pad_token_id = tokenizer.pad_token_id
@@ -122,6 +124,31 @@ def load_reward_backbone(
 def _no_quantized_tiny(cfg: ModelConfig) -> None:
     if cfg.quantization:
         raise ValueError("model.quantization needs a pretrained model (model.name_or_path)")
+
+
+def check_4bit_widths(model: nn.Module) -> None:
+    """Refuse a 4-bit model with a linear layer narrower than its quantisation block.
+
+    bitsandbytes quantises weights in blocks of ``blocksize`` (64) values; on CPUs with
+    AVX512-BF16 it repacks 4-bit weights per ``in_features // blocksize`` block, which is 0 for
+    a narrower layer and crashes deep inside its kernel (``shape '[96, 0]' is invalid``). Whether
+    that crash happens depends on the CPU, so the check does not: it refuses on every machine."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # pragma: no cover - no k-bit model can exist without it
+        return
+    for name, module in model.named_modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        state = getattr(module.weight, "quant_state", None)
+        blocksize = int(getattr(state, "blocksize", 64) or 64)
+        if module.in_features < blocksize:
+            raise ValueError(
+                f"model.quantization=4bit: layer {name!r} has in_features={module.in_features}, "
+                f"narrower than the 4-bit block size {blocksize}; bitsandbytes cannot run it. "
+                f"Use a model whose linear layers are at least {blocksize} wide, or no "
+                "quantization"
+            )
 
 
 def _adapted(model: nn.Module, cfg: ModelConfig, task_type: str) -> nn.Module:
@@ -205,8 +232,12 @@ def load_pretrained(
     if (Path(path) / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=False, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=False, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quantization == "4bit":
+        check_4bit_widths(model)
+    return model
 
 
 def load_backbone(path: str, trust_remote_code: bool = False, dtype: str = "fp32") -> nn.Module:
