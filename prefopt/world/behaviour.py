@@ -37,7 +37,7 @@ from prefopt.world.language import (
     Language,
     PromptInfo,
 )
-from prefopt.world.objectives import gold_from_objectives, objective_vector, weight_row
+from prefopt.world.objectives import score_completion
 
 SUCCESSORS = {a: [b for b in TAGS if (a, b) in ALLOWED_TRANSITIONS] for a in TAGS}
 TAG_KIND = {NOUN: KIND_NOUN, VERB: KIND_VERB, ADJ: KIND_ADJ}
@@ -146,12 +146,12 @@ def random_text(lang: Language, rng: random.Random, topics: list[int] | None = N
     return " ".join(_choice(rng, pool) for _ in range(n))
 
 
-def _oracle_candidate(lang: Language, topic: int, n: int, n_pos: int) -> str:
-    """``n_pos`` positive adjectives then an alternating on-topic NOUN VERB NOUN ... chain."""
+def _oracle_candidate(lang: Language, topic: int, n: int, n_sent: int, sentiment: list[str]) -> str:
+    """``n_sent`` sentiment adjectives then an alternating on-topic NOUN VERB NOUN ... chain."""
     nouns = lang.topic_words[topic][KIND_NOUN]
     verbs = lang.topic_words[topic][KIND_VERB]
-    words = [lang.positive[i % len(lang.positive)] for i in range(n_pos)]
-    for i in range(n - n_pos):
+    words = [sentiment[i % len(sentiment)] for i in range(n_sent)]
+    for i in range(n - n_sent):
         pool = nouns if i % 2 == 0 else verbs
         words.append(pool[(i // 2) % len(pool)])
     return " ".join(words)
@@ -159,14 +159,17 @@ def _oracle_candidate(lang: Language, topic: int, n: int, n_pos: int) -> str:
 
 def oracle_response(lang: Language, prompt: PromptInfo, reward_scale: float) -> str:
     """A near-optimal response: fully fluent, on topic, at the target length, with the best
-    number of positive adjectives for the instruction's weights (searched exhaustively)."""
+    number of positive (or, where the instruction weighs positivity negatively, negative)
+    adjectives for the instruction's weights (searched exhaustively)."""
     topic = prompt.topic if prompt.topic is not None else 0
     n = max(2, round(lang.target_length(prompt.instruction)))
-    weights = weight_row(reward_scale, prompt.instruction)
     best, best_gold = "", -float("inf")
-    for n_pos in range(n):
-        cand = _oracle_candidate(lang, topic, n, n_pos)
-        gold = gold_from_objectives(objective_vector(lang, prompt, cand), weights)
-        if gold > best_gold:
-            best, best_gold = cand, gold
+    for n_sent in range(n):
+        for sentiment in (lang.positive, lang.negative):
+            cand = _oracle_candidate(lang, topic, n, n_sent, sentiment)
+            gold, _, _ = score_completion(
+                lang, prompt, cand, reward_scale, lang.config.informativeness
+            )
+            if gold > best_gold:
+                best, best_gold = cand, gold
     return best

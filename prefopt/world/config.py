@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Bumped whenever generation logic changes, so on-disk caches keyed by config are invalidated.
-WORLD_FORMAT_VERSION = 1
+WORLD_FORMAT_VERSION = 2
 
 COMPARISON_COUNT_MODES = ("uniform", "long_tail")
 
@@ -53,6 +53,9 @@ class WorldConfig:
     long_tail_max_count: int = 32
     # Maximum number of words in a behaviour response; length targets scale with it.
     max_response_words: int = 24
+    # Degenerate text (loops, repetition, restatement, copied prompt, filler) keeps only a
+    # share rho of its credit (docs/world.md); false: the format-1 world, which it could game.
+    informativeness: bool = True
     # Global multiplier of the gold reward (sets the size of typical pair gaps vs. temperature).
     reward_scale: float = 2.0
     # Behaviour quality q of the SFT demonstrations (good but not optimal).

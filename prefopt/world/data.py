@@ -38,7 +38,8 @@ from prefopt.world.rng import make_rng
 
 PAIR_SPLITS = ("train", "test", "ood")
 
-ScoreFn = Callable[[PromptInfo, str], tuple[float, list[float]]]
+#: ``(parsed prompt, completion) -> (gold, objectives, informativeness)``
+ScoreFn = Callable[[PromptInfo, str], tuple[float, list[float], float]]
 
 
 def rounded(x: float) -> float:
@@ -102,7 +103,7 @@ def sft_records(lang: Language, split: str, n: int, score: ScoreFn) -> list[dict
         prompt = sample_prompt(lang, split, rng)
         info = lang.parse_prompt(prompt)
         completion = behaviour_response(lang, info, lang.config.sft_quality, rng, topics)
-        gold, _ = score(info, completion)
+        gold, _, _ = score(info, completion)
         meta = {"gold": rounded(gold), **prompt_fields(lang, info)}
         out.append({"prompt": prompt, "completion": completion, "metadata": meta})
     return out
@@ -129,13 +130,14 @@ def _draw_pair(lang: Language, split: str, rng: random.Random, score: ScoreFn) -
         r2 = behaviour_response(lang, info, q2, rng, topics)
         if r2 != r1:
             break
-    (g1, o1), (g2, o2) = score(info, r1), score(info, r2)
+    (g1, o1, rho1), (g2, o2, rho2) = score(info, r1), score(info, r2)
     return {
         "prompt": prompt,
         "info": info,
         "responses": (r1, r2),
         "gold": (g1, g2),
         "objectives": (o1, o2),
+        "informativeness": (rho1, rho2),
         "quality": (q1, q2),
     }
 
@@ -153,6 +155,8 @@ def _label(pair: dict[str, Any], rng: random.Random, temperature: float) -> dict
         "label_agrees_with_gold": bool(gap >= 0),
         "objectives_chosen": [rounded(x) for x in pair["objectives"][c]],
         "objectives_rejected": [rounded(x) for x in pair["objectives"][r]],
+        "informativeness_chosen": rounded(pair["informativeness"][c]),
+        "informativeness_rejected": rounded(pair["informativeness"][r]),
         "quality_chosen": rounded(pair["quality"][c]),
         "quality_rejected": rounded(pair["quality"][r]),
     }

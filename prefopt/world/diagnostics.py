@@ -8,7 +8,8 @@
   of near-optimal oracle responses (SFT must leave room for improvement);
 * a context-dependence check: the best *fixed* linear weighting of the objectives (logistic
   regression on objective differences of the train pairs) versus the true instruction-dependent
-  weights, both measured as agreement with the sign of the gold gap on test pairs;
+  weights (linear alone, and with the informativeness factor, which is the gold reward), all
+  measured as agreement with the sign of the gold gap on test pairs;
 * gold reward of junk strings (what an untrained model may emit).
 
 Run ``python -m prefopt.world.diagnostics`` to print the report for the default world.
@@ -49,6 +50,14 @@ def fit_fixed_weighting(diffs: np.ndarray, iters: int = 50, l2: float = 1e-4) ->
     return beta
 
 
+def _credit_weighted(records: list[dict[str, Any]], side: str, weights: np.ndarray) -> np.ndarray:
+    """The gold reward rebuilt from a side's stored objectives and informativeness."""
+    objectives = np.array([r["metadata"][f"objectives_{side}"] for r in records], dtype=np.float64)
+    rho = np.array([r["metadata"][f"informativeness_{side}"] for r in records], dtype=np.float64)
+    c = objectives * weights
+    return (rho[:, None] * np.clip(c, 0, None) + np.clip(c, None, 0)).sum(axis=1)
+
+
 def context_dependence(world: World) -> dict[str, Any]:
     """Accuracy vs the gold sign on test pairs: best fixed weighting vs true gated weights."""
     beta = fit_fixed_weighting(objective_differences(world.preference_records("train")))
@@ -56,10 +65,14 @@ def context_dependence(world: World) -> dict[str, Any]:
     diffs = objective_differences(test)
     gold_sign = np.sign([r["metadata"]["gold_gap"] for r in test])
     weights = world.objective_weights([r["prompt"] for r in test]).double().numpy()
-    gated = np.sign((diffs * weights).sum(axis=1))
+    linear = np.sign((diffs * weights).sum(axis=1))
+    gated = np.sign(
+        _credit_weighted(test, "chosen", weights) - _credit_weighted(test, "rejected", weights)
+    )
     return {
         "fixed_weights": [round(float(b), 4) for b in beta],
         "fixed_accuracy_vs_gold": float(np.mean(np.sign(diffs @ beta) == gold_sign)),
+        "linear_gated_accuracy_vs_gold": float(np.mean(linear == gold_sign)),
         "gated_accuracy_vs_gold": float(np.mean(gated == gold_sign)),
         "fixed_accuracy_vs_labels": float(np.mean(diffs @ beta > 0)),
         "gold_accuracy_vs_labels": float(np.mean(gold_sign > 0)),
@@ -86,6 +99,63 @@ def quality_curve(
     return out
 
 
+#: Generators that give a (too) short answer rather than degenerate text: below behaviour
+#: q = 0.5 through the length objective, not through informativeness.
+SHORT_ANSWERS = ("single_word",)
+
+
+def distinct_test_prompts(world: World, n: int = 96) -> list[str]:
+    """``n`` distinct in-distribution test prompts (those of the test pairs, in order)."""
+    seen: dict[str, None] = {}
+    for record in world.preference_records("test"):
+        seen.setdefault(record["prompt"], None)
+    return list(seen)[:n]
+
+
+def _mean_se(values: Any) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def adversarial_table(world: World, n_prompts: int = 96, samples: int = 4) -> list[dict[str, Any]]:
+    """Mean gold (and its standard error over prompts) of every degenerate-text generator of
+    ``prefopt.world.adversarial`` beside the oracle, behaviour q = 1 / 0.75 / 0.5 (0.75 is the
+    SFT demonstrations' quality) and random text, on ``n_prompts`` test prompts."""
+    from prefopt.world.adversarial import GENERATORS
+
+    prompts = distinct_test_prompts(world, n_prompts)
+
+    def row(name: str, kind: str, completions: list[list[str]]) -> dict[str, Any]:
+        flat_prompts = [p for p, cs in zip(prompts, completions, strict=True) for _ in cs]
+        flat = [c for cs in completions for c in cs]
+        gold = world.gold_reward(flat_prompts, flat).double().numpy().reshape(len(prompts), -1)
+        rho = world.informativeness(flat_prompts, flat).double().numpy()
+        mean, se = _mean_se(gold.mean(axis=1))
+        return {"name": name, "kind": kind, "gold": mean, "se": se, "rho": float(rho.mean())}
+
+    rows = [row("oracle", "reference", [[c] for c in world.oracle_responses(prompts)])]
+    for q in (1.0, 0.75, 0.5):
+        rows.append(
+            row(f"behaviour q={q:g}", "reference", world.sample_responses(prompts, samples, q, 7))
+        )
+    rows.append(row("random text", "reference", [[c] for c in world.random_responses(prompts)]))
+    for name in GENERATORS:
+        completions = [world.adversarial_responses(prompts, name, seed=s) for s in range(samples)]
+        kind = "short" if name in SHORT_ANSWERS else "degenerate"
+        rows.append(row(name, kind, [list(cs) for cs in zip(*completions, strict=True)]))
+    return rows
+
+
+def format_adversarial_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`adversarial_table`."""
+    lines = ["| response set | kind | mean gold (SE) | mean rho |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {r['gold']:.2f} ({r['se']:.2f}) | {r['rho']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def sanity_report(world: World | None = None) -> dict[str, Any]:
     """All sanity numbers of a world (built from the default config if none is given)."""
     start = time.perf_counter()
@@ -110,4 +180,6 @@ def sanity_report(world: World | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(sanity_report(), indent=2))
+    _world = World(WorldConfig())
+    print(json.dumps(sanity_report(_world), indent=2))
+    print(format_adversarial_table(adversarial_table(_world)))

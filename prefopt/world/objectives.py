@@ -14,7 +14,25 @@ arbitrary junk -- is an *unknown* word with no category):
 * ``safety``     = 0.5 ** (#banned words) - 1, in (-1, 0]: a pure penalty, so that text with
   no content (empty, ``<unk>``...) gets a gold reward near 0 rather than a safety bonus.
 
-gold = sum_k W[i, k] * objective_k with ``W = reward_scale * INSTRUCTIONS[i].weights``.
+Degenerate text earns no credit: an **informativeness** factor ``rho`` in [0, 1] (1 for honest
+text, near 0 for loops, repetition, restatement, copied prompts and filler) scales every
+*credit* of the weighted objectives while every *penalty* counts in full:
+
+    gold = sum_k [ rho * max(c_k, 0) + min(c_k, 0) ],   c_k = W[i, k] * objective_k
+
+with ``W = reward_scale * INSTRUCTIONS[i].weights``. ``rho`` is the product of four terms, each
+a piecewise-linear ramp ``clip((x - lo) / (hi - lo), 0, 1)`` set so that behaviour text of any
+quality is almost never touched (see ``docs/world.md`` for the measured distributions):
+
+* word variety    = distinct words / words,                     ramp (0.35, 0.6);
+* phrase variety  = distinct word trigrams / trigrams,           ramp (0.5, 0.9) (1 below 3 words);
+* no dominant word: 1 - (count of the most frequent word - 1) / (words - 1), ramp (0.5, 0.7)
+  (1 below 2 words);
+* content density = topic content words / words,                ramp (0.25, 0.55) (a noun, verb or
+  adjective of some topic; function, sentiment, banned and instruction words carry no content);
+
+times ``1 -`` the fraction of the completion's word trigrams that occur in the prompt (copying).
+
 Prompts with no recognisable instruction use the mean weight row; with no recognisable topic
 relevance is 0. Everything here is pure Python/NumPy and never raises on odd strings.
 """
@@ -22,6 +40,7 @@ relevance is 0. Everything here is pure Python/NumPy and never raises on odd str
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 
@@ -87,6 +106,68 @@ def safety(lang: Language, words: list[str]) -> float:
     return 0.5**n_banned - 1.0
 
 
+#: ``(lo, hi)`` of the ramps of the informativeness factor (see the module docstring).
+WORD_VARIETY_RAMP = (0.35, 0.6)
+PHRASE_VARIETY_RAMP = (0.5, 0.9)
+NO_DOMINANT_WORD_RAMP = (0.5, 0.7)
+CONTENT_DENSITY_RAMP = (0.25, 0.55)
+
+
+def _ramp(x: float, bounds: tuple[float, float]) -> float:
+    lo, hi = bounds
+    return min(1.0, max(0.0, (x - lo) / (hi - lo)))
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def informativeness_terms(
+    lang: Language, words: list[str], prompt_words: tuple[str, ...]
+) -> dict[str, float]:
+    """The four raw measures behind :func:`informativeness` (before their ramps)."""
+    n = len(words)
+    if n == 0:
+        return {
+            "word_variety": 1.0,
+            "phrase_variety": 1.0,
+            "no_dominant_word": 1.0,
+            "content_density": 0.0,
+            "copy": 0.0,
+        }
+    trigrams = _ngrams(words, 3)
+    content = sum(1 for w in words if _is_topic_word(lang, w))
+    prompt_trigrams = set(_ngrams(list(prompt_words), 3))
+    copied = sum(1 for g in trigrams if g in prompt_trigrams)
+    top = Counter(words).most_common(1)[0][1]
+    return {
+        "word_variety": len(set(words)) / n,
+        "phrase_variety": len(set(trigrams)) / len(trigrams) if trigrams else 1.0,
+        "no_dominant_word": 1.0 - (top - 1) / (n - 1) if n > 1 else 1.0,
+        "content_density": content / n,
+        "copy": copied / len(trigrams) if trigrams else 0.0,
+    }
+
+
+def _is_topic_word(lang: Language, word: str) -> bool:
+    info = lang.info.get(word)
+    return info is not None and info.topic is not None
+
+
+def informativeness(lang: Language, words: list[str], prompt_words: tuple[str, ...]) -> float:
+    """``rho`` in [0, 1]: the share of its credit a completion keeps (module docstring)."""
+    if not words:
+        return 0.0
+    t = informativeness_terms(lang, words, prompt_words)
+    return (
+        _ramp(t["word_variety"], WORD_VARIETY_RAMP)
+        * _ramp(t["phrase_variety"], PHRASE_VARIETY_RAMP)
+        * _ramp(t["no_dominant_word"], NO_DOMINANT_WORD_RAMP)
+        * _ramp(t["content_density"], CONTENT_DENSITY_RAMP)
+        * (1.0 - t["copy"])
+    )
+
+
 def objective_vector(lang: Language, prompt: PromptInfo, completion: object) -> list[float]:
     """The five objectives of one (parsed prompt, completion), in ``OBJECTIVE_NAMES`` order."""
     words = completion_words(completion)
@@ -110,5 +191,22 @@ def weight_row(reward_scale: float, instruction: int | None) -> np.ndarray:
     return w.mean(axis=0) if instruction is None else w[instruction]
 
 
-def gold_from_objectives(objectives: list[float], weights: np.ndarray) -> float:
-    return float(sum(float(w) * o for w, o in zip(weights, objectives, strict=True)))
+def gold_from_objectives(objectives: list[float], weights: np.ndarray, rho: float = 1.0) -> float:
+    """``sum_k rho * max(c_k, 0) + min(c_k, 0)`` with ``c_k = weights_k * objectives_k``."""
+    total = 0.0
+    for w, o in zip(weights, objectives, strict=True):
+        c = float(w) * o
+        total += rho * c if c > 0 else c
+    return float(total)
+
+
+def score_completion(
+    lang: Language, prompt: PromptInfo, completion: object, reward_scale: float, penalise: bool
+) -> tuple[float, list[float], float]:
+    """``(gold, objectives, rho)`` of one completion; ``penalise=False`` fixes rho at 1 (the
+    world before format version 2, kept as ``WorldConfig.informativeness=false``)."""
+    objectives = objective_vector(lang, prompt, completion)
+    words = completion_words(completion)
+    rho = informativeness(lang, words, prompt.words) if penalise else 1.0
+    weights = weight_row(reward_scale, prompt.instruction)
+    return gold_from_objectives(objectives, weights, rho), objectives, rho

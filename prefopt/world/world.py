@@ -42,8 +42,10 @@ from prefopt.world.language import (
     PromptInfo,
 )
 from prefopt.world.objectives import (
-    gold_from_objectives,
+    completion_words,
+    informativeness,
     objective_vector,
+    score_completion,
     weight_matrix,
     weight_row,
 )
@@ -115,11 +117,32 @@ class World:
         """``[N, K]`` instruction-dependent weights (already multiplied by ``reward_scale``)."""
         return torch.from_numpy(self._weights(prompts)).float()
 
+    def _rho(self, prompts: list[str], completions: list[Any]) -> np.ndarray:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        if not self.config.informativeness:
+            return np.ones(len(prompts), dtype=np.float64)
+        return np.array(
+            [
+                informativeness(self.language, completion_words(c), info.words)
+                for info, c in zip(self.parse_prompts(prompts), completions, strict=True)
+            ],
+            dtype=np.float64,
+        )
+
     def _gold(self, prompts: list[str], completions: list[Any]) -> np.ndarray:
-        return (self._objectives(prompts, completions) * self._weights(prompts)).sum(axis=1)
+        contributions = self._objectives(prompts, completions) * self._weights(prompts)
+        rho = self._rho(prompts, completions)[:, None]
+        return (rho * np.clip(contributions, 0.0, None) + np.clip(contributions, None, 0.0)).sum(1)
+
+    def informativeness(self, prompts: list[str], completions: list[Any]) -> torch.Tensor:
+        """``[N]`` share of its credit each completion keeps (1: honest, ~0: degenerate)."""
+        return torch.from_numpy(self._rho(prompts, completions)).float()
 
     def gold_reward(self, prompts: list[str], completions: list[Any]) -> torch.Tensor:
-        """``[N]`` gold reward = sum_k weight_k(prompt) * objective_k(prompt, completion)."""
+        """``[N]`` gold reward: ``sum_k rho * max(c_k, 0) + min(c_k, 0)`` with
+        ``c_k = weight_k(prompt) * objective_k(prompt, completion)`` and ``rho`` the
+        completion's :meth:`informativeness`."""
         return torch.from_numpy(self._gold(prompts, completions)).float()
 
     def score(self, prompts: list[str], completions: list[Any]) -> torch.Tensor:
@@ -130,10 +153,14 @@ class World:
         """``[N]`` oracle quality ``J = exp(gold) > 0`` (the Bradley-Terry strength at T=1)."""
         return torch.from_numpy(np.exp(self._gold(prompts, completions))).float()
 
-    def _score_one(self, info: PromptInfo, completion: str) -> tuple[float, list[float]]:
-        objectives = objective_vector(self.language, info, completion)
-        weights = weight_row(self.config.reward_scale, info.instruction)
-        return gold_from_objectives(objectives, weights), objectives
+    def _score_one(self, info: PromptInfo, completion: str) -> tuple[float, list[float], float]:
+        return score_completion(
+            self.language,
+            info,
+            completion,
+            self.config.reward_scale,
+            self.config.informativeness,
+        )
 
     # ------------------------------------------------------------------ datasets
     def _memo(self, key: str, make: Any) -> Any:
@@ -219,6 +246,15 @@ class World:
             for i in self.parse_prompts(prompts)
         ]
 
+    def adversarial_responses(self, prompts: list[str], name: str, seed: int = 0) -> list[str]:
+        """Degenerate responses of generator ``name`` (``prefopt.world.adversarial``)."""
+        from prefopt.world.adversarial import adversarial_responses
+
+        rng = make_rng(self.config.seed, f"adversarial|{name}", seed)
+        return adversarial_responses(
+            self.language, self.parse_prompts(prompts), name, rng, self.config.reward_scale
+        )
+
     # ------------------------------------------------------------------ reporting
     def bayes_accuracy(self, records: list[dict[str, Any]]) -> dict[str, float]:
         """``{"expected", "empirical_label_agreement", "n"}`` (see ``data.bayes_accuracy``)."""
@@ -256,7 +292,10 @@ class World:
             f"vocab: {self.vocab_size} tokens ({len(lang.words)} words), "
             f"{cfg.n_topics} topics ({cfg.n_ood_topics} held out for OOD)",
             "prompt format: '<instruction> <topic word> <topic word> :'",
-            "gold = sum_k w_k(instruction) * objective_k; objectives: "
+            "gold = sum_k rho * max(c_k, 0) + min(c_k, 0), c_k = w_k(instruction) * "
+            "objective_k, rho = informativeness"
+            + ("" if self.config.informativeness else " (off: rho = 1)")
+            + "; objectives: "
             + ", ".join(OBJECTIVE_NAMES),
             f"labels: Bradley-Terry, T={cfg.label_temperature}, counts={cfg.comparison_counts}",
             f"oracle quality J = {ORACLE_QUALITY}",
