@@ -5,6 +5,7 @@
     prefopt eval RUN_DIR                   evaluate a finished run again
     prefopt eval-rm RM [RM ...]            RETA reliability curves of reward models
     prefopt compare-rm A B                 paired comparison of two reward models' accuracy
+    prefopt compare A B                    paired comparison of two policies' gold reward
 
 A bad recipe exits with status 2 and the list of problems, without a traceback. The last line
 of `train` is ``run directory: <path>``; scripts rely on it.
@@ -72,6 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         help="start after this many test pairs (e.g. pairs no choice was made on)",
     )
     p_cmp.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    p_pol = sub.add_parser(
+        "compare",
+        help="two policies of one world on the same prompts and sampling seeds: gold reward, "
+        "KL, win rate, diversity, their differences and paired standard errors",
+    )
+    p_pol.add_argument("a", help="policy run directory, model folder or world:sft")
+    p_pol.add_argument("b", help="as A (e.g. A's reference: the SFT run, or world:sft)")
+    p_pol.add_argument(
+        "--reference", default=None, help="the model both KLs are measured to (default: A's)"
+    )
+    p_pol.add_argument("--n-prompts", type=int, default=None, help="default: the run's eval")
+    p_pol.add_argument("--samples", type=int, default=None, help="samples per prompt")
+    p_pol.add_argument("--seed", type=int, default=0)
+    p_pol.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -85,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval_rm(args)
         if args.command == "compare-rm":
             return _compare_rm(args)
+        if args.command == "compare":
+            return _compare(args)
     except ConfigError as exc:
         print(f"prefopt: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -259,6 +276,30 @@ def _compare_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from prefopt.evaluate import compare_policies
+
+    try:
+        result = compare_policies(
+            args.a,
+            args.b,
+            reference=args.reference,
+            n_prompts=args.n_prompts,
+            samples_per_prompt=args.samples,
+            seed=args.seed,
+        )
+    except OSError as exc:
+        print(f"prefopt compare: loading failed: {exc}", file=sys.stderr)
+        return 1
+    print(result["table"])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def _world_of(models: list[str]):
     """The world a reward model was trained on (its run's recipe), else the default world."""
     from prefopt.world import WorldConfig, build_world
@@ -277,19 +318,26 @@ def _print_summary(summary: dict) -> None:
     keys = [
         "gold_reward",
         "reference_gold_reward",
+        "gold_gain",
         "kl",
         "win_rate",
         "ead",
         "ood_gold_reward",
         "mean_length",
         "accuracy",
+        "ties",
         "ece",
         "expected_accuracy",
         "bayes_accuracy",
         "rewards/accuracies",
         "loss",
     ]
-    shown = [f"{k}={ev[k]:.4f}" for k in keys if isinstance(ev.get(k), int | float)]
+
+    def shown_value(k: str) -> str:
+        se = ev.get(k + "_se")
+        return f"{k}={ev[k]:.4f}" + (f"±{se:.4f}" if isinstance(se, float) else "")
+
+    shown = [shown_value(k) for k in keys if isinstance(ev.get(k), int | float)]
     if shown:
         print("eval: " + " ".join(shown))
 

@@ -112,13 +112,18 @@ class SmoothingConfig:
     """Iterative data smoothing (IDS; Zhu, Jordan & Jiao 2024, arXiv 2401.16335, Alg. 1).
 
     With method "ids" every training pair carries a soft label y (initially 1: chosen
-    preferred) used as the target of the pairwise loss; after each epoch
+    preferred) used as the target of the pairwise loss; at every update
     ``y <- (1 - beta) y + beta * sigmoid(delta)`` with the updated model's gap delta (reward
-    models: r_c - r_r; DPO: the implicit-reward margin z). The paper's beta is unverified.
+    models: r_c - r_r; DPO: the implicit-reward margin z), over the whole training set. The
+    paper's beta is unverified. A run in which no update can happen is refused: it would be
+    plain MLE under the name IDS (a one-epoch run with the default schedule, for example).
     """
 
     method: str = "none"  # "none" | "ids"
     beta: float = 0.3  # label update rate: labels move slower than the model for small beta
+    # when labels move: 0 = when each epoch ends (the paper's schedule), N = every N optimiser
+    # steps (for runs of about one epoch, the usual reward-model practice)
+    update_every: int = 0
 
 
 @dataclass
@@ -147,13 +152,18 @@ class EvalConfig:
     """Generation-based evaluation on the world (gold reward, KL, win rate, diversity)."""
 
     enabled: bool = True
-    n_prompts: int = 64  # per split (in distribution and out of distribution)
+    # per split (in distribution and out of distribution); 640 x 4 samples keeps the standard
+    # error of the mean gold reward below 0.05 (about 20 s on 2 CPU cores for a tiny policy)
+    n_prompts: int = 640
     samples_per_prompt: int = 4
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     batch_size: int = 64
+    # V of EAD's n-grams: "power" (V = vocab ** n: no length confound with a small vocabulary,
+    # the world's default) or "vocab" (one V for every n, Kirk et al.'s released code)
+    ead_ngram_space: str = "power"
 
 
 @dataclass
@@ -184,6 +194,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "smoothing.method": ("none", "ids"),
     "trainer.precision": ("fp32", "bf16", "fp16"),
     "trainer.device": ("auto", "cpu", "cuda"),
+    "eval.ead_ngram_space": ("power", "vocab"),
 }
 OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {"model.quantization": ("4bit", "8bit")}
 
@@ -462,6 +473,11 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         )
     if recipe.resume not in (None, "auto") and not Path(recipe.resume).exists():
         problems.append(f"resume: {recipe.resume!r} is neither 'auto' nor an existing path")
+    if recipe.smoothing.update_every < 0:
+        problems.append(
+            f"smoothing.update_every must be >= 0 (0: every epoch), got "
+            f"{recipe.smoothing.update_every}"
+        )
     if not 0 < recipe.smoothing.beta <= 1:
         problems.append(f"smoothing.beta must be in (0, 1], got {recipe.smoothing.beta}")
     if recipe.smoothing.method == "ids":

@@ -29,17 +29,7 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
     kind = get_loss(recipe.loss.name).kind
     if kind == "armorm":
         return _update_summary(run_dir, evaluate_armorm(recipe, model_dir))
-    original_init = recipe.model.name_or_path
-    if original_init is not None and original_init.startswith("world:"):
-        from prefopt.world_models import WORLD_MODELS
-
-        original_init = str(WORLD_MODELS[original_init](recipe))
-    initial = run_dir / "initial_model"
-    reference_path = (
-        recipe.reference.name_or_path
-        or original_init
-        or (str(initial) if initial.exists() else None)
-    )
+    reference_path = run_reference_path(run_dir, recipe)
     recipe.model.name_or_path = str(model_dir)
     recipe.model.lora = None  # an adapter folder loads with its base through peft
     recipe.reference.mode = "copy"
@@ -56,6 +46,29 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
     if report.exists():
         report.replace(run_dir / "eval_report.md")
     return _update_summary(run_dir, results)
+
+
+def _resolve_model(name: str | None, recipe: Any) -> str | None:
+    """A model folder for a recipe's ``name_or_path`` (``world:sft`` trains or finds the
+    world's cached model)."""
+    if name is not None and name.startswith("world:"):
+        from prefopt.world_models import WORLD_MODELS
+
+        if name not in WORLD_MODELS:
+            raise ConfigError([f"{name}: not one of {', '.join(WORLD_MODELS)}"])
+        return str(WORLD_MODELS[name](recipe))
+    return name
+
+
+def run_reference_path(run_dir: Path, recipe: Any) -> str | None:
+    """The model a policy run was measured against: ``reference.name_or_path``, else its
+    initial model (``world:sft`` for the DPO family on the world, ``initial_model/`` for SFT)."""
+    initial = run_dir / "initial_model"
+    return (
+        recipe.reference.name_or_path
+        or _resolve_model(recipe.model.name_or_path, recipe)
+        or (str(initial) if initial.exists() else None)
+    )
 
 
 def _update_summary(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
@@ -108,3 +121,95 @@ def evaluate_armorm(recipe: Any, model_dir: Path) -> dict[str, Any]:
         results["bayes_accuracy"] = world.bayes_accuracy(records)["expected"]
         results["expected_accuracy"] = world.expected_accuracy(records, chosen - rejected)
     return results
+
+
+# --------------------------------------------------------------------------- compare
+def compare_policies(
+    a: str,
+    b: str,
+    reference: str | None = None,
+    n_prompts: int | None = None,
+    samples_per_prompt: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`prefopt compare A B`: two policies of one world, paired on the same prompts and the same
+    sampling seeds (see ``prefopt.eval.gold.paired_policy_comparison``).
+
+    A and B are policy run directories, model folders or ``world:sft``; at least one must be a
+    run trained on the world (its recipe names the world and the evaluation settings). KL is
+    measured against one reference for both (``reference``, default A's run reference, else
+    B's), so that the KL difference compares like with like."""
+    import torch
+
+    from prefopt.eval.gold import format_policy_comparison, paired_policy_comparison
+    from prefopt.models.loading import load_pretrained
+    from prefopt.world import build_world
+    from prefopt.world_models import PAIR_ONLY_FIELDS, world_cache_dir
+
+    runs = {m: load_recipe(Path(m) / "recipe.yaml") for m in (a, b) if _is_run(m)}
+    if not runs:
+        raise ConfigError(["compare: A or B must be a policy run directory trained on the world"])
+    for name, run in runs.items():
+        if run.data.source != "world":
+            raise ConfigError([f"compare: {name} was not trained on the world"])
+        if get_loss(run.loss.name).kind not in ("sft", "pairwise"):
+            raise ConfigError([f"compare: {name} is not a policy (loss.name={run.loss.name})"])
+    worlds = {
+        json.dumps(
+            {k: v for k, v in vars(r.world).items() if k not in PAIR_ONLY_FIELDS}, sort_keys=True
+        )
+        for r in runs.values()
+    }
+    if len(worlds) > 1:
+        raise ConfigError(["compare: A and B were trained on different worlds"])
+    recipe = next(iter(runs.values()))
+    cfg = recipe.eval
+    if n_prompts is not None:
+        cfg.n_prompts = n_prompts
+    if samples_per_prompt is not None:
+        cfg.samples_per_prompt = samples_per_prompt
+    if cfg.n_prompts < 1 or cfg.samples_per_prompt < 1:
+        raise ConfigError(["compare: need --n-prompts >= 1 and --samples >= 1"])
+    ref_name = reference or next(
+        (run_reference_path(Path(m), runs[m]) for m in (a, b) if m in runs), None
+    )
+
+    def folder(spec: str) -> str:
+        if spec in runs:
+            model = Path(spec) / "model"
+            if not model.exists():
+                raise ConfigError([f"compare: {spec} has no trained model (model/)"])
+            return str(model)
+        resolved = _resolve_model(spec, recipe)
+        assert resolved is not None
+        folder_path = Path(resolved)
+        if not any((folder_path / f).exists() for f in ("config.json", "adapter_config.json")):
+            raise ConfigError(
+                [f"compare: {spec} is neither a run directory nor a model folder (config.json)"]
+            )
+        return resolved
+
+    paths = {"a": folder(a), "b": folder(b)}
+    ref_path = folder(ref_name) if ref_name is not None else None
+    world = build_world(recipe.world, cache_dir=world_cache_dir())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models = {k: load_pretrained(p).to(device).eval() for k, p in paths.items()}
+    ref_model = load_pretrained(ref_path).to(device).eval() if ref_path is not None else None
+    result = paired_policy_comparison(
+        models["a"],
+        models["b"],
+        ref_model,
+        world.tokenizer(),
+        world,
+        cfg,
+        device,
+        seed=seed,
+        max_prompt_length=recipe.data.max_prompt_length,
+    )
+    result.update(a=a, b=b, reference=ref_name, seed=seed)
+    result["table"] = format_policy_comparison(result, f"A: {a}", f"B: {b}")
+    return result
+
+
+def _is_run(spec: str) -> bool:
+    return (Path(spec) / "recipe.yaml").exists()

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from prefopt.config import Recipe, load_recipe, to_yaml
+from prefopt.world.config import WORLD_FORMAT_VERSION
 
 
 def world_cache_dir() -> Path:
@@ -39,6 +40,7 @@ PAIR_ONLY_FIELDS = (
     "pair_quality_min",
     "pair_quality_max",
     "hard_pair_fraction",
+    "n_eval_prompts",  # evaluation prompts only: they never reach training
 )
 
 
@@ -78,7 +80,10 @@ def world_stage_model(recipe: Recipe, stage: str) -> Path:
     from prefopt.train import train
 
     staged = stage_recipe_for(recipe, stage)
-    key = hashlib.sha256(to_yaml(staged).encode()).hexdigest()[:12]
+    # the world's format version is in the key: a world whose generation or gold reward
+    # changed must not reuse a model trained on the old one
+    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{to_yaml(staged)}"
+    key = hashlib.sha256(payload.encode()).hexdigest()[:12]
     # how it runs (not what it learns) stays out of the cache key
     staged.trainer.device = recipe.trainer.device
     staged.trainer.progress_bar = recipe.trainer.progress_bar

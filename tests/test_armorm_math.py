@@ -132,7 +132,7 @@ def test_decorrelation_picks_smallest_grid_value_below_threshold():
     grid = default_lambda_grid()
     lambdas = verbosity_decorrelation(scores, verbosity_index=1, threshold=0.03)
     assert lambdas.shape == (3,) and lambdas.dtype == scores.dtype
-    assert lambdas[1] == 0.0
+    assert lambdas[1] == 1.0  # the authors' transform: verbosity itself is zeroed
     assert lambdas[0] > 0.3  # helpfulness was strongly tied to verbosity
     assert lambdas[2] == 0.0  # safety is already negatively correlated
     verbosity = scores[:, 1]
@@ -144,9 +144,14 @@ def test_decorrelation_picks_smallest_grid_value_below_threshold():
         assert float(lambdas[i]) == expected
         assert spearman(scores[:, i] - float(lambdas[i]) * verbosity, verbosity) <= 0.03
     adjusted = apply_decorrelation(scores, lambdas, verbosity_index=1)
-    assert torch.equal(adjusted[:, 1], verbosity)
+    assert torch.equal(adjusted[:, 1], torch.zeros_like(verbosity))
     assert_close(adjusted[:, 0], scores[:, 0] - lambdas[0] * verbosity)
     assert torch.equal(adjusted[:, 2], scores[:, 2])
+    # verbosity_penalty=0 (the option that keeps prefopt's earlier behaviour): same lambdas for
+    # the others, verbosity kept as it is
+    kept = verbosity_decorrelation(scores, verbosity_index=1, verbosity_penalty=0.0)
+    assert kept[1] == 0.0 and torch.equal(kept[[0, 2]], lambdas[[0, 2]])
+    assert torch.equal(apply_decorrelation(scores, kept, 1)[:, 1], verbosity)
 
 
 def test_decorrelation_chunking_does_not_change_the_answer():
@@ -162,10 +167,10 @@ def test_decorrelation_edge_cases():
         verbosity_decorrelation(scores, 1, grid=[0.0, 0.01])
     constant = scores.clone()
     constant[:, 1] = 3.0
-    assert verbosity_decorrelation(constant, 1).tolist() == [0.0, 0.0, 0.0]
-    # a lambda given for the verbosity column itself is ignored: it stays unchanged
+    assert verbosity_decorrelation(constant, 1).tolist() == [0.0, 1.0, 0.0]
+    # the verbosity column's own lambda applies to it: 0.7 leaves 0.3 of it
     adjusted = apply_decorrelation(scores, torch.tensor([0.5, 0.7, 0.0]), verbosity_index=1)
-    assert torch.equal(adjusted[:, 1], scores[:, 1])
+    assert_close(adjusted[:, 1], 0.3 * scores[:, 1])
 
 
 # ------------------------------------------------------------------------------- gating

@@ -47,6 +47,33 @@ def test_world_runs_report_gold_metrics_and_eval_reruns_them(tmp_path, capsys):
     assert json.loads((run_dir / "summary.json").read_text())["eval"]["n_prompts"] == 6
 
 
+def test_compare_pairs_two_policies_on_the_same_prompts_and_seeds(tmp_path, tiny_pretrained):
+    _, run_dir = train(
+        tiny_recipe(
+            "dpo", tmp_path / "dpo", f"model.name_or_path={tiny_pretrained}", "trainer.max_steps=3"
+        )
+    )
+    out = tmp_path / "same.json"
+    args = ["--n-prompts", "4", "--samples", "2", "--out"]
+    assert main(["compare", str(run_dir), str(run_dir), *args, str(out)]) == 0
+    same = json.loads(out.read_text())
+    for split in ("test", "ood"):
+        for key in ("gold_reward", "kl", "ead", "mean_length"):
+            # one policy against itself: identical samples, so every difference is exactly 0
+            assert same[split][key]["diff"] == 0.0 and same[split][key]["se"] == 0.0, key
+        assert same[split]["win_rate"]["a"] == 0.5
+    assert same["reference"] == str(tiny_pretrained)  # A's reference, for both KLs
+    assert main(["compare", str(run_dir), str(tiny_pretrained), *args, str(out)]) == 0
+    against_ref = json.loads(out.read_text())
+    test = against_ref["test"]
+    assert test["kl"]["b"] == 0.0  # B is the reference itself
+    assert test["gold_reward"]["a"] == same["test"]["gold_reward"]["a"]  # same seeds for A
+    assert test["gold_reward"]["diff"] == pytest.approx(
+        test["gold_reward"]["a"] - test["gold_reward"]["b"]
+    )
+    assert main(["compare", str(tmp_path), str(run_dir)]) == 2  # not a run: exit 2, a message
+
+
 def test_eval_rm_cli_writes_curves(tmp_path):
     # not the default world: 'world' must be the gold reward of the run's world, the oracle
     _, rm_dir = train(

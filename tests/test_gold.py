@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -34,3 +35,32 @@ def test_batched_samples_and_logps_match_one_sequence_at_a_time(tiny_pretrained)
         assert eos not in completion[:-1] and 1 <= n.item() <= cfg.max_new_tokens
         text = tokenizer.decode(completion, skip_special_tokens=True).strip()
         assert text == samples.completions[row // 2][row % 2]
+
+
+def test_split_summary_standard_errors_are_over_prompts_and_the_gain_is_paired():
+    """Three prompts, two samples each.
+    policy gold [[3, 5], [1, 1], [6, 4]] -> per prompt 4, 1, 5: mean 10/3,
+      sd = sqrt(((2/3)^2 + (7/3)^2 + (5/3)^2) / 2) = sqrt(13/3), SE = sqrt(13/9) = 1.2019
+    reference gold [[2, 4], [0, 1], [5, 3]] -> 3, 0.5, 4: per-prompt gain 1, 0.5, 1:
+      mean 5/6, sd = sqrt((1/36 + 4/36 + 1/36) / 2) = sqrt(1/12), SE = 1/6
+    wins: prompt 0: 3>2, 5>4 -> 1; prompt 1: 1>0, 1=1 -> 0.75; prompt 2: 1 -> mean 11/12
+    """
+    import math
+
+    from prefopt.eval.gold import PromptStats, split_summary
+
+    def stats(gold, log_ratio=None):
+        g = torch.tensor(gold, dtype=torch.float64)
+        lr = None if log_ratio is None else torch.tensor(log_ratio, dtype=torch.float64)
+        return PromptStats(g, torch.ones_like(g), torch.zeros(3), torch.zeros(2), lr)
+
+    pol = stats([[3, 5], [1, 1], [6, 4]], log_ratio=[[0.5, 1.5], [0.0, 0.0], [1.0, 1.0]])
+    ref = stats([[2, 4], [0, 1], [5, 3]])
+    out = split_summary(pol, ref, ["a", "b"])
+    assert out["gold_reward"] == pytest.approx(10 / 3)
+    assert out["gold_reward_se"] == pytest.approx(math.sqrt(13 / 9))
+    assert out["gold_gain"] == pytest.approx(5 / 6)
+    assert out["gold_gain_se"] == pytest.approx(1 / 6)
+    assert out["win_rate"] == pytest.approx(11 / 12)
+    assert out["kl"] == pytest.approx(2 / 3)  # per prompt 1, 0, 1
+    assert out["kl_se"] == pytest.approx(math.sqrt(1 / 3) / math.sqrt(3))

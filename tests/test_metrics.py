@@ -109,8 +109,9 @@ def test_ead_hand_computed():
     assert ead_mean(TEXTS, 4, max_n=3) == pytest.approx(
         (4096 / 3367 + 768 / 700 + 8 / 7) / 3, rel=1e-12
     )
+    # no 4- or 5-grams: those orders are undefined and left out of the mean, not counted 0
     assert ead_mean(TEXTS, 4, max_n=5) == pytest.approx(
-        (4096 / 3367 + 768 / 700 + 8 / 7 + 0 + 0) / 5, rel=1e-12
+        (4096 / 3367 + 768 / 700 + 8 / 7) / 3, rel=1e-12
     )
 
 
@@ -341,3 +342,32 @@ def test_paired_comparison_hand_values():
     assert "expected_accuracy" not in paired_comparison(a, b)
     with pytest.raises(ValueError, match="one size"):
         paired_comparison(a, b[:3])
+
+
+def _uniform_random_texts(n_words: int, vocab: list[str], n_sets: int, k: int) -> list[list[str]]:
+    import random
+
+    rng = random.Random(n_words)
+    return [[" ".join(rng.choices(vocab, k=n_words)) for _ in range(k)] for _ in range(n_sets)]
+
+
+def test_ead_of_uniform_random_text_does_not_depend_on_length_in_power_space():
+    """The world's vocabulary (265 tokens): uniformly random text scores the same EAD at 6 and
+    at 32 words with V = vocab ** n, while Kirk et al.'s one-V convention grows with length."""
+    from prefopt.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig())
+    vocab_size = len(world.tokenizer())
+    words = world.language.words
+    short = _uniform_random_texts(6, words, 64, 4)
+    long = _uniform_random_texts(32, words, 64, 4)
+    power = [per_input_diversity(s, vocab_size, ngram_space="power")["ead"] for s in (short, long)]
+    vocab = [per_input_diversity(s, vocab_size, ngram_space="vocab")["ead"] for s in (short, long)]
+    assert abs(power[0] - power[1]) < 0.03, power
+    assert power[0] == pytest.approx(1.0, abs=0.03)
+    assert vocab[1] - vocab[0] > 0.1, vocab  # the confound the power space removes
+    # texts shorter than 5 words are not penalised for having no 5-grams
+    tiny = _uniform_random_texts(3, words, 64, 4)
+    assert per_input_diversity(tiny, vocab_size, ngram_space="power")["ead"] == pytest.approx(
+        1.0, abs=0.03
+    )

@@ -23,6 +23,7 @@ def test_reward_metrics_hand_computed():
     chosen, rejected = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 1.0])
     m = reward_metrics(chosen, rejected)
     assert m["accuracy"] == pytest.approx(1 / 3)  # only the first margin is > 0
+    assert m["ties"] == 1  # the third pair (1 vs 1) counts as wrong, and is counted
     assert m["margin"] == pytest.approx(0.0)  # (1 - 1 + 0) / 3
     assert m["reward_mean"] == pytest.approx(1.0)
     # ECE: p = sig(1), sig(-1), sig(0) -> confidences .731, .731, .5; accuracies 1, 0, .5
@@ -102,6 +103,27 @@ def test_ids_labels_move_each_epoch_and_resume_with_the_checkpoint(tmp_path, mon
     assert all(loss[s] == loss_b[s] for s in range(21, 41))
 
 
+def test_ids_updates_every_n_steps_and_refuses_a_run_without_an_update(tmp_path):
+    # 128 pairs / batch 8 = 16 steps per epoch: a 12-step run never reaches an epoch's end
+    common = [*SCRATCH, "trainer.max_steps=12", "world.comparison_counts=uniform"]
+    with pytest.raises(TrainingError, match="makes no update: it would be plain MLE"):
+        RewardTrainer(tiny_recipe("rm_ids", tmp_path / "a", *common), tmp_path / "a")
+    with pytest.raises(TrainingError, match="every 12 steps"):
+        RewardTrainer(
+            tiny_recipe("rm_ids", tmp_path / "b", *common, "smoothing.update_every=12"),
+            tmp_path / "b",
+        )
+    trainer = RewardTrainer(
+        tiny_recipe("rm_ids", tmp_path / "c", *common, "smoothing.update_every=5"),
+        tmp_path / "c",
+    )
+    trainer.train()
+    logged = [m["step"] for m in read_metrics(tmp_path / "c") if "ids/label_mean" in m]
+    # updates after steps 5 and 10, in those steps' records; none after the last step
+    assert logged == [5, 10]
+    assert trainer.soft_labels.labels.lt(1).all()
+
+
 def test_dpo_with_ids_trains_on_the_soft_labels(tmp_path):
     from prefopt.trainers.preference import PreferenceTrainer
 
@@ -179,11 +201,12 @@ def test_armorm_trains_saves_and_explains(tmp_path, tiny_pretrained, regression)
         "safety",
         "verbosity",
     ]
-    assert stage1["verbosity_lambdas"][-1] == 0.0
+    assert stage1["verbosity_lambdas"][-1] == 1.0  # the authors' transform zeroes verbosity
     assert set(summary["eval"]["gate_by_instruction"]) == {"brief", "cheer", "careful", "explain"}
     scorer = load_scorer(str(run_dir))
     out = scorer.explain(["a b :"], ["c d e"])
     assert out["objectives"].shape == (1, 6) and out["gate"].shape == (1, 6)
+    assert out["objectives"][0, -1] == 0.0  # so the gate cannot weight verbosity
     assert_close(out["gate"].sum(-1), torch.tensor([summary["eval"]["beta"]]), rtol=1e-5, atol=1e-5)
     assert_close(out["score"], (out["gate"] * out["objectives"]).sum(-1))
     # the label-noise-free accuracy is the saved scorer's, on the same held-out pairs

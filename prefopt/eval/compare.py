@@ -37,11 +37,25 @@ def per_pair_expected(margins: Tensor, gold_gaps: Tensor, temperature: float = 1
     return torch.where(m > 0, p, torch.where(m < 0, 1 - p, torch.full_like(p, 0.5)))
 
 
-def _paired(a: Tensor, b: Tensor) -> dict[str, float]:
-    diff = a - b
-    n = diff.numel()
-    se = float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return {"a": float(a.mean()), "b": float(b.mean()), "diff": float(diff.mean()), "se": se}
+def standard_error(values: Tensor) -> float:
+    """Standard error of the mean of ``values`` (sample standard deviation over sqrt(N)); NaN
+    for fewer than two values."""
+    n = values.numel()
+    return float(values.double().std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
+
+
+def paired(a: Tensor, b: Tensor) -> dict[str, float]:
+    """Means of two ``[N]`` paired measurements, their own standard errors, and the mean of
+    their per-unit difference ``a - b`` with its paired standard error."""
+    a, b = a.double(), b.double()
+    return {
+        "a": float(a.mean()),
+        "a_se": standard_error(a),
+        "b": float(b.mean()),
+        "b_se": standard_error(b),
+        "diff": float((a - b).mean()),
+        "se": standard_error(a - b),
+    }
 
 
 def paired_comparison(
@@ -70,12 +84,12 @@ def paired_comparison(
         "ties": {"a": int((margins_a == 0).sum()), "b": int((margins_b == 0).sum())},
         # on the sampled labels: one right and the other wrong (a tie counts as wrong)
         "disagreement": float((right_a != right_b).double().mean()),
-        "accuracy": _paired(right_a, right_b),
+        "accuracy": paired(right_a, right_b),
     }
     if gold_gaps is not None:
         if gold_gaps.shape != margins_a.shape:
             raise ValueError(f"gold_gaps {tuple(gold_gaps.shape)} must match the margins")
-        out["expected_accuracy"] = _paired(
+        out["expected_accuracy"] = paired(
             per_pair_expected(margins_a, gold_gaps, temperature),
             per_pair_expected(margins_b, gold_gaps, temperature),
         )

@@ -17,13 +17,20 @@ Choices made here, each a parameter:
 * Tokens are whitespace-separated words (``str.split()``). Kirk et al.'s released code also
   splits on spaces, after deleting ``.`` and newlines; we do not delete punctuation.
 * N-grams never cross text boundaries; the n-grams of all texts in a set are pooled.
-* ``V`` for n-grams (``ngram_space``): ``"vocab"`` (default) uses ``V = vocab_size`` for every
-  n, which is what Kirk et al.'s released code does (one ``vocab_size``, GPT-2's 50,257, for
-  n = 1..5). ``"power"`` uses ``V = vocab_size ** n``, the number of possible n-grams, which is
-  the literal reading of Liu et al.'s uniform-draw expectation applied to n-grams. With a
-  realistic vocabulary both make ``V >> C`` for n >= 2, where EAD_n is close to distinct-n.
-* A set with no n-grams at all (empty texts, or texts shorter than n) has diversity 0.0 for
-  both metrics, never NaN.
+* ``V`` for n-grams (``ngram_space``): ``"vocab"`` uses ``V = vocab_size`` for every n, which
+  is what Kirk et al.'s released code does (one ``vocab_size``, GPT-2's 50,257, for n = 1..5).
+  ``"power"`` uses ``V = vocab_size ** n``, the number of possible n-grams, the literal reading
+  of Liu et al.'s uniform-draw expectation applied to n-grams. With a realistic vocabulary both
+  make ``V >> C`` for n >= 2, where EAD_n is close to distinct-n. With a small one (the world's
+  265 tokens) ``"vocab"`` saturates for n >= 2: C n-grams cannot have more than C distinct ones,
+  while ``V * (1 - ((V-1)/V) ** C)`` stops growing near V, so EAD_n grows with the text's
+  length (uniformly random text: 1.02 at 6 words, 1.19 at 32) and a policy that lengthens its
+  outputs looks more diverse. ``"power"`` keeps uniformly random text at 1 at every length;
+  it is the default on the world (``eval.ead_ngram_space``), and every report names the space.
+* ``ead_mean`` averages EAD_n over the orders that have at least one n-gram: an order with none
+  (every text shorter than n) is undefined, not 0 -- otherwise texts shorter than 5 words would
+  lose a fifth of their score for being short. A set with no n-grams at all (empty texts) has
+  diversity 0.0 for both metrics, never NaN; ``distinct_n`` of an undefined order is 0.0.
 * The denominator is computed as ``-V * expm1(C * log1p(-1/V))``, which is exact where the
   naive ``((V-1)/V) ** C`` rounds to 1 (``V = vocab_size ** 5``).
 
@@ -47,6 +54,7 @@ __all__ = [
 ]
 
 NgramSpace = Literal["vocab", "power"]
+NGRAM_SPACES = ("power", "vocab")
 
 
 def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
@@ -95,10 +103,14 @@ def ead(texts: Sequence[str], n: int, vocab_size: int, ngram_space: NgramSpace =
 def ead_mean(
     texts: Sequence[str], vocab_size: int, max_n: int = 5, ngram_space: NgramSpace = "vocab"
 ) -> float:
-    """Mean of EAD_n over n = 1..max_n (Kirk et al. report max_n = 5)."""
+    """Mean of EAD_n over the orders n = 1..max_n that have n-grams (Kirk et al. report
+    max_n = 5); 0.0 when ``texts`` have no words at all."""
     if max_n < 1:
         raise ValueError(f"max_n must be >= 1, got {max_n}")
-    return sum(ead(texts, n, vocab_size, ngram_space) for n in range(1, max_n + 1)) / max_n
+    defined = [n for n in range(1, max_n + 1) if ngram_stats(texts, n)[1] > 0]
+    if not defined:
+        return 0.0
+    return sum(ead(texts, n, vocab_size, ngram_space) for n in defined) / len(defined)
 
 
 def _set_metrics(

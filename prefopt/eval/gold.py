@@ -14,9 +14,15 @@ from the policy and from the reference policy:
 * diversity (Kirk et al. 2023, arXiv 2310.06452): per-input (over the K samples of one prompt)
   and across-input (one sample per prompt) distinct-n and EAD.
 
-Keys of the returned dict are stable (other tools read them from summary.json):
-``gold_reward``, ``reference_gold_reward``, ``kl``, ``win_rate``, ``ead``, ``ood_gold_reward``,
-``mean_length``.
+Every figure comes with its standard error over prompts (the K samples of a prompt are not
+independent draws of the prompt distribution, so the prompt is the unit): the per-prompt means'
+sample standard deviation over sqrt(P). ``gold_gain`` is the paired difference of the policy's
+and the reference's per-prompt gold (both sampled on the same prompts), whose standard error is
+much smaller than either gold's, because most of the variance is between prompts.
+
+Keys of the returned dict are stable (other tools read them from summary.json), each with a
+``_se`` twin and an ``ood_`` twin: ``gold_reward``, ``reference_gold_reward``, ``gold_gain``,
+``kl``, ``win_rate``, ``ead``, ``reference_ead``; also ``mean_length``, ``ead_ngram_space``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
-from prefopt.eval.diversity import across_input_diversity, per_input_diversity
+from prefopt.eval.diversity import (
+    NgramSpace,
+    across_input_diversity,
+    ead_mean,
+    per_input_diversity,
+)
 
 
 @dataclass
@@ -131,6 +142,56 @@ def completion_logps(
     return torch.cat(out)
 
 
+@dataclass
+class PromptStats:
+    """What one policy's samples on P prompts (K samples each) give, per prompt and sample."""
+
+    gold: Tensor  # [P, K] gold reward of every sample
+    length: Tensor  # [P, K] words of every sample
+    ead: Tensor  # [P] per-input EAD of each prompt's K samples
+    objectives: Tensor  # [K_obj] mean objective values over all samples
+    log_ratio: Tensor | None = None  # [P, K] log pi(y|x) - log pi_ref(y|x) of every sample
+
+    def per_prompt(self, name: str) -> Tensor:
+        """``[P]`` per-prompt value of ``gold``, ``length``, ``kl`` or ``ead``."""
+        if name == "kl":
+            if self.log_ratio is None:
+                raise ValueError("no reference: these samples have no KL")
+            return self.log_ratio.double().mean(1)
+        value = getattr(self, name).double()
+        return value if value.dim() == 1 else value.mean(1)
+
+
+def sample_stats(
+    world: Any,
+    samples: Samples,
+    vocab_size: int,
+    ngram_space: str = "power",
+    log_ratio: Tensor | None = None,
+) -> PromptStats:
+    """Gold reward, length and per-input EAD of ``samples`` (and their log-ratio if given)."""
+    p, k = len(samples.prompts), len(samples.completions[0])
+    flat_prompts = [x for x in samples.prompts for _ in range(k)]
+    flat = [c for group in samples.completions for c in group]
+    gold = world.gold_reward(flat_prompts, flat).double().reshape(p, k)
+    length = torch.tensor([len(t.split()) for t in flat], dtype=torch.float64).reshape(p, k)
+    space = cast(NgramSpace, ngram_space)
+    ead = torch.tensor(
+        [ead_mean(group, vocab_size, 5, space) for group in samples.completions],
+        dtype=torch.float64,
+    )
+    objectives = world.objective_scores(flat_prompts, flat).double().mean(0)
+    ratio = None if log_ratio is None else log_ratio.double().reshape(p, k)
+    return PromptStats(gold, length, ead, objectives, ratio)
+
+
+def win_rate_per_prompt(a: PromptStats, b: PromptStats) -> Tensor:
+    """``[P]`` fraction of samples k where A's k-th sample beats B's under the gold reward
+    (ties count one half)."""
+    wins = (a.gold > b.gold).double() + 0.5 * (a.gold == b.gold).double()
+    return wins.mean(1)
+
+
 def gold_evaluation(
     policy: nn.Module,
     reference: nn.Module,
@@ -148,8 +209,8 @@ def gold_evaluation(
 
     ref_ctx = reference_context or contextlib.nullcontext
     vocab = len(world.tokenizer())
-    results: dict[str, Any] = {}
-    table: dict[str, dict[str, float]] = {}
+    space = cast(NgramSpace, getattr(cfg, "ead_ngram_space", "power"))
+    table: dict[str, dict[str, Any]] = {}
     for split in ("test", "ood"):
         prompts = world.eval_prompts(split)[: cfg.n_prompts]
         pol = generate(policy, tokenizer, prompts, cfg, device, seed, max_prompt_length)
@@ -159,28 +220,31 @@ def gold_evaluation(
             )
             ref_logp_of_pol = completion_logps(reference, pol, device)
         pol_logp = completion_logps(policy, pol, device)
-        stats = _split_stats(world, pol, ref, vocab)
-        stats["kl"] = float((pol_logp - ref_logp_of_pol).mean())
-        table[split] = stats
+        pol_stats = sample_stats(world, pol, vocab, space, pol_logp - ref_logp_of_pol)
+        ref_stats = sample_stats(world, ref, vocab, space)
+        table[split] = split_summary(pol_stats, ref_stats, world.objective_names)
+        table[split]["example"] = (pol.prompts[0], pol.completions[0][0])
+        per_input = per_input_diversity(pol.completions, vocab, ngram_space=space)
+        across_input = across_input_diversity(pol.completions, vocab, ngram_space=space)
+        table[split].update(
+            per_input=per_input, across_input=across_input, ead_across=across_input["ead"]
+        )
     test, ood = table["test"], table["ood"]
+    results: dict[str, Any] = {}
+    for key in SPLIT_KEYS:
+        results[key] = test[key]
+        results[f"{key}_se"] = test[f"{key}_se"]
+        results[f"ood_{key}"] = ood[key]
+        results[f"ood_{key}_se"] = ood[f"{key}_se"]
     results.update(
-        gold_reward=test["gold"],
-        reference_gold_reward=test["ref_gold"],
-        kl=test["kl"],
-        win_rate=test["win_rate"],
-        ead=test["ead"],
         ead_across_input=test["ead_across"],
-        mean_length=test["length"],
-        reference_mean_length=test["ref_length"],
-        reference_ead=test["ref_ead"],
-        ood_gold_reward=ood["gold"],
-        ood_reference_gold_reward=ood["ref_gold"],
-        ood_kl=ood["kl"],
-        ood_win_rate=ood["win_rate"],
-        generalisation_gap=test["gold"] - ood["gold"],
+        mean_length=test["mean_length"],
+        reference_mean_length=test["reference_mean_length"],
+        generalisation_gap=test["gold_reward"] - ood["gold_reward"],
         objectives=test["objectives"],
         ood_objectives=ood["objectives"],
         diversity={"per_input": test["per_input"], "across_input": test["across_input"]},
+        ead_ngram_space=space,
         samples_per_prompt=cfg.samples_per_prompt,
         n_prompts=len(world.eval_prompts("test")[: cfg.n_prompts]),
     )
@@ -191,31 +255,42 @@ def gold_evaluation(
     return results
 
 
-def _split_stats(world: Any, pol: Samples, ref: Samples, vocab: int) -> dict[str, Any]:
-    k = len(pol.completions[0])
-    flat_prompts = [p for p in pol.prompts for _ in range(k)]
-    pol_flat = [c for group in pol.completions for c in group]
-    ref_flat = [c for group in ref.completions for c in group]
-    pol_gold = world.gold_reward(flat_prompts, pol_flat)
-    ref_gold = world.gold_reward(flat_prompts, ref_flat)
-    wins = (pol_gold > ref_gold).float() + 0.5 * (pol_gold == ref_gold).float()
-    objectives = world.objective_scores(flat_prompts, pol_flat).mean(0)
-    per_input = per_input_diversity(pol.completions, vocab)
-    across_input = across_input_diversity(pol.completions, vocab)
-    return {
-        "gold": float(pol_gold.mean()),
-        "ref_gold": float(ref_gold.mean()),
-        "win_rate": float(wins.mean()),
-        "length": _mean_words(pol_flat),
-        "ref_length": _mean_words(ref_flat),
-        "ead": float(per_input["ead"]),
-        "ref_ead": float(per_input_diversity(ref.completions, vocab)["ead"]),
-        "ead_across": float(across_input["ead"]),
-        "per_input": per_input,
-        "across_input": across_input,
-        "objectives": dict(zip(world.objective_names, objectives.tolist(), strict=True)),
-        "example": (pol.prompts[0], pol.completions[0][0]),
+#: Figures reported per split with a standard error over prompts (``<key>_se``), test split
+#: under ``<key>``, out of distribution under ``ood_<key>``.
+SPLIT_KEYS = (
+    "gold_reward",
+    "reference_gold_reward",
+    "gold_gain",
+    "kl",
+    "win_rate",
+    "ead",
+    "reference_ead",
+)
+
+
+def split_summary(pol: PromptStats, ref: PromptStats, names: list[str]) -> dict[str, Any]:
+    """Means and standard errors over prompts of one split; ``gold_gain`` is the paired
+    difference of the policy's and the reference's per-prompt gold reward."""
+    from prefopt.eval.compare import paired, standard_error
+
+    gain = paired(pol.per_prompt("gold"), ref.per_prompt("gold"))
+    per_prompt = {
+        "gold_reward": pol.per_prompt("gold"),
+        "reference_gold_reward": ref.per_prompt("gold"),
+        "kl": pol.per_prompt("kl"),
+        "win_rate": win_rate_per_prompt(pol, ref),
+        "ead": pol.per_prompt("ead"),
+        "reference_ead": ref.per_prompt("ead"),
     }
+    out: dict[str, Any] = {}
+    for key, values in per_prompt.items():
+        out[key] = float(values.mean())
+        out[f"{key}_se"] = standard_error(values)
+    out["gold_gain"], out["gold_gain_se"] = gain["diff"], gain["se"]
+    out["mean_length"] = float(pol.length.mean())
+    out["reference_mean_length"] = float(ref.length.mean())
+    out["objectives"] = dict(zip(names, pol.objectives.tolist(), strict=True))
+    return out
 
 
 def _mean_words(texts: list[str]) -> float:
@@ -225,18 +300,25 @@ def _mean_words(texts: list[str]) -> float:
 def render_report(
     results: dict[str, Any], table: dict[str, dict[str, Any]], names: list[str]
 ) -> str:
+    def cell(stats: dict[str, Any], key: str) -> str:
+        return f"{stats[key]:.3f} ({stats[key + '_se']:.3f})"
+
     lines = [
         "# Gold evaluation on the synthetic world",
         "",
-        f"{results['n_prompts']} prompts per split, {results['samples_per_prompt']} samples each.",
+        f"{results['n_prompts']} prompts per split, {results['samples_per_prompt']} samples each;"
+        " in brackets the standard error over prompts (paired for the gain over the reference).",
+        f"EAD: mean over n = 1..5, n-gram space `{results['ead_ngram_space']}`.",
         "",
-        "| split | gold reward | reference | win rate | KL | EAD (per input) | ref. EAD | length |",
-        "|---|---|---|---|---|---|---|---|",
+        "| split | gold reward | reference | gain (paired) | win rate | KL | EAD (per input) "
+        "| ref. EAD | length |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for split, s in table.items():
         lines.append(
-            f"| {split} | {s['gold']:.3f} | {s['ref_gold']:.3f} | {s['win_rate']:.3f} | "
-            f"{s['kl']:.3f} | {s['ead']:.3f} | {s['ref_ead']:.3f} | {s['length']:.1f} |"
+            f"| {split} | {cell(s, 'gold_reward')} | {cell(s, 'reference_gold_reward')} | "
+            f"{cell(s, 'gold_gain')} | {cell(s, 'win_rate')} | {cell(s, 'kl')} | "
+            f"{cell(s, 'ead')} | {cell(s, 'reference_ead')} | {s['mean_length']:.1f} |"
         )
     lines += [
         "",
@@ -252,3 +334,82 @@ def render_report(
     if "kl_note" in results:
         lines.append(f"Note: {results['kl_note']}.")
     return "\n".join(lines) + "\n"
+
+
+#: What ``prefopt compare`` pairs, per prompt: (summary key, PromptStats field).
+COMPARED = (("gold_reward", "gold"), ("kl", "kl"), ("ead", "ead"), ("mean_length", "length"))
+
+
+@torch.no_grad()
+def paired_policy_comparison(
+    policy_a: nn.Module,
+    policy_b: nn.Module,
+    reference: nn.Module | None,
+    tokenizer: Any,
+    world: Any,
+    cfg: Any,
+    device: torch.device,
+    seed: int = 0,
+    max_prompt_length: int = 64,
+) -> dict[str, Any]:
+    """Two policies on the same prompts with the same sampling seeds, per split: each figure's
+    mean for A and B, the mean per-prompt difference A - B and its paired standard error, and
+    A's win rate against B (sample k against sample k; ties one half) with its standard error.
+    KL is against the one ``reference`` for both (omitted without one)."""
+    from prefopt.eval.compare import paired, standard_error
+
+    vocab = len(world.tokenizer())
+    space = getattr(cfg, "ead_ngram_space", "power")
+    out: dict[str, Any] = {
+        "n_prompts": 0,
+        "samples_per_prompt": cfg.samples_per_prompt,
+        "ead_ngram_space": space,
+    }
+    for split in ("test", "ood"):
+        prompts = world.eval_prompts(split)[: cfg.n_prompts]
+        out["n_prompts"] = max(out["n_prompts"], len(prompts))
+        stats = {}
+        for name, model in (("a", policy_a), ("b", policy_b)):
+            samples = generate(model, tokenizer, prompts, cfg, device, seed, max_prompt_length)
+            ratio = None
+            if reference is not None:
+                ratio = completion_logps(model, samples, device) - completion_logps(
+                    reference, samples, device
+                )
+            stats[name] = sample_stats(world, samples, vocab, space, ratio)
+        split_out: dict[str, Any] = {}
+        for key, field_name in COMPARED:
+            if field_name == "kl" and reference is None:
+                continue
+            split_out[key] = paired(
+                stats["a"].per_prompt(field_name), stats["b"].per_prompt(field_name)
+            )
+        wins = win_rate_per_prompt(stats["a"], stats["b"])
+        split_out["win_rate"] = {"a": float(wins.mean()), "se": standard_error(wins)}
+        out[split] = split_out
+    return out
+
+
+def format_policy_comparison(result: dict[str, Any], name_a: str, name_b: str) -> str:
+    """Plain-text table of :func:`paired_policy_comparison`."""
+    lines = [
+        f"{result['n_prompts']} prompts x {result['samples_per_prompt']} samples, same prompts "
+        f"and sampling seeds for both; EAD in the `{result['ead_ngram_space']}` n-gram space",
+        f"A = {name_a}",
+        f"B = {name_b}",
+        "",
+        f"{'split':<6}{'figure':<14}{'A (SE)':<20}{'B (SE)':<20}{'A - B (paired SE)':<20}",
+    ]
+    for split in ("test", "ood"):
+        for key, _ in COMPARED:
+            if key not in result[split]:
+                continue
+            r = result[split][key]
+            lines.append(
+                f"{split:<6}{key:<14}{r['a']:.3f} ({r['a_se']:.3f})".ljust(40)
+                + f"{r['b']:.3f} ({r['b_se']:.3f})".ljust(20)
+                + f"{r['diff']:+.3f} ({r['se']:.3f})"
+            )
+        w = result[split]["win_rate"]
+        lines.append(f"{split:<6}{'win rate A>B':<14}{w['a']:.3f} ({w['se']:.3f})")
+    return "\n".join(lines)

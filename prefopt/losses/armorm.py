@@ -50,6 +50,9 @@ class ArmoRMConfig(LossConfig):
     fit_beta_init: bool = False
     verbosity_objective: str | None = "verbosity"  # null: no decorrelation
     decorrelation_threshold: float = 0.03  # Spearman(r'_i, r_verbosity) <= this
+    # lambda of verbosity itself: 1 (authors) zeroes it in the gated score; 0 keeps it there,
+    # so the gate may still weight verbosity (prefopt before this option existed)
+    verbosity_penalty: float = 1.0
     max_length: int = 128
     max_prompt_length: int = 64
 
@@ -72,6 +75,11 @@ class ArmoRMConfig(LossConfig):
             )
         if not 0 < self.val_fraction < 1:
             problems.append(f"loss.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.verbosity_penalty not in (0.0, 1.0):
+            problems.append(
+                f"loss.verbosity_penalty must be 1 (zero verbosity, the authors') or 0 (keep "
+                f"it), got {self.verbosity_penalty}"
+            )
         if self.temperature <= 0:
             problems.append(f"loss.temperature must be > 0, got {self.temperature}")
         return problems

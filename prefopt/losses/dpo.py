@@ -10,7 +10,10 @@ completion log-probs), ``z = beta * (u_c - u_r)``.
                ``[-(1-eps) logsig(z) + eps logsig(-z)] / (1-2eps)``.
 * ipo       -- Azar et al. 2023 (arXiv 2310.12036), eq. 17, with per-token normalised
                log-ratios as TRL does: ``(u_c/n_c - u_r/n_r - 1/(2 beta))^2``.
-* hinge     -- SLiC-HF, Zhao et al. 2023 (arXiv 2305.10425): ``relu(1 - z)``.
+* hinge     -- the normalised-likelihood hinge of RSO, Liu et al. 2023 (arXiv 2309.06657),
+               eq. for ``hinge-norm``: ``relu(1 - z)`` with the reference log-ratios. It is
+               not SLiC-HF (Zhao et al. 2023, arXiv 2305.10425), whose calibration hinge
+               ``relu(delta - log pi(y_c) + log pi(y_r))`` has no reference model.
 * simpo     -- Meng et al. 2024 (arXiv 2405.14734), eq. 6, reference-free:
                ``-logsig(beta (l(y_c)/n_c - l(y_r)/n_r) - gamma)``.
 
@@ -179,7 +182,9 @@ class IPOLoss(PairwiseLoss):
 
 @register_loss("hinge", DPOConfig)
 class HingeLoss(PairwiseLoss):
-    """SLiC-HF hinge (Zhao et al. 2023): ``relu(1 - z)``."""
+    """RSO's normalised-likelihood hinge (Liu et al. 2023, arXiv 2309.06657): ``relu(1 - z)``
+    on reference-normalised log-ratios. Often called "SLiC", but SLiC-HF (Zhao et al. 2023)
+    has no reference model."""
 
     def pair_loss(self, policy, ref, batch):
         return torch.relu(1 - self.logits(policy, ref))

@@ -12,8 +12,11 @@ that carry a label for objective k (``m_ik``), gives the scores ``r = f(x, y)^T 
 examples (:func:`fit_multi_objective_ridge`).
 
 Verbosity decorrelation. ``r'_i = r_i - lambda_i r_v`` with ``lambda_i`` the smallest value in
-a grid for which ``Spearman(r'_i, r_v) <= 0.03`` on a reference set; ``lambda_v = 0``, the
-verbosity score itself is left unchanged (:func:`verbosity_decorrelation`).
+a grid for which ``Spearman(r'_i, r_v) <= 0.03`` on a reference set, and ``lambda_v = 1`` for
+the verbosity objective itself, so ``r'_v = 0``: as in the authors' released transform, the
+gate cannot weight verbosity at all (:func:`verbosity_decorrelation`). ``verbosity_penalty=0``
+(``loss.verbosity_penalty: 0``) keeps ``r'_v = r_v``, prefopt's behaviour before, where the
+gate may still weight verbosity; checkpoints saved then carry ``lambda_v = 0`` and keep it.
 
 Stage 2, gating. A gating MLP on the prompt's features ``f(x)`` (authors: 3 hidden layers of
 1024, ReLU, dropout 0.2) gives ``g(x) = softmax(z(x) / T) * beta`` with the temperature ``T = 10``
@@ -330,12 +333,14 @@ def verbosity_decorrelation(
     grid: Sequence[float] | None = None,
     threshold: float = 0.03,
     chunk_size: int = 64,
+    verbosity_penalty: float = 1.0,
 ) -> Tensor:
     """ArmoRM's verbosity penalties lambda (arXiv 2406.12845; ALGORITHMS.md section 8).
 
     For every objective i != v, the smallest lambda in ``grid`` (scanned in increasing order)
     with ``Spearman(r_i - lambda r_v, r_v) <= threshold`` on the reference ``scores``.
-    ``lambda_v = 0``. A constant verbosity column gives all zeros (nothing to decorrelate).
+    ``lambda_v = verbosity_penalty``: 1 (the authors') zeroes verbosity in the gated score, 0
+    keeps it. A constant verbosity column gives zeros for the others (nothing to decorrelate).
 
     Args:
         scores: ``[N, K]`` objective scores on a reference set.
@@ -361,6 +366,7 @@ def verbosity_decorrelation(
     s = scores.detach().to(device="cpu", dtype=torch.float64)
     verbosity = s[:, verbosity_index]
     lambdas = torch.zeros(k_objectives, dtype=torch.float64)
+    lambdas[verbosity_index] = float(verbosity_penalty)
     if bool((verbosity == verbosity[0]).all()):
         return lambdas.to(scores.dtype)
     verbosity_ranks = average_ranks(verbosity)
@@ -386,10 +392,9 @@ def verbosity_decorrelation(
 
 
 def apply_decorrelation(scores: Tensor, lambdas: Tensor, verbosity_index: int) -> Tensor:
-    """``r'_i = r_i - lambda_i r_v`` for ``[..., K]`` scores; the verbosity column is unchanged."""
-    keep = torch.ones_like(lambdas)
-    keep[verbosity_index] = 0.0
-    penalty = (lambdas * keep).to(scores.dtype)
+    """``r'_i = r_i - lambda_i r_v`` for ``[..., K]`` scores, the verbosity column included:
+    ``lambda_v = 1`` zeroes it (the authors' transform), ``lambda_v = 0`` keeps it."""
+    penalty = lambdas.to(scores.dtype)
     return scores - penalty * scores[..., verbosity_index : verbosity_index + 1]
 
 

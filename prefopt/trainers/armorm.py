@@ -86,7 +86,12 @@ class ArmoRMTrainer(PolicyTrainer):
         )
         lambdas = None
         if verbosity is not None:
-            lambdas = verbosity_decorrelation(raw, verbosity, threshold=cfg.decorrelation_threshold)
+            lambdas = verbosity_decorrelation(
+                raw,
+                verbosity,
+                threshold=cfg.decorrelation_threshold,
+                verbosity_penalty=cfg.verbosity_penalty,
+            )
         torch.manual_seed(self.recipe.seed)
         self.model = ArmoRMHead(
             weights,

@@ -104,6 +104,9 @@ class Trainer:
     def on_epoch_end(self, epoch: int) -> None:
         """Called when the data order wraps to a new epoch (before its first batch)."""
 
+    def on_step_end(self, step: int) -> None:
+        """Called after optimiser step `step` (1-based), before logging and checkpoints."""
+
     def extra_state(self) -> dict[str, Tensor]:
         """Per-example algorithm state that checkpoints must carry."""
         return {}
@@ -207,6 +210,7 @@ class Trainer:
                     window[name].append(self._global_mean(value.float().mean()))
             grad_norm = self._optimizer_step()
             self.step += 1
+            self.on_step_end(self.step)
             if grad_norm is not None:
                 window["grad_norm"].append(grad_norm)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:

@@ -37,6 +37,10 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
         super().build()
         self.init_soft_labels()
 
+    def _prepare_optimisation(self) -> None:
+        super()._prepare_optimisation()
+        self.check_soft_label_schedule()
+
     def make_collator(self) -> PreferenceCollator:
         return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)
 
@@ -75,8 +79,10 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
         return chosen - rejected
 
     def on_epoch_end(self, epoch: int) -> None:
-        if self.soft_labels is not None:
-            self.pending_log.update(self.update_soft_labels())
+        self.pending_log.update(self.maybe_update_soft_labels_on_epoch())
+
+    def on_step_end(self, step: int) -> None:
+        self.pending_log.update(self.maybe_update_soft_labels_on_step(step))
 
     def extra_state(self) -> dict[str, Tensor]:
         return self.soft_label_state()

@@ -102,7 +102,9 @@ def reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, float]:
     both = torch.cat([chosen, rejected])
     probs = torch.sigmoid(margin)
     return {
+        # a tie (margin exactly 0) counts as wrong; how many there were is reported beside it
         "accuracy": (margin > 0).float().mean().item(),
+        "ties": int((margin == 0).sum()),
         "margin": margin.mean().item(),
         "reward_mean": both.mean().item(),
         "reward_std": both.std().item() if both.numel() > 1 else 0.0,

@@ -1,9 +1,11 @@
 """Iterative data smoothing as a trainer mixin, shared by reward models and the DPO family.
 
 The soft labels are per-example state: they live in a `SoftLabelStore` indexed by the example's
-position in the training set, enter every batch as ``soft_labels``, are updated once per epoch
-from the current model (Zhu, Jordan & Jiao 2024, arXiv 2401.16335, Algorithm 1), and travel in
-checkpoints so that a resumed run continues with the same labels.
+position in the training set, enter every batch as ``soft_labels``, are updated over the whole
+training set from the current model (Zhu, Jordan & Jiao 2024, arXiv 2401.16335, Algorithm 1)
+when each epoch ends or, with ``smoothing.update_every: N``, every N optimiser steps, and travel
+in checkpoints so that a resumed run continues with the same labels. A run whose schedule
+allows no update is refused before training (it would be plain MLE).
 """
 
 from __future__ import annotations
@@ -24,6 +26,42 @@ class SoftLabelMixin:
     def init_soft_labels(self) -> None:
         if self.recipe.smoothing.method == "ids":  # type: ignore[attr-defined]
             self.soft_labels = SoftLabelStore.all_first_preferred(len(self.train_examples))  # type: ignore[attr-defined]
+
+    def soft_label_updates(self) -> int:
+        """How many label updates this run's schedule makes (before the last step)."""
+        every = self.recipe.smoothing.update_every  # type: ignore[attr-defined]
+        steps = self.cfg.max_steps  # type: ignore[attr-defined]
+        if every > 0:
+            return (steps - 1) // every  # an update after the last step would train nothing
+        micro_batches = steps * self.cfg.grad_accum  # type: ignore[attr-defined]
+        return (micro_batches - 1) // self.batches_per_epoch  # type: ignore[attr-defined]
+
+    def check_soft_label_schedule(self) -> None:
+        """Refuse a run in which no label update can happen (called once the number of steps
+        per epoch is known, before the first step)."""
+        from prefopt.trainers.base import TrainingError
+
+        if self.soft_labels is not None and self.soft_label_updates() == 0:
+            every = self.recipe.smoothing.update_every  # type: ignore[attr-defined]
+            when = f"every {every} steps" if every else "when an epoch ends"
+            raise TrainingError(
+                f"smoothing.method=ids, but its labels move only {when} and this run of "
+                f"{self.cfg.max_steps} steps ({self.batches_per_epoch} steps per epoch) "  # type: ignore[attr-defined]
+                "makes no update: it would be plain MLE. Set smoothing.update_every to a "
+                "number of steps smaller than trainer.max_steps, or train for more than "
+                "one epoch"
+            )
+
+    def maybe_update_soft_labels_on_step(self, step: int) -> dict[str, float]:
+        every = self.recipe.smoothing.update_every  # type: ignore[attr-defined]
+        if self.soft_labels is None or every == 0 or step % every or step >= self.cfg.max_steps:  # type: ignore[attr-defined]
+            return {}
+        return self.update_soft_labels()
+
+    def maybe_update_soft_labels_on_epoch(self) -> dict[str, float]:
+        if self.soft_labels is None or self.recipe.smoothing.update_every:  # type: ignore[attr-defined]
+            return {}
+        return self.update_soft_labels()
 
     def add_soft_labels(self, batch: dict[str, Tensor], examples: list[dict[str, Any]]) -> None:
         if self.soft_labels is not None and examples[0]["split"] == "train":
