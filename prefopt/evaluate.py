@@ -207,7 +207,7 @@ def compare_policies(
         max_prompt_length=recipe.data.max_prompt_length,
     )
     result.update(a=a, b=b, reference=ref_name, seed=seed)
-    result["table"] = format_policy_comparison(result, f"A: {a}", f"B: {b}")
+    result["table"] = format_policy_comparison(result, a, b)
     return result
 
 
