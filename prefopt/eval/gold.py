@@ -36,110 +36,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.eval.diversity import (
     NgramSpace,
     across_input_diversity,
     ead_mean,
     per_input_diversity,
 )
-
-
-@dataclass
-class Samples:
-    prompts: list[str]  # [P]
-    completions: list[list[str]]  # [P][K] decoded text
-    sequences: Tensor  # [P*K, T] prompt + completion ids (left-padded prompt)
-    attention_mask: Tensor
-    completion_mask: Tensor
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: list[str],
-    cfg: Any,
-    device: torch.device,
-    seed: int,
-    max_prompt_length: int = 64,
-) -> Samples:
-    """Sample cfg.samples_per_prompt completions per prompt (left padding, stop at EOS)."""
-    examples = tokenize_prompts(
-        [{"prompt": p} for p in prompts], tokenizer, max_prompt_length=max_prompt_length
-    )
-    collate = PromptCollator(pad_token_id=tokenizer.pad_token_id)
-    k = cfg.samples_per_prompt
-    pieces: list[tuple[Tensor, Tensor, int]] = []
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(examples), max(1, cfg.batch_size // k)):
-        batch = collate(examples[start : start + max(1, cfg.batch_size // k)])
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        torch.manual_seed(seed + start)
-        # a transformers model or a PeftModel: both have generate(), which nn.Module lacks
-        out = cast(Any, model).generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k or None,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=k,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        pieces.append((out, mask.repeat_interleave(k, dim=0), ids.shape[1]))
-    model.train(was_training)
-    return _assemble(prompts, pieces, tokenizer, k)
-
-
-def _assemble(prompts: list[str], pieces, tokenizer: Any, k: int) -> Samples:
-    width = max(out.shape[1] for out, _, _ in pieces)
-    pad = tokenizer.pad_token_id
-    sequences, attention, completion, texts = [], [], [], []
-    for out, prompt_mask, prompt_len in pieces:
-        gen = out[:, prompt_len:]
-        # Completion tokens: everything up to and including the first EOS.
-        is_eos = gen == tokenizer.eos_token_id
-        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
-        gen_mask = (~after_eos).long()
-        full_mask = torch.cat([prompt_mask.cpu(), gen_mask.cpu()], dim=1)
-        comp_mask = torch.cat([torch.zeros_like(prompt_mask).cpu(), gen_mask.cpu()], dim=1)
-        extra = width - out.shape[1]
-        sequences.append(torch.nn.functional.pad(out.cpu(), (0, extra), value=pad))
-        attention.append(torch.nn.functional.pad(full_mask, (0, extra)))
-        completion.append(torch.nn.functional.pad(comp_mask, (0, extra)))
-        for row, row_mask in zip(gen.cpu(), gen_mask, strict=True):
-            kept = row[row_mask.bool()].tolist()
-            texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
-    grouped = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
-    return Samples(
-        prompts, grouped, torch.cat(sequences), torch.cat(attention), torch.cat(completion)
-    )
-
-
-@torch.no_grad()
-def completion_logps(
-    model: nn.Module, samples: Samples, device: torch.device, batch_size: int = 64
-) -> Tensor:
-    out = []
-    for start in range(0, samples.sequences.shape[0], batch_size):
-        sl = slice(start, start + batch_size)
-        ids = samples.sequences[sl].to(device)
-        mask = samples.attention_mask[sl].to(device)
-        # Left-padded prompts: positions must count from the first real token.
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False
-        ).logits
-        from prefopt.models.logps import token_logps
-
-        per_token = token_logps(logits[:, :-1], ids[:, 1:])
-        comp = samples.completion_mask[sl].to(device)[:, 1:].to(per_token.dtype)
-        out.append((per_token * comp).sum(-1).cpu())
-    return torch.cat(out)
+from prefopt.models.generation import Samples, completion_logps, generate
 
 
 @dataclass

@@ -1,0 +1,206 @@
+"""Sampling completions from a causal-LM policy, and their per-token log-probabilities.
+
+One implementation for the online trainer's rollouts and the gold evaluation. Prompts are
+left-padded so that every row's prompt ends at the same column and ``generate`` appends there
+(with the KV cache); everything after a row's first EOS is masked, the EOS itself is kept as a
+completion token (so the model learns to stop), and the pad token must differ from EOS
+(otherwise a padded position and a real stop cannot be told apart). Log-probabilities are
+recomputed with the sampling temperature (logits / T), so that they are those of the
+distribution the samples came from.
+
+Shapes: ``R`` rollouts (prompts x samples per prompt, grouped by prompt: rows
+``p*K .. p*K+K-1`` are prompt p's), ``P`` the width of the left-padded prompt block, ``T`` the
+full width (prompt block + generated tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from prefopt.data import PromptCollator, tokenize_prompts
+from prefopt.models.logps import token_logps
+
+
+@dataclass
+class Samples:
+    """Sampled completions of a batch of prompts.
+
+    prompts: [P_n] prompt strings.
+    completions: [P_n][K] decoded completion text (special tokens removed, stripped).
+    sequences: [R, T] long, left-padded prompt ids then generated ids (pad after the first EOS).
+    attention_mask: [R, T] long, 1 on real prompt tokens and on completion tokens.
+    completion_mask: [R, T] long, 1 on completion tokens up to and including the first EOS.
+    prompt_width: P, the column where every completion starts.
+    """
+
+    prompts: list[str]
+    completions: list[list[str]]
+    sequences: Tensor
+    attention_mask: Tensor
+    completion_mask: Tensor
+    prompt_width: int = 0
+
+    @property
+    def flat_prompts(self) -> list[str]:
+        """[R] the prompt of every rollout."""
+        k = len(self.completions[0]) if self.completions else 0
+        return [p for p in self.prompts for _ in range(k)]
+
+    @property
+    def flat_completions(self) -> list[str]:
+        """[R] every completion, grouped by prompt."""
+        return [c for group in self.completions for c in group]
+
+    def ended_with_eos(self, eos_token_id: int) -> Tensor:
+        """[R] bool: the completion stopped at an EOS (rather than at max_new_tokens)."""
+        is_eos = (self.sequences == eos_token_id) & self.completion_mask.bool()
+        return is_eos.any(dim=1)
+
+    def last_token_index(self) -> Tensor:
+        """[R] column of each completion's last real token (its EOS when it has one)."""
+        columns = torch.arange(self.completion_mask.shape[1], device=self.completion_mask.device)
+        return (self.completion_mask * columns).argmax(dim=1)
+
+
+def check_special_tokens(tokenizer: Any) -> None:
+    """Generation needs a pad token distinct from EOS (ALGORITHMS.md section 3)."""
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer needs both a pad and an EOS token for generation")
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError(
+            "the tokenizer's pad token is its EOS token: padding could not be told from a real "
+            "stop and EOS would be masked out of completions; add a distinct pad token"
+        )
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    cfg: Any,
+    device: torch.device,
+    seed: int,
+    max_prompt_length: int = 64,
+) -> Samples:
+    """Sample ``cfg.samples_per_prompt`` completions per prompt in batches of
+    ``cfg.batch_size`` sequences (``temperature``, ``top_k``, ``top_p``, ``max_new_tokens``;
+    stop at EOS). Each batch is seeded with ``seed + its first prompt's index``, so a set of
+    prompts always gets the same samples from the same model."""
+    examples = tokenize_prompts(
+        [{"prompt": p} for p in prompts], tokenizer, max_prompt_length=max_prompt_length
+    )
+    collate = PromptCollator(pad_token_id=tokenizer.pad_token_id)
+    k = cfg.samples_per_prompt
+    per_batch = max(1, cfg.batch_size // k)
+    pieces: list[tuple[Tensor, Tensor, int]] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(examples), per_batch):
+        batch = collate(examples[start : start + per_batch])
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        torch.manual_seed(seed + start)
+        # a transformers model or a PeftModel: both have generate(), which nn.Module lacks
+        out = cast(Any, model).generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k or None,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        pieces.append((out, mask.repeat_interleave(k, dim=0), ids.shape[1]))
+    model.train(was_training)
+    return _assemble(prompts, pieces, tokenizer, k)
+
+
+def _assemble(prompts: list[str], pieces, tokenizer: Any, k: int) -> Samples:
+    """Batches of different widths -> one Samples with a common prompt block: each batch's
+    prompt is left-padded to the widest prompt, its generation right-padded to the longest."""
+    prompt_width = max(prompt_len for _, _, prompt_len in pieces)
+    gen_width = max(out.shape[1] - prompt_len for out, _, prompt_len in pieces)
+    pad_id = tokenizer.pad_token_id
+    pad = torch.nn.functional.pad
+    sequences, attention, completion, texts = [], [], [], []
+    for out, prompt_mask, prompt_len in pieces:
+        out, prompt_mask = out.cpu(), prompt_mask.cpu()
+        gen = out[:, prompt_len:]
+        # completion tokens: everything up to and including the first EOS
+        is_eos = gen == tokenizer.eos_token_id
+        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+        gen_mask = (~after_eos).long()
+        gen = gen.masked_fill(after_eos, pad_id)
+        left, right = prompt_width - prompt_len, gen_width - gen.shape[1]
+        prompt_ids = pad(out[:, :prompt_len], (left, 0), value=pad_id)
+        prompt_mask = pad(prompt_mask, (left, 0))
+        gen_ids, gen_mask_padded = pad(gen, (0, right), value=pad_id), pad(gen_mask, (0, right))
+        sequences.append(torch.cat([prompt_ids, gen_ids], dim=1))
+        attention.append(torch.cat([prompt_mask, gen_mask_padded], dim=1))
+        completion.append(torch.cat([torch.zeros_like(prompt_mask), gen_mask_padded], dim=1))
+        for row, row_mask in zip(gen, gen_mask, strict=True):
+            kept = row[row_mask.bool()].tolist()
+            texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+    grouped = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+    return Samples(
+        prompts,
+        grouped,
+        torch.cat(sequences),
+        torch.cat(attention),
+        torch.cat(completion),
+        prompt_width,
+    )
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted from each row's first real token (left-padded prompts)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_logits(
+    model: nn.Module, sequences: Tensor, attention_mask: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """[R, T-1, V] logits predicting tokens 1..T-1, divided by the sampling temperature."""
+    logits = model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).logits[:, :-1]
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def rollout_token_logps(
+    model: nn.Module, sequences: Tensor, attention_mask: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """[R, T-1] log-prob of token t+1 given the tokens up to t, at ``temperature`` (fp32).
+    Column j scores ``sequences[:, j + 1]``; mask it with ``completion_mask[:, 1:]``."""
+    logits = forward_logits(model, sequences, attention_mask, temperature)
+    return token_logps(logits, sequences[:, 1:])
+
+
+@torch.no_grad()
+def completion_logps(
+    model: nn.Module,
+    samples: Samples,
+    device: torch.device,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+) -> Tensor:
+    """[R] summed log-prob of each completion (EOS included) under ``model``."""
+    out = []
+    for start in range(0, samples.sequences.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        ids = samples.sequences[sl].to(device)
+        mask = samples.attention_mask[sl].to(device)
+        per_token = rollout_token_logps(model, ids, mask, temperature)
+        comp = samples.completion_mask[sl].to(device)[:, 1:].to(per_token.dtype)
+        out.append((per_token * comp).sum(-1).cpu())
+    return torch.cat(out)
