@@ -24,8 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import prefopt.losses  # noqa: F401  (registers the built-in losses)
-from prefopt.registry import LOSSES, get_loss
+import prefopt.rl  # noqa: F401  (registers the built-in regularisers)
+from prefopt.registry import LOSSES, get_loss, get_regulariser
 from prefopt.world.config import WorldConfig
+
+DEFAULT_REGULARISER = "kl"
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -136,6 +139,7 @@ class TrainerConfig:
     scheduler: str = "linear"  # constant | linear | cosine (after warmup)
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8  # PPO recipes: 1e-5 (Huang et al.'s implementation details)
     max_grad_norm: float | None = 1.0  # null: no clipping
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through accelerate)
     device: str = "auto"  # auto | cpu | cuda
@@ -167,6 +171,56 @@ class EvalConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How the online trainer samples (ALGORITHMS.md section 3). ``trainer.batch_size`` is the
+    number of prompts per rollout batch; each gets ``samples_per_prompt`` completions."""
+
+    samples_per_prompt: int = 1  # k; the group estimators (rloo, grpo, baselines) need >= 2
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # log-probs for the loss are recomputed at the same temperature
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    batch_size: int = 256  # sequences per generate call
+
+
+@dataclass
+class RewardConfig:
+    """What scores a rollout: any Scorer, which sees text (so its tokenizer may differ)."""
+
+    # "world:rm" (the world's learned reward model), "world" (the gold reward: an oracle
+    # experiment), a reward-model run dir / folder, an ArmoRM folder, or "A,B" (an ensemble)
+    scorer: str = "world:rm"
+    clip: float | None = 5.0  # scores clipped to [-clip, clip]; null: off
+    missing_eos_penalty: float | None = -1.0  # added to a completion with no EOS; null: off
+    # gain and bias so that the reference policy's samples score mean 0, std 1 (OpenAI's
+    # original code), measured once on `normalise_prompts` training prompts
+    normalise: bool = False
+    normalise_prompts: int = 256
+
+
+@dataclass
+class ValueConfig:
+    """The critic of `advantage.name: gae` (unused by the critic-free estimators)."""
+
+    mode: str = "separate"  # "separate": its own model; "shared": a head on the policy
+    # "auto": the reward model when it is a sequence classifier of the policy's architecture,
+    # else the policy's body; "reward_model" or "policy" to choose
+    init: str = "auto"
+    lr: float | None = None  # default: trainer.lr
+
+
+@dataclass
+class AdvantageConfig:
+    """How rewards become advantages (ALGORITHMS.md sections 3 and 12)."""
+
+    name: str = "gae"  # gae | rloo | grpo | reinforce_pp | reinforce_pp_baseline
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True  # gae: advantages whitened over the batch's completion tokens
+    grpo_scale: str = "group"  # grpo: divide by the group's std, the batch's, or "none"
+
+
+@dataclass
 class Recipe:
     description: str = ""  # one line, shown by `prefopt recipes`
     seed: int = 0
@@ -181,6 +235,12 @@ class Recipe:
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # online training (loss.name: ppo); offline recipes ignore these sections
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    regulariser: Any = None  # replaced by the registered regulariser's own schema
     name: str = ""  # the recipe's name, filled by the loader
 
 
@@ -195,6 +255,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.precision": ("fp32", "bf16", "fp16"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "eval.ead_ngram_space": ("power", "vocab"),
+    "value.mode": ("separate", "shared"),
+    "value.init": ("auto", "reward_model", "policy"),
+    "advantage.name": ("gae", "rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline"),
+    "advantage.grpo_scale": ("group", "batch", "none"),
 }
 OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {"model.quantization": ("4bit", "8bit")}
 
@@ -251,11 +315,12 @@ def _merge_layer(lower: DictConfig, upper: DictConfig) -> DictConfig:
     """Merge `upper` over `lower`. A layer that switches `loss.name` replaces the whole `loss:`
     section: settings of one loss never leak into another (the new loss starts from its own
     defaults plus what this layer sets)."""
-    new_name = OmegaConf.select(upper, "loss.name", default=None)
-    old_name = OmegaConf.select(lower, "loss.name", default=None)
-    if new_name is not None and old_name is not None and new_name != old_name:
-        lower = lower.copy()
-        lower.pop("loss")
+    for section in ("loss", "regulariser"):
+        new_name = OmegaConf.select(upper, f"{section}.name", default=None)
+        old_name = OmegaConf.select(lower, f"{section}.name", default=None)
+        if new_name is not None and old_name is not None and new_name != old_name:
+            lower = lower.copy()
+            lower.pop(section)
     merged = OmegaConf.merge(lower, upper)
     assert isinstance(merged, DictConfig)
     return merged
@@ -288,8 +353,15 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
             problems.append(f"loss.name: {exc.args[0]}")
             loss_cls = LossConfigFallback
 
+    reg_name = OmegaConf.select(raw, "regulariser.name", default=DEFAULT_REGULARISER)
+    try:
+        reg_cls: type = get_regulariser(str(reg_name)).config_cls
+    except KeyError as exc:
+        problems.append(f"regulariser.name: {exc.args[0]}")
+        reg_cls = LossConfigFallback
     schema = OmegaConf.structured(Recipe)
     schema.loss = OmegaConf.structured(loss_cls)
+    schema.regulariser = OmegaConf.structured(reg_cls)
     bad_keys: list[str] = []
     problems += _check_node(schema, raw, prefix="", all_keys=_all_keys(schema), bad=bad_keys)
     for key in bad_keys:  # drop what cannot be typed, so range checks still see the rest
@@ -490,9 +562,45 @@ def _check_ranges(recipe: Recipe) -> list[str]:
                 "smoothing.method: ids needs a loss that trains on soft labels "
                 f"({', '.join(takes)}); loss {recipe.loss.name!r} would ignore them"
             )
-    validate = getattr(recipe.loss, "validate", None)
-    if callable(validate):
-        problems += validate()
+    for section in (recipe.loss, recipe.regulariser):
+        validate = getattr(section, "validate", None)
+        if callable(validate):
+            problems += validate()
+    problems += _check_online(recipe)
+    return problems
+
+
+def _check_online(recipe: Recipe) -> list[str]:
+    """Settings of the online trainer that only make sense together."""
+    if get_loss(recipe.loss.name).kind != "online":
+        return []
+    problems = []
+    r, a = recipe.rollout, recipe.advantage
+    for name in ("samples_per_prompt", "max_new_tokens", "batch_size"):
+        if getattr(r, name) < 1:
+            problems.append(f"rollout.{name} must be >= 1, got {getattr(r, name)}")
+    if r.temperature <= 0 or not 0 < r.top_p <= 1 or r.top_k < 0:
+        problems.append(
+            "rollout sampling: need temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
+            f"{r.temperature}, {r.top_p}, {r.top_k}"
+        )
+    group = ("rloo", "grpo", "reinforce_pp_baseline")
+    if a.name in group and r.samples_per_prompt < 2:
+        problems.append(
+            f"advantage.name {a.name} compares the samples of one prompt: set "
+            f"rollout.samples_per_prompt >= 2, got {r.samples_per_prompt}"
+        )
+    if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
+        problems.append(f"advantage: need 0 <= gamma, lam <= 1; got {a.gamma}, {a.lam}")
+    if recipe.trainer.grad_accum != 1:
+        problems.append(
+            "trainer.grad_accum must be 1 for online training: a step is one rollout batch "
+            "(trainer.batch_size prompts) and loss.minibatch_size sets the update size"
+        )
+    if recipe.reward.clip is not None and recipe.reward.clip <= 0:
+        problems.append(f"reward.clip must be > 0 or null, got {recipe.reward.clip}")
+    if recipe.reward.normalise_prompts < 2:
+        problems.append("reward.normalise_prompts must be >= 2")
     return problems
 
 

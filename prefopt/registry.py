@@ -3,6 +3,8 @@
 A loss registers itself with its name and its config dataclass; the recipe system looks the
 name up to validate the `loss:` section against that dataclass before anything heavy loads.
 A user's module registers the same way and is named in a recipe's `imports:` list.
+Regularisers of the online trainer (per-token penalties such as KL or preference matching)
+have their own registry of the same shape.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class LossEntry:
 
 
 LOSSES: dict[str, LossEntry] = {}
+KINDS = frozenset({"pairwise", "sft", "reward", "armorm", "online"})
 
 T = TypeVar("T")
 
@@ -36,10 +39,12 @@ def register_loss(
     * ``pairwise``: called with (policy PairLogps, reference PairLogps | None, batch);
     * ``sft``: called with (policy SequenceLogps, batch);
     * ``reward``: called with (chosen rewards, rejected rewards, batch);
-    * ``armorm``: the two-stage ArmoRM procedure (its trainer owns the loss).
+    * ``armorm``: the two-stage ArmoRM procedure (its trainer owns the loss);
+    * ``online``: the clipped policy-gradient surrogate of the online trainer, called with
+      per-token (log-probs, old log-probs, advantages, mask).
     """
-    if kind not in {"pairwise", "sft", "reward", "armorm"}:
-        raise ValueError(f"unknown loss kind {kind!r}; use pairwise, sft, reward or armorm")
+    if kind not in KINDS:
+        raise ValueError(f"unknown loss kind {kind!r}; use {', '.join(sorted(KINDS))}")
 
     def decorator(cls: type[T]) -> type[T]:
         if name in LOSSES and LOSSES[name].build is not cls:
@@ -56,4 +61,40 @@ def get_loss(name: str) -> LossEntry:
     except KeyError:
         raise KeyError(
             f"unknown loss {name!r}; registered losses: {', '.join(sorted(LOSSES))}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RegulariserEntry:
+    name: str
+    config_cls: type  # a dataclass; the `regulariser:` section of a recipe is validated against it
+    build: Callable[[Any], Any]  # config instance -> regulariser object
+
+
+REGULARISERS: dict[str, RegulariserEntry] = {}
+
+
+def register_regulariser(name: str, config_cls: type) -> Callable[[type[T]], type[T]]:
+    """Register a per-token regulariser class under `name`.
+
+    The class is built as `cls(config)` with an instance of `config_cls`; the online trainer
+    calls its `penalty(logp, ref_logp, mask)` and adds `-coef * penalty` to the token rewards.
+    """
+
+    def decorator(cls: type[T]) -> type[T]:
+        if name in REGULARISERS and REGULARISERS[name].build is not cls:
+            raise ValueError(f"a regulariser named {name!r} is already registered")
+        REGULARISERS[name] = RegulariserEntry(name=name, config_cls=config_cls, build=cls)
+        return cls
+
+    return decorator
+
+
+def get_regulariser(name: str) -> RegulariserEntry:
+    try:
+        return REGULARISERS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown regulariser {name!r}; registered regularisers: "
+            f"{', '.join(sorted(REGULARISERS))}"
         ) from None

@@ -26,6 +26,10 @@ def trainer_class(recipe: Recipe) -> type:
         from prefopt.trainers.reward import RewardTrainer
 
         return RewardTrainer
+    if kind == "online":
+        from prefopt.trainers.online import OnlineTrainer
+
+        return OnlineTrainer
     if kind == "armorm":
         from prefopt.trainers.armorm import ArmoRMTrainer
 

@@ -11,6 +11,10 @@ EXTRA = {
     # two steps never reach an epoch's end: IDS would be refused without a step schedule
     "rm_ids": ["smoothing.update_every=1"],
 }
+# online recipes score with the gold reward here: world:rm would train a reward model first
+ONLINE_EXTRA = ["reward.scorer=world", "value.init=policy", "trainer.batch_size=4"]
+for _name in ("ppo", "ppo_pm", "ppo_cpm", "ppo_gold", "rloo", "grpo", "reinforce_pp"):
+    EXTRA[_name] = ONLINE_EXTRA
 
 
 @pytest.mark.parametrize("name", list_recipes())

@@ -136,6 +136,7 @@ class Trainer:
             groups,
             lr=self.cfg.lr,
             betas=tuple(self.cfg.adam_betas),  # type: ignore[arg-type]
+            eps=self.cfg.adam_eps,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
@@ -187,36 +188,15 @@ class Trainer:
         window: dict[str, list[float]] = defaultdict(list)
         bar = _progress(self.cfg.max_steps, self.step, self.cfg.progress_bar and self.is_main)
         self.model.train()
-        last_epoch = (self.step * self.cfg.grad_accum - 1) // self.batches_per_epoch
+        self._last_epoch = (self.step * self.cfg.grad_accum - 1) // self.batches_per_epoch
         while self.step < self.cfg.max_steps:
-            for micro in range(self.cfg.grad_accum):
-                epoch, batch = self.micro_batch(self.step * self.cfg.grad_accum + micro)
-                if epoch != last_epoch:
-                    if last_epoch >= 0:
-                        self.on_epoch_end(last_epoch)
-                    last_epoch = epoch
-                with self.accelerator.accumulate(self.model), self.accelerator.autocast():
-                    out = self.compute_loss(batch)
-                    loss = out.loss.mean()
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"non-finite loss {loss.item()} at step {self.step + 1}, micro-batch "
-                            f"{micro}; the last checkpoint in {self.run_dir} is intact"
-                        )
-                    self.accelerator.backward(loss)
-                # logged values are means over all processes' examples (a no-op on one process)
-                window["loss"].append(self._global_mean(loss.detach()))
-                for name, value in out.metrics.items():
-                    window[name].append(self._global_mean(value.float().mean()))
-            grad_norm = self._optimizer_step()
+            epoch = self.training_step(window)
             self.step += 1
             self.on_step_end(self.step)
-            if grad_norm is not None:
-                window["grad_norm"].append(grad_norm)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
                 record = self._log_record(window, epoch, start_time, start_step)
                 tracker.log(self.step, record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
                 window.clear()
             final_step = self.step == self.cfg.max_steps  # the final evaluation covers it
             if self.cfg.eval_every and self.step % self.cfg.eval_every == 0 and not final_step:
@@ -228,6 +208,38 @@ class Trainer:
         bar.close()
         self.save_checkpoint()
         return self._finish(tracker, start_time)
+
+    def training_step(self, window: dict[str, list[float]]) -> int:
+        """One step of the loop; returns the data epoch it drew from. Offline: ``grad_accum``
+        micro-batches of ``compute_loss``, then one optimiser step. The online trainer
+        overrides it (a rollout, then several optimiser steps on it)."""
+        epoch = self._last_epoch
+        for micro in range(self.cfg.grad_accum):
+            epoch, batch = self.micro_batch(self.step * self.cfg.grad_accum + micro)
+            if epoch != self._last_epoch:
+                if self._last_epoch >= 0:
+                    self.on_epoch_end(self._last_epoch)
+                self._last_epoch = epoch
+            with self.accelerator.accumulate(self.model), self.accelerator.autocast():
+                out = self.compute_loss(batch)
+                loss = out.loss.mean()
+                self.check_finite(loss, f"micro-batch {micro}")
+                self.accelerator.backward(loss)
+            # logged values are means over all processes' examples (a no-op on one process)
+            window["loss"].append(self._global_mean(loss.detach()))
+            for name, value in out.metrics.items():
+                window[name].append(self._global_mean(value.float().mean()))
+        grad_norm = self._optimizer_step()
+        if grad_norm is not None:
+            window["grad_norm"].append(grad_norm)
+        return epoch
+
+    def check_finite(self, loss: Tensor, where: str) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"non-finite loss {loss.item()} at step {self.step + 1}, {where}; the last "
+                f"checkpoint in {self.run_dir} is intact"
+            )
 
     def _global_mean(self, value: Tensor) -> float:
         if self.accelerator.num_processes == 1:
@@ -259,12 +271,14 @@ class Trainer:
             step=self.step,
             epoch=epoch + 1,
             lr=float(self.scheduler.get_last_lr()[0]),
-            examples_per_s=(self.step - start_step)
-            * self.global_batch
-            * self.cfg.grad_accum
-            / max(elapsed, 1e-9),
+            examples_per_s=(self.step - start_step) * self.examples_per_step / max(elapsed, 1e-9),
         )
         return record
+
+    @property
+    def examples_per_step(self) -> int:
+        """Training examples one step consumes (pairs, demonstrations, or prompts online)."""
+        return self.global_batch * self.cfg.grad_accum
 
     def _finish(self, tracker: _Tracker, start_time: float) -> dict[str, Any]:
         self.summary["steps"] = self.step

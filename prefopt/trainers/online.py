@@ -1,0 +1,529 @@
+"""The online trainer: PPO-RLHF and the critic-free estimators on the common trainer base.
+
+A step of the base loop (`Trainer.training_step`) is here: make a rollout batch, then optimise
+on it for `loss.epochs` passes of minibatches (Ziegler et al. 2019; Ouyang et al. 2022; the
+details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
+
+1. rollout: ``trainer.batch_size`` prompts (drawn in the base's deterministic data order) x
+   ``rollout.samples_per_prompt`` completions from the current policy (``models.generation``:
+   batched ``generate`` with the KV cache, left padding, stop at EOS, everything after the first
+   EOS masked, EOS kept); the sampling seed is a function of the seed and the step, so a
+   resumed run samples exactly what an uninterrupted one would;
+2. scores: any Scorer on the decoded text (``reward.scorer``), plus ``reward.missing_eos_penalty``
+   for completions that never stopped, clipped to ``reward.clip``, optionally normalised to the
+   reference policy's samples (gain / bias: mean 0, std 1); on the world the gold reward of the
+   same rollouts is logged as ``objective/gold`` whatever the scorer is;
+3. per-token rewards: ``-coef * penalty_t`` (``regulariser.name``: kl, pm, conditional_pm) plus
+   the score at the last real completion token (its EOS when it has one; never the first pad);
+4. advantages: GAE over a critic's values (``advantage.name: gae``), or RLOO / GRPO /
+   REINFORCE++ from the scores alone;
+5. ``loss.epochs`` x minibatches of ``loss.minibatch_size`` rollouts: the clipped surrogate on
+   log-probs recomputed at the sampling temperature, the clipped value loss for the critic
+   (``value.mode: separate`` has its own optimiser; ``shared`` is a head on the policy trained
+   with ``vf_coef`` in the same loss), one optimiser step per minibatch; the learning-rate
+   schedule and the KL controller advance once per rollout batch.
+
+A checkpoint holds the policy, its optimiser and schedule (the base's), the critic or shared
+head with its optimiser, the KL controller's coefficient and the RNG states, so that resuming at
+step s continues exactly. Every rollout batch logs the metrics of ALGORITHMS.md section 3; the
+run ends by drawing ``overoptimisation.png`` (proxy and gold reward against KL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from prefopt.data import PromptCollator, tokenize_prompts
+from prefopt.models.generation import (
+    Samples,
+    check_special_tokens,
+    forward_logits,
+    generate,
+    position_ids,
+)
+from prefopt.models.logps import token_logps
+from prefopt.models.value import (
+    SharedValueHead,
+    ValueModel,
+    policy_hidden_size,
+    same_architecture,
+    value_model_from_policy,
+    value_model_from_reward_model,
+)
+from prefopt.registry import get_loss, get_regulariser
+from prefopt.rl.advantages import (
+    gae,
+    grpo_advantages,
+    masked_mean,
+    masked_whiten,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_scores,
+    rloo_advantages,
+)
+from prefopt.rl.kl import FixedKLController, kl_penalty
+from prefopt.rl.ppo import entropy_from_logits, explained_variance
+from prefopt.trainers.base import TrainingError
+from prefopt.trainers.policy import PolicyTrainer
+
+CRITIC_FREE = ("rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline")
+
+
+class OnlineTrainer(PolicyTrainer):
+    """PPO-RLHF, RLOO, GRPO and REINFORCE++ (see the module docstring)."""
+
+    data_kind = "preference"  # prompts are taken from preference (or SFT) records
+
+    # ---------------------------------------------------------------- build
+
+    def build(self) -> None:
+        self.loss_fn = get_loss(self.recipe.loss.name).build(self.recipe.loss)
+        entry = get_regulariser(self.recipe.regulariser.name)
+        self.regulariser = entry.build(self.recipe.regulariser)
+        controller = getattr(self.regulariser, "controller", None)
+        self.kl_ctl = controller() if callable(controller) else FixedKLController(
+            float(self.recipe.regulariser.coef)
+        )
+        super().build()
+        check_special_tokens(self.tokenizer)
+        if self.init_path is None:
+            raise TrainingError(
+                "online training starts from a trained policy: set model.name_or_path "
+                "(world:sft on the world)"
+            )
+        self.scorer = self.build_scorer()
+        self.critic: ValueModel | None = None
+        self.value_head: SharedValueHead | None = None
+        if self.recipe.advantage.name == "gae" and not self.for_eval:
+            self.build_value()
+        self.reward_gain, self.reward_bias = 1.0, 0.0
+        if self.recipe.reward.normalise and not self.for_eval:
+            self.reward_gain, self.reward_bias = self.measure_reward_normalisation()
+        self.summary["online"] = {
+            "scorer": self.recipe.reward.scorer,
+            "value": self.value_description(),
+            "reward_gain": self.reward_gain,
+            "reward_bias": self.reward_bias,
+        }
+
+    def load_data(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Distinct prompts of the training records (the world's train pairs by default)."""
+        train, _ = super().load_data()
+        seen: dict[str, None] = {}
+        for record in train:
+            seen.setdefault(str(record["prompt"]), None)
+        return [{"prompt": p} for p in seen], []
+
+    def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        examples = tokenize_prompts(
+            records, self.tokenizer, max_prompt_length=self.recipe.data.max_prompt_length
+        )
+        for example, record in zip(examples, records, strict=True):
+            example["prompt"] = record["prompt"]
+        return examples
+
+    def make_collator(self) -> PromptCollator:
+        return PromptCollator(pad_token_id=self.tokenizer.pad_token_id)
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"prompts": [e["prompt"] for e in examples]}
+
+    def build_reference(self) -> None:
+        """The policy's start: the adapter-disabled base with LoRA (one copy of the weights),
+        else a frozen copy (or `reference.name_or_path`, e.g. MPO's DPO model)."""
+        super().build_reference()
+        if self.recipe.model.lora is not None and not self.recipe.reference.name_or_path:
+            self.reference_uses_adapter = True
+        else:
+            self.reference = self.load_reference_weights()
+        self.summary["reference"] = {
+            "mode": "adapter" if self.reference_uses_adapter else "copy",
+            "name_or_path": self.recipe.reference.name_or_path or self.init_path,
+        }
+
+    def build_scorer(self) -> Any:
+        spec = self.recipe.reward.scorer
+        if spec == "world":
+            if self.world is None:
+                raise TrainingError("reward.scorer: world needs data.source: world")
+            return self.world
+        from prefopt.rewards.scorers import load_scorer
+
+        path = self._resolve(spec)
+        try:
+            return load_scorer(path, device=str(self.device))
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"reward.scorer: cannot load {spec!r}: {exc}") from exc
+
+    def _resolve(self, spec: str) -> str:
+        if spec.startswith("world:"):
+            from prefopt.world_models import WORLD_MODELS
+
+            if spec not in WORLD_MODELS:
+                raise TrainingError(f"reward.scorer: unknown {spec!r}; use {sorted(WORLD_MODELS)}")
+            return str(WORLD_MODELS[spec](self.recipe))
+        return spec
+
+    def build_value(self) -> None:
+        cfg = self.recipe.value
+        if cfg.mode == "shared":
+            self.value_head = SharedValueHead(policy_hidden_size(self.unwrapped())).to(
+                self.device
+            )
+            return
+        rm_path = self._reward_model_path()
+        use_rm = cfg.init == "reward_model" or (
+            cfg.init == "auto"
+            and rm_path is not None
+            and same_architecture(rm_path, str(self.init_path))
+        )
+        if use_rm:
+            if rm_path is None:
+                raise TrainingError("value.init: reward_model needs a reward-model scorer")
+            self.critic = value_model_from_reward_model(rm_path)
+            self.critic_init = f"reward model {rm_path}"
+        else:
+            self.critic = value_model_from_policy(str(self.init_path))
+            self.critic_init = f"policy {self.init_path}"
+        self.critic.to(self.device)
+
+    def _reward_model_path(self) -> str | None:
+        spec = self.recipe.reward.scorer
+        if spec == "world" or "," in spec:
+            return None
+        path = Path(self._resolve(spec))
+        path = path / "model" if (path / "model" / "config.json").exists() else path
+        return str(path) if (path / "config.json").exists() else None
+
+    def value_description(self) -> str:
+        if self.recipe.advantage.name != "gae":
+            return f"none ({self.recipe.advantage.name} is critic-free)"
+        if self.recipe.value.mode == "shared":
+            return "shared head on the policy"
+        return f"separate, initialised from the {getattr(self, 'critic_init', '?')}"
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = super().trainable_parameters()
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        return params
+
+    def _prepare_optimisation(self) -> None:
+        super()._prepare_optimisation()
+        self.critic_optimizer: torch.optim.Optimizer | None = None
+        if self.critic is not None:
+            lr = self.recipe.value.lr or self.cfg.lr
+            optimizer = torch.optim.AdamW(
+                self.critic.parameters(),
+                lr=lr,
+                betas=tuple(self.cfg.adam_betas),  # type: ignore[arg-type]
+                eps=self.cfg.adam_eps,
+                weight_decay=0.0,
+            )
+            self.critic, self.critic_optimizer = self.accelerator.prepare(self.critic, optimizer)
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.global_batch * self.recipe.rollout.samples_per_prompt
+
+    # ---------------------------------------------------------------- scores
+
+    @torch.no_grad()
+    def measure_reward_normalisation(self) -> tuple[float, float]:
+        """Gain and bias so that the reference policy's samples score mean 0, std 1."""
+        n = min(self.recipe.reward.normalise_prompts, len(self.train_examples))
+        prompts = [e["prompt"] for e in self.train_examples[:n]]
+        with self.reference_forward():
+            samples = self.sample(self.reference_model(), prompts, seed=self.recipe.seed - 1)
+        raw = self.raw_scores(samples)
+        std = float(raw.std())
+        if std == 0:
+            raise TrainingError("reward.normalise: the reference's samples all score the same")
+        return 1.0 / std, -float(raw.mean()) / std
+
+    def sample(self, model: nn.Module, prompts: list[str], seed: int) -> Samples:
+        r = self.recipe.rollout
+        return generate(
+            model,
+            self.tokenizer,
+            prompts,
+            r,
+            self.device,
+            seed=seed,
+            max_prompt_length=self.recipe.data.max_prompt_length,
+        )
+
+    def raw_scores(self, samples: Samples) -> Tensor:
+        """[R] the scorer's scores with the missing-EOS penalty and clipping, before
+        normalisation."""
+        scores = self.scorer.score(samples.flat_prompts, samples.flat_completions)
+        scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1).cpu()
+        cfg = self.recipe.reward
+        if cfg.missing_eos_penalty is not None:
+            no_eos = ~samples.ended_with_eos(self.tokenizer.eos_token_id)
+            scores = scores + cfg.missing_eos_penalty * no_eos.float()
+        if cfg.clip is not None:
+            scores = scores.clamp(-cfg.clip, cfg.clip)
+        return scores
+
+    # ---------------------------------------------------------------- one step
+
+    def training_step(self, window: dict[str, list[float]]) -> int:
+        epoch, batch = self.micro_batch(self.step)
+        rollout = self.make_rollout(cast(list[str], batch["prompts"]))
+        for name, value in rollout.pop("metrics").items():
+            window[name].append(value)
+        for name, values in self.optimise(rollout).items():
+            window[name].extend(values)
+        self.scheduler.step()
+        self.kl_ctl.update(float(rollout["kl"].mean()), n_steps=rollout["kl"].numel())
+        return epoch
+
+    @torch.no_grad()
+    def make_rollout(self, prompts: list[str]) -> dict[str, Any]:
+        cfg = self.recipe
+        policy = self.unwrapped()
+        samples = self.sample(policy, prompts, seed=cfg.seed * 1_000_003 + self.step)
+        device = self.device
+        seq = samples.sequences.to(device)
+        attn = samples.attention_mask.to(device)
+        mask = samples.completion_mask.to(device)[:, 1:].float()  # [R, T-1]: token t+1's mask
+        old_logps, old_values = self.policy_forward(seq, attn, grad=False)
+        with self.reference_forward():
+            ref_logps = token_logps(
+                forward_logits(self.reference_model(), seq, attn, cfg.rollout.temperature),
+                seq[:, 1:],
+            )
+        if self.critic is not None:
+            old_values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
+        raw = self.raw_scores(samples).to(device)
+        scores = raw * self.reward_gain + self.reward_bias
+        penalty = self.regulariser.penalty(old_logps, ref_logps, mask) * mask
+        coef = self.kl_ctl.value
+        in_reward = cfg.loss.penalty_in == "reward"
+        last = (samples.last_token_index().to(device) - 1).clamp(min=0)  # column of the last token
+        rows = torch.arange(seq.shape[0], device=device)
+        token_rewards = -coef * penalty if in_reward else torch.zeros_like(penalty)
+        token_rewards[rows, last] += scores
+        advantages, returns = self.advantages(scores, token_rewards, old_values, mask)
+        kl = (kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1)  # [R] sequence KL (k1)
+        metrics = {
+            "objective/kl": float(kl.mean()),
+            "objective/kl_coef": float(coef),
+            "objective/penalty": float((penalty.sum(-1)).mean()),
+            "objective/scores": float(raw.mean()),
+            "objective/rlhf_reward": float((scores - coef * penalty.sum(-1)).mean()),
+            "val/num_eos_tokens": float(
+                samples.ended_with_eos(self.tokenizer.eos_token_id).float().sum()
+            ),
+            "objective/length": float(mask.sum(-1).mean()),
+        }
+        if self.world is not None:
+            gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
+            metrics["objective/gold"] = float(gold.mean())
+        return {
+            "sequences": seq,
+            "attention_mask": attn,
+            "mask": mask,
+            "old_logps": old_logps,
+            "ref_logps": ref_logps,
+            "old_values": old_values,
+            "advantages": advantages,
+            "returns": returns,
+            "kl": kl,
+            "scores": scores,
+            "token_rewards": token_rewards,
+            "penalty": penalty,
+            "last_column": last,
+            "samples": samples,
+            "metrics": metrics,
+        }
+
+    def policy_forward(
+        self, seq: Tensor, attn: Tensor, grad: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """[R, T-1] log-probs at the sampling temperature and, with a shared head, values."""
+        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        with ctx, self.accelerator.autocast():
+            out = self.model(
+                input_ids=seq,
+                attention_mask=attn,
+                position_ids=position_ids(attn),
+                use_cache=False,
+                output_hidden_states=self.value_head is not None,
+            )
+            logits = out.logits[:, :-1]
+            temperature = self.recipe.rollout.temperature
+            if temperature != 1.0:
+                logits = logits / temperature
+            logps = token_logps(logits, seq[:, 1:])
+            values = None
+            if self.value_head is not None:
+                values = self.value_head(out.hidden_states[-1])[:, :-1]
+        self._last_logits = logits if grad else None
+        return logps, values
+
+    def advantages(
+        self, scores: Tensor, token_rewards: Tensor, values: Tensor | None, mask: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """[R, T-1] advantages (and returns for the critic)."""
+        a = self.recipe.advantage
+        k = self.recipe.rollout.samples_per_prompt
+        if a.name == "gae":
+            assert values is not None
+            adv, returns = gae(token_rewards, values, mask, a.gamma, a.lam)
+            return (masked_whiten(adv, mask) if a.whiten else adv), returns
+        if a.name == "reinforce_pp":
+            return reinforce_pp_advantages(token_rewards, mask, a.gamma), None
+        # sequence-level rewards: the score plus the summed per-token penalty terms
+        sequence = token_rewards.sum(-1).reshape(-1, k)
+        if a.name == "reinforce_pp_baseline":
+            base = reinforce_pp_baseline_scores(sequence).reshape(-1)
+            shifted = token_rewards.clone()
+            rows = torch.arange(shifted.shape[0], device=shifted.device)
+            last = _last_column(mask)
+            shifted[rows, last] += base - sequence.reshape(-1)  # the group mean comes off
+            return reinforce_pp_advantages(shifted, mask, a.gamma), None
+        if a.name == "rloo":
+            per_completion = rloo_advantages(sequence)
+        else:
+            per_completion = grpo_advantages(sequence, scale=a.grpo_scale)
+        return per_completion.reshape(-1, 1) * mask, None
+
+    def optimise(self, rollout: dict[str, Any]) -> dict[str, list[float]]:
+        """``loss.epochs`` passes of minibatches over one rollout batch."""
+        cfg = self.recipe.loss
+        n = rollout["sequences"].shape[0]
+        size = min(cfg.minibatch_size, n)
+        metrics: dict[str, list[float]] = {}
+        generator = torch.Generator().manual_seed(self.recipe.seed * 7919 + self.step)
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n - size + 1, size):
+                idx = order[start : start + size].to(self.device)
+                for name, value in self.update(rollout, idx).items():
+                    metrics.setdefault(name, []).append(value)
+        return metrics
+
+    def update(self, rollout: dict[str, Any], idx: Tensor) -> dict[str, float]:
+        seq, attn, mask = (rollout[k][idx] for k in ("sequences", "attention_mask", "mask"))
+        logps, values = self.policy_forward(seq, attn, grad=True)
+        out = self.loss_fn(logps, rollout["old_logps"][idx], rollout["advantages"][idx], mask)
+        loss = out.loss
+        metrics = {k: float(v) for k, v in out.metrics.items()}
+        metrics["loss/policy"] = float(out.loss.detach())
+        if self.recipe.loss.penalty_in == "loss":
+            penalty = self.regulariser.penalty(logps, rollout["ref_logps"][idx], mask)
+            term = self.kl_ctl.value * masked_mean(penalty, mask)
+            loss = loss + term
+            metrics["loss/penalty"] = float(term.detach())
+        if rollout["returns"] is not None:
+            returns, old_values = rollout["returns"][idx], rollout["old_values"][idx]
+            if self.critic is not None:
+                values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
+            assert values is not None
+            vout = self.loss_fn.value_loss(values, old_values, returns, mask)
+            metrics["loss/value"] = float(vout.loss.detach())
+            metrics.update({k: float(v) for k, v in vout.metrics.items()})
+            metrics["val/explained_variance"] = float(
+                explained_variance(values.detach(), returns, mask)
+            )
+            if self.critic is not None:
+                self._critic_step(self.recipe.loss.vf_coef * vout.loss)
+            else:
+                loss = loss + self.recipe.loss.vf_coef * vout.loss
+        self.check_finite(loss, "a PPO minibatch")
+        self.accelerator.backward(loss)
+        with torch.no_grad():
+            assert self._last_logits is not None
+            entropy = entropy_from_logits(self._last_logits.detach())
+            metrics["objective/entropy"] = float(masked_mean(entropy, mask))
+        norm = self._policy_step()
+        if norm is not None:
+            metrics["grad_norm"] = norm
+        metrics["loss"] = float(loss.detach())
+        return metrics
+
+    def _policy_step(self) -> float | None:
+        grad_norm = None
+        if self.cfg.max_grad_norm is not None:
+            norm = self.accelerator.clip_grad_norm_(
+                self.trainable_parameters(), self.cfg.max_grad_norm
+            )
+            grad_norm = float(norm) if norm is not None else None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _critic_step(self, loss: Tensor) -> None:
+        assert self.critic is not None and self.critic_optimizer is not None
+        self.accelerator.backward(loss)
+        if self.cfg.max_grad_norm is not None:
+            self.accelerator.clip_grad_norm_(self.critic.parameters(), self.cfg.max_grad_norm)
+        self.critic_optimizer.step()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"kl_controller": self.kl_ctl.state_dict()}
+        if self.critic is not None and self.critic_optimizer is not None:
+            critic = self.accelerator.unwrap_model(self.critic)
+            state["critic"] = {k: v.detach().cpu() for k, v in critic.state_dict().items()}
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        if self.value_head is not None:
+            state["value_head"] = {
+                k: v.detach().cpu() for k, v in self.value_head.state_dict().items()
+            }
+        return state
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "kl_controller" not in state:
+            raise TrainingError("the checkpoint has no KL controller state: not an online run")
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        if self.critic is not None:
+            if "critic" not in state:
+                raise TrainingError("the checkpoint has no critic but this run has one")
+            cast(nn.Module, self.accelerator.unwrap_model(self.critic)).load_state_dict(
+                state["critic"]
+            )
+            assert self.critic_optimizer is not None
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        if self.value_head is not None:
+            if "value_head" not in state:
+                raise TrainingError("the checkpoint has no value head but this run has one")
+            self.value_head.load_state_dict(state["value_head"])
+
+    # ---------------------------------------------------------------- outputs
+
+    def final_evaluation(self) -> dict[str, Any]:
+        results = super().final_evaluation()
+        if self.world is not None and self.recipe.eval.enabled:
+            from prefopt.eval.pm import pm_divergence
+
+            results.update(
+                pm_divergence(
+                    self.unwrapped(),
+                    self.tokenizer,
+                    self.scorer,
+                    self.world.eval_prompts("test")[: self.recipe.eval.n_prompts],
+                    self.recipe.eval,
+                    self.device,
+                    seed=self.recipe.seed + 104729,
+                    max_prompt_length=self.recipe.data.max_prompt_length,
+                )
+            )
+        if self.is_main:
+            from prefopt.eval.plots import overoptimisation_plot
+
+            overoptimisation_plot(self.run_dir / "metrics.jsonl", self.run_dir)
+        return results
+
+
+def _last_column(mask: Tensor) -> Tensor:
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    return (mask * columns).argmax(dim=1)

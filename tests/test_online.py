@@ -1,0 +1,199 @@
+"""The online trainer (PPO-RLHF, RLOO, GRPO, REINFORCE++) at tiny size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from prefopt.train import train
+from prefopt.trainers.online import OnlineTrainer
+from tests.conftest import read_metrics, tiny_recipe, train_until_interrupted
+
+ONLINE = [
+    "reward.scorer=world",  # the gold reward: no reward model to train in a test
+    "value.init=policy",
+    "trainer.batch_size=8",
+    "loss.minibatch_size=4",
+    "loss.epochs=2",
+    "rollout.max_new_tokens=12",
+    "trainer.lr=1e-3",
+]
+
+
+def online_trainer(tmp_path, tiny_pretrained, *overrides, recipe="ppo"):
+    r = tiny_recipe(
+        recipe, tmp_path / "run", f"model.name_or_path={tiny_pretrained}", *ONLINE, *overrides
+    )
+    return OnlineTrainer(r, tmp_path / "run")
+
+
+class FixedScorer:
+    """Scores every completion 1.0 + its row number / 10, so each row's score is known."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, prompts, completions):
+        self.calls += 1
+        return torch.arange(len(completions), dtype=torch.float32) / 10 + 1.0
+
+
+def test_the_score_sits_on_the_last_real_completion_token(tmp_path, tiny_pretrained):
+    trainer = online_trainer(tmp_path, tiny_pretrained, "reward.missing_eos_penalty=null")
+    trainer.scorer = FixedScorer()
+    rollout = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+    samples, mask = rollout["samples"], rollout["mask"]
+    coef = trainer.kl_ctl.value
+    expected = -coef * rollout["penalty"]
+    eos = trainer.tokenizer.eos_token_id
+    for row in range(mask.shape[0]):
+        valid = mask[row].nonzero().flatten()
+        last = int(valid[-1])  # column predicting the last completion token
+        assert int(rollout["last_column"][row]) == last
+        seq_col = last + 1  # that token's own column in the sequence
+        token = int(samples.sequences[row, seq_col])
+        ended = bool(samples.ended_with_eos(eos)[row])
+        if ended:
+            assert token == eos  # the EOS itself, not the first pad after it
+        assert int(samples.completion_mask[row, seq_col + 1 :].sum()) == 0
+        if seq_col + 1 < samples.sequences.shape[1]:
+            assert int(samples.sequences[row, seq_col + 1]) == trainer.tokenizer.pad_token_id
+        row_expected = expected[row].clone()
+        row_expected[last] += 1.0 + row / 10
+        assert_close(rollout["token_rewards"][row], row_expected)
+    assert trainer.tokenizer.pad_token_id != eos
+
+
+def test_the_missing_eos_penalty_fires_only_on_completions_that_never_stopped(
+    tmp_path, tiny_pretrained
+):
+    # 2 new tokens: most completions of an SFT-less tiny model run out before an EOS
+    trainer = online_trainer(
+        tmp_path, tiny_pretrained, "rollout.max_new_tokens=2", "reward.missing_eos_penalty=-3.0"
+    )
+    trainer.scorer = FixedScorer()
+    samples = trainer.sample(
+        trainer.unwrapped(), [e["prompt"] for e in trainer.train_examples[:8]], seed=0
+    )
+    scores = trainer.raw_scores(samples)
+    ended = samples.ended_with_eos(trainer.tokenizer.eos_token_id)
+    assert (~ended).any(), "no completion ran out: the test would not exercise the penalty"
+    base = torch.arange(len(scores), dtype=torch.float32) / 10 + 1.0
+    assert_close(scores, base - 3.0 * (~ended).float())
+
+
+def test_before_the_first_update_the_ratio_is_one(tmp_path, tiny_pretrained):
+    trainer = online_trainer(tmp_path, tiny_pretrained)
+    rollout = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+    metrics = trainer.update(rollout, torch.arange(4))
+    assert metrics["policy/clipfrac"] == 0.0
+    assert metrics["policy/approxkl"] == pytest.approx(0.0, abs=1e-10)
+    assert metrics["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    # and the update moved the policy: the next minibatch's ratio is no longer 1
+    again = trainer.update(rollout, torch.arange(4))
+    assert again["policy/approxkl"] > 1e-10
+
+
+def test_ppo_resumes_mid_training_on_the_same_trajectory(tmp_path, tiny_pretrained, monkeypatch):
+    common = [
+        f"model.name_or_path={tiny_pretrained}",
+        *ONLINE,
+        "trainer.max_steps=8",
+        "trainer.save_every=4",
+    ]
+    straight, _ = train(tiny_recipe("ppo", tmp_path / "a", *common))
+    train_until_interrupted(tiny_recipe("ppo", tmp_path / "b", *common), 4, monkeypatch)
+    train(tiny_recipe("ppo", tmp_path / "b", *common, "resume=auto"))
+    keys = ("loss", "loss/value", "objective/scores", "objective/kl", "policy/approxkl")
+    a = {m["step"]: m for m in read_metrics(tmp_path / "a") if "loss" in m}
+    b = {m["step"]: m for m in read_metrics(tmp_path / "b") if "loss" in m}
+    for step in range(5, 9):
+        for key in keys:
+            assert a[step][key] == b[step][key], (step, key)
+    # the critic travelled with the checkpoint
+    state = torch.load(tmp_path / "b" / "checkpoint-4" / "state.pt", weights_only=True)
+    assert {"critic", "critic_optimizer", "kl_controller"} <= set(state["extra"])
+
+
+def test_a_lora_ppo_run_leaves_the_base_weights_unchanged(tmp_path, tiny_pretrained):
+    trainer = online_trainer(
+        tmp_path, tiny_pretrained, "model.lora.r=4", "model.lora.alpha=8", "trainer.max_steps=2"
+    )
+    assert trainer.reference is None and trainer.reference_uses_adapter
+    base = {
+        n: p.detach().clone() for n, p in trainer.unwrapped().named_parameters() if "lora" not in n
+    }
+    adapters = {
+        n: p.detach().clone() for n, p in trainer.unwrapped().named_parameters() if "lora_B" in n
+    }
+    trainer.train()
+    after = dict(trainer.unwrapped().named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in base.items())
+    assert any(not torch.equal(after[n], v) for n, v in adapters.items())
+
+
+@pytest.mark.parametrize(
+    "recipe,extra",
+    [
+        ("rloo", []),
+        ("grpo", []),
+        ("reinforce_pp", []),
+        ("reinforce_pp", ["advantage.name=reinforce_pp_baseline", "rollout.samples_per_prompt=2"]),
+        ("ppo", ["value.mode=shared"]),
+        ("ppo_pm", []),
+        ("ppo_cpm", []),
+    ],
+)
+def test_every_estimator_and_regulariser_trains(tmp_path, tiny_pretrained, recipe, extra):
+    trainer = online_trainer(
+        tmp_path,
+        tiny_pretrained,
+        "trainer.max_steps=2",
+        "trainer.batch_size=4",
+        *extra,
+        recipe=recipe,
+    )
+    summary = trainer.train()
+    assert summary["steps"] == 2
+    record = read_metrics(tmp_path / "run")[-1]
+    assert torch.isfinite(torch.tensor(record["loss"]))
+    assert ("loss/value" in record) == (trainer.recipe.advantage.name == "gae")
+    if recipe == "grpo":
+        assert "loss/penalty" in record  # the KL is a loss term, not in the reward
+
+
+def test_the_critic_starts_as_the_reward_model(tmp_path, tiny_pretrained):
+    from prefopt.models.value import value_model_from_reward_model
+
+    _, rm_dir = train(
+        tiny_recipe(
+            "rm", tmp_path / "rm", f"model.name_or_path={tiny_pretrained}", "trainer.max_steps=2"
+        )
+    )
+    trainer = online_trainer(
+        tmp_path, tiny_pretrained, f"reward.scorer={rm_dir}", "value.init=auto"
+    )
+    assert "reward model" in trainer.summary["online"]["value"]
+    critic = trainer.accelerator.unwrap_model(trainer.critic)
+    reference = value_model_from_reward_model(rm_dir / "model")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        values = critic(input_ids=ids, attention_mask=mask)
+        rm_score = trainer.scorer.model(input_ids=ids, attention_mask=mask).logits[0, 0]
+    assert_close(values, reference(input_ids=ids, attention_mask=mask))
+    assert_close(values[0, -1], rm_score)  # the value at the last token is the RM's score
+
+
+def test_online_recipes_refuse_inconsistent_settings():
+    from prefopt.config import ConfigError, load_recipe
+
+    with pytest.raises(ConfigError, match="rollout.samples_per_prompt >= 2"):
+        load_recipe("rloo", ["rollout.samples_per_prompt=1"])
+    with pytest.raises(ConfigError, match="grad_accum must be 1"):
+        load_recipe("ppo", ["trainer.grad_accum=2"])
+    with pytest.raises(ConfigError, match="regulariser.name"):
+        load_recipe("ppo", ["regulariser.name=entropy"])
+    with pytest.raises(ConfigError, match="regulariser.alpha"):
+        load_recipe("ppo_cpm", ["regulariser.alpha=2"])
