@@ -55,9 +55,14 @@ class ArmoRMConfig(LossConfig):
     verbosity_penalty: float = 1.0
     max_length: int = 128
     max_prompt_length: int = 64
+    # ratings on the world: "judged" (objectives discounted by informativeness, as a judge
+    # would rate a degenerate text) or "raw" (the five objectives as computed)
+    world_ratings: str = "judged"
 
     def validate(self) -> list[str]:
         problems = []
+        if self.world_ratings not in ("judged", "raw"):
+            problems.append(f"loss.world_ratings: {self.world_ratings!r} is not one of judged, raw")
         if self.pooling not in POOLINGS:
             problems.append(f"loss.pooling: {self.pooling!r} is not one of {', '.join(POOLINGS)}")
         if self.regression not in REGRESSIONS:

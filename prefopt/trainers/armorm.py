@@ -8,9 +8,12 @@ prompt features, trained with the Bradley-Terry loss on pairs through the common
 (checkpoints, logging, resume all apply); backbone and regression frozen. Checkpoints carry
 stage 1, so a resumed run trains its gate against the objectives it started with.
 
-Ratings: on the synthetic world, its per-objective scores of each response plus a verbosity
-column (words / max words) used for decorrelation; on other data, each record's ``scores``
-field ``{"chosen": {objective: value | null}, "rejected": {...}}`` (nulls are masked).
+Ratings: on the synthetic world, its per-objective scores of each response as a judge rates them
+(``loss.world_ratings: judged``, the default: relevance, length, fluency and positivity of a
+degenerate text discounted by its informativeness, see ``prefopt.world.objectives``; ``raw``:
+the objectives themselves, which cannot express that discount) plus a verbosity column
+(words / max words) used for decorrelation; on other data, each record's ``scores`` field
+``{"chosen": {objective: value | null}, "rejected": {...}}`` (nulls are masked).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor
 from prefopt.losses.base import LossOutput
 from prefopt.losses.reward import BradleyTerryConfig, BradleyTerryLoss
 from prefopt.models.loading import load_backbone
+from prefopt.world.objectives import judged_objectives
 from prefopt.rewards.armorm import (
     ArmoRMHead,
     fit_multi_objective_ridge,
@@ -230,9 +234,15 @@ class ArmoRMTrainer(PolicyTrainer):
             names = [*self.world.objective_names, "verbosity"]
             max_words = self.recipe.world.max_response_words
 
+            judged = self.recipe.loss.world_ratings == "judged"
+
             def row(record: dict[str, Any], side: str) -> list[float]:
                 words = len(record[side].split()) / max_words
-                return [*record["metadata"][f"objectives_{side}"], words]
+                meta = record["metadata"]
+                objectives = meta[f"objectives_{side}"]
+                if judged:
+                    objectives = judged_objectives(objectives, meta[f"informativeness_{side}"])
+                return [*objectives, words]
 
             values = [row(r, "chosen") for r in records] + [row(r, "rejected") for r in records]
             t = torch.tensor(values, dtype=torch.float64)

@@ -382,11 +382,11 @@ class OnlineTrainer(PolicyTrainer):
         # sequence-level rewards: the score plus the summed per-token penalty terms
         sequence = token_rewards.sum(-1).reshape(-1, k)
         if a.name == "reinforce_pp_baseline":
-            base = reinforce_pp_baseline_scores(sequence).reshape(-1)
+            # the group mean of the scores comes off each completion's last-token reward
+            centred = reinforce_pp_baseline_scores(scores.reshape(-1, k)).reshape(-1)
             shifted = token_rewards.clone()
             rows = torch.arange(shifted.shape[0], device=shifted.device)
-            last = _last_column(mask)
-            shifted[rows, last] += base - sequence.reshape(-1)  # the group mean comes off
+            shifted[rows, _last_column(mask)] += centred - scores
             return reinforce_pp_advantages(shifted, mask, a.gamma), None
         if a.name == "rloo":
             per_completion = rloo_advantages(sequence)
