@@ -93,8 +93,9 @@ def same_architecture(reward_model_path: str | Path, policy_path: str | Path) ->
     from transformers import AutoConfig
 
     try:
-        rm, pol = AutoConfig.from_pretrained(str(reward_model_path)), AutoConfig.from_pretrained(
-            str(policy_path)
+        rm, pol = (
+            AutoConfig.from_pretrained(str(reward_model_path)),
+            AutoConfig.from_pretrained(str(policy_path)),
         )
     except (OSError, ValueError):
         return False

@@ -27,7 +27,6 @@ from torch import Tensor
 from prefopt.losses.base import LossOutput
 from prefopt.losses.reward import BradleyTerryConfig, BradleyTerryLoss
 from prefopt.models.loading import load_backbone
-from prefopt.world.objectives import judged_objectives
 from prefopt.rewards.armorm import (
     ArmoRMHead,
     fit_multi_objective_ridge,
@@ -38,6 +37,7 @@ from prefopt.rewards.armorm_model import ArmoRMScorer, FeatureExtractor, setting
 from prefopt.trainers.base import TrainingError
 from prefopt.trainers.policy import PolicyTrainer
 from prefopt.trainers.reward import reward_metrics
+from prefopt.world.objectives import judged_objectives
 
 
 class ArmoRMTrainer(PolicyTrainer):

@@ -85,8 +85,10 @@ class OnlineTrainer(PolicyTrainer):
         entry = get_regulariser(self.recipe.regulariser.name)
         self.regulariser = entry.build(self.recipe.regulariser)
         controller = getattr(self.regulariser, "controller", None)
-        self.kl_ctl = controller() if callable(controller) else FixedKLController(
-            float(self.recipe.regulariser.coef)
+        self.kl_ctl = (
+            controller()
+            if callable(controller)
+            else FixedKLController(float(self.recipe.regulariser.coef))
         )
         super().build()
         check_special_tokens(self.tokenizer)
@@ -171,9 +173,7 @@ class OnlineTrainer(PolicyTrainer):
     def build_value(self) -> None:
         cfg = self.recipe.value
         if cfg.mode == "shared":
-            self.value_head = SharedValueHead(policy_hidden_size(self.unwrapped())).to(
-                self.device
-            )
+            self.value_head = SharedValueHead(policy_hidden_size(self.unwrapped())).to(self.device)
             return
         rm_path = self._reward_model_path()
         use_rm = cfg.init == "reward_model" or (
