@@ -24,17 +24,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
-
-def per_pair_expected(margins: Tensor, gold_gaps: Tensor, temperature: float = 1.0) -> Tensor:
-    """``[N]`` probability that a fresh label agrees with each margin's sign (1/2 on a tie)."""
-    if torch.isnan(margins).any():
-        raise ValueError("a margin is NaN: the scorer produced no usable score for some pair")
-    p = torch.sigmoid(gold_gaps.double() / temperature)
-    m = margins.double()
-    return torch.where(m > 0, p, torch.where(m < 0, 1 - p, torch.full_like(p, 0.5)))
+from prefopt.world.world import per_pair_expected  # noqa: F401  (part of this module's API)
 
 
 def standard_error(values: Tensor) -> float:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from transformers import PreTrainedTokenizerFast
 
 from prefopt.world import data
@@ -265,9 +266,7 @@ class World:
         fresh label agrees with the sign of its margin (``chosen`` minus ``rejected``, a
         sequence or tensor, one per record), 1/2 on a tie. The same expectation as
         ``bayes_accuracy``'s ``expected``, for any scorer; per pair:
-        ``prefopt.eval.compare.per_pair_expected``."""
-        from prefopt.eval.compare import per_pair_expected
-
+        ``per_pair_expected``."""
         values = torch.as_tensor(margins, dtype=torch.float64).reshape(-1)
         if len(records) != values.numel():
             raise ValueError(f"{len(records)} records but {values.numel()} margins")
@@ -342,6 +341,15 @@ class World:
         text = json.dumps(_round_floats(self.summary()), indent=2, sort_keys=True)
         (out / WORLD_JSON).write_text(text + "\n", encoding="utf-8")
         return out
+
+
+def per_pair_expected(margins: Tensor, gold_gaps: Tensor, temperature: float = 1.0) -> Tensor:
+    """``[N]`` probability that a fresh label agrees with each margin's sign (1/2 on a tie)."""
+    if torch.isnan(margins).any():
+        raise ValueError("a margin is NaN: the scorer produced no usable score for some pair")
+    p = torch.sigmoid(gold_gaps.double() / temperature)
+    m = margins.double()
+    return torch.where(m > 0, p, torch.where(m < 0, 1 - p, torch.full_like(p, 0.5)))
 
 
 def _check(split: str, allowed: tuple[str, ...]) -> None:
