@@ -152,7 +152,7 @@ def compare_policies(
     for name, run in runs.items():
         if run.data.source != "world":
             raise ConfigError([f"compare: {name} was not trained on the world"])
-        if get_loss(run.loss.name).kind not in ("sft", "pairwise"):
+        if get_loss(run.loss.name).kind not in ("sft", "pairwise", "online"):
             raise ConfigError([f"compare: {name} is not a policy (loss.name={run.loss.name})"])
     worlds = {
         json.dumps(
