@@ -84,3 +84,22 @@ def test_kl_regulariser_converges_to_kl_rlhf_optimum(estimator):
     coef = 0.5
     kl = get_regulariser("kl").build(KLRegulariserConfig(coef=coef, estimator=estimator))
     assert_close(maximise(kl, coef, torch.log(REF)), kl_rlhf_optimum(REWARDS, REF, beta=coef))
+
+
+def test_pm_divergence_hand_computed():
+    """Prompt 0: rewards (2, 1), log-probs (-3, -5): (1 - 2)^2 = 1.
+    Prompt 1: rewards (0, 0), log-probs (-4, -4): 0. Prompt 2: (3 - 1) - (-1 + 2) = 1 -> 1.
+    mean 2/3; per-prompt values (1, 0, 1): sd sqrt(1/3), SE sqrt(1/3)/sqrt(3) = 1/3.
+    A policy with log pi = r + const on both samples has divergence 0 (the PM optimum)."""
+    import torch
+
+    from prefopt.eval.pm import pm_divergence_from
+
+    out = pm_divergence_from(
+        torch.tensor([[2.0, 1.0], [0.0, 0.0], [3.0, 1.0]]),
+        torch.tensor([[-3.0, -5.0], [-4.0, -4.0], [-1.0, -2.0]]),
+    )
+    assert out["pm_divergence"] == pytest.approx(2 / 3)
+    assert out["pm_divergence_se"] == pytest.approx(1 / 3)
+    r = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    assert pm_divergence_from(r, r - 7.0)["pm_divergence"] == 0.0

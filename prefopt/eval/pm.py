@@ -42,9 +42,17 @@ def pm_divergence(
     scores = torch.as_tensor(
         scorer.score(samples.flat_prompts, samples.flat_completions), dtype=torch.float64
     ).reshape(-1, 2)
-    per_prompt = ((scores[:, 0] - scores[:, 1]) - (logps[:, 0] - logps[:, 1])) ** 2
+    return pm_divergence_from(scores, logps)
+
+
+def pm_divergence_from(scores: torch.Tensor, logps: torch.Tensor) -> dict[str, float]:
+    """The divergence from ``[P, 2]`` rewards and summed log-probs of two samples per prompt."""
+    if scores.shape != logps.shape or scores.dim() != 2 or scores.shape[1] != 2:
+        raise ValueError(f"need [P, 2] scores and log-probs, got {tuple(scores.shape)}")
+    s, lp = scores.double(), logps.double()
+    per_prompt = ((s[:, 0] - s[:, 1]) - (lp[:, 0] - lp[:, 1])) ** 2
     return {
         "pm_divergence": float(per_prompt.mean()),
         "pm_divergence_se": standard_error(per_prompt),
-        "pm_n_prompts": len(prompts),
+        "pm_n_prompts": int(s.shape[0]),
     }
