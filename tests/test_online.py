@@ -156,6 +156,7 @@ def test_every_estimator_and_regulariser_trains(tmp_path, tiny_pretrained, recip
     )
     summary = trainer.train()
     assert summary["steps"] == 2
+    assert (tmp_path / "run" / "overoptimisation.png").stat().st_size > 0
     record = read_metrics(tmp_path / "run")[-1]
     assert torch.isfinite(torch.tensor(record["loss"]))
     assert ("loss/value" in record) == (trainer.recipe.advantage.name == "gae")

@@ -28,14 +28,18 @@ def overoptimisation_plot(metrics_path: Path, out_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kl = [r["objective/kl"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(kl, [r["objective/scores"] for r in records], "o-", ms=3, label="proxy (scorer)")
+    kl = _smooth([r["objective/kl"] for r in records])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    series = [("objective/scores", "proxy reward (scorer)", "tab:blue")]
     if all("objective/gold" in r for r in records):
-        ax.plot(kl, [r["objective/gold"] for r in records], "s-", ms=3, label="gold (world)")
+        series.append(("objective/gold", "gold reward (world)", "tab:orange"))
+    for key, label, colour in series:
+        raw = [r[key] for r in records]
+        ax.scatter([r["objective/kl"] for r in records], raw, s=8, color=colour, alpha=0.3)
+        ax.plot(kl, _smooth(raw), "-", color=colour, lw=2, label=f"{label}, running mean")
     ax.set_xlabel("KL(policy || reference) of the rollout batch, nats")
     ax.set_ylabel("mean reward of the rollout batch")
-    ax.set_title("reward against KL over training")
+    ax.set_title(f"reward against KL over training ({len(records)} logged batches)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -43,3 +47,12 @@ def overoptimisation_plot(metrics_path: Path, out_dir: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _smooth(values: list[float], window: int = 5) -> list[float]:
+    """Trailing running mean (the first points average what there is)."""
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
