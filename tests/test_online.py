@@ -99,20 +99,22 @@ def test_ppo_resumes_mid_training_on_the_same_trajectory(tmp_path, tiny_pretrain
     common = [
         f"model.name_or_path={tiny_pretrained}",
         *ONLINE,
-        "trainer.max_steps=8",
-        "trainer.save_every=4",
+        "trainer.max_steps=20",
+        "trainer.save_every=10",
+        "trainer.batch_size=4",
+        "loss.epochs=1",
     ]
     straight, _ = train(tiny_recipe("ppo", tmp_path / "a", *common))
-    train_until_interrupted(tiny_recipe("ppo", tmp_path / "b", *common), 4, monkeypatch)
+    train_until_interrupted(tiny_recipe("ppo", tmp_path / "b", *common), 10, monkeypatch)
     train(tiny_recipe("ppo", tmp_path / "b", *common, "resume=auto"))
     keys = ("loss", "loss/value", "objective/scores", "objective/kl", "policy/approxkl")
     a = {m["step"]: m for m in read_metrics(tmp_path / "a") if "loss" in m}
     b = {m["step"]: m for m in read_metrics(tmp_path / "b") if "loss" in m}
-    for step in range(5, 9):
+    for step in range(11, 21):  # steps 11-20 after a resume at step 10 of 20
         for key in keys:
             assert a[step][key] == b[step][key], (step, key)
     # the critic travelled with the checkpoint
-    state = torch.load(tmp_path / "b" / "checkpoint-4" / "state.pt", weights_only=True)
+    state = torch.load(tmp_path / "b" / "checkpoint-10" / "state.pt", weights_only=True)
     assert {"critic", "critic_optimizer", "kl_controller"} <= set(state["extra"])
 
 
