@@ -42,15 +42,15 @@ class FixedScorer:
 def test_the_score_sits_on_the_last_real_completion_token(tmp_path, tiny_pretrained):
     trainer = online_trainer(tmp_path, tiny_pretrained, "reward.missing_eos_penalty=null")
     trainer.scorer = FixedScorer()
-    rollout = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
-    samples, mask = rollout["samples"], rollout["mask"]
+    rollout, samples, _ = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+    mask = rollout.mask
     coef = trainer.kl_ctl.value
-    expected = -coef * rollout["penalty"]
+    expected = -coef * rollout.penalty
     eos = trainer.tokenizer.eos_token_id
     for row in range(mask.shape[0]):
         valid = mask[row].nonzero().flatten()
         last = int(valid[-1])  # column predicting the last completion token
-        assert int(rollout["last_column"][row]) == last
+        assert int(rollout.last_column[row]) == last
         seq_col = last + 1  # that token's own column in the sequence
         token = int(samples.sequences[row, seq_col])
         ended = bool(samples.ended_with_eos(eos)[row])
@@ -61,7 +61,7 @@ def test_the_score_sits_on_the_last_real_completion_token(tmp_path, tiny_pretrai
             assert int(samples.sequences[row, seq_col + 1]) == trainer.tokenizer.pad_token_id
         row_expected = expected[row].clone()
         row_expected[last] += 1.0 + row / 10
-        assert_close(rollout["token_rewards"][row], row_expected)
+        assert_close(rollout.token_rewards[row], row_expected)
     assert trainer.tokenizer.pad_token_id != eos
 
 
@@ -85,7 +85,7 @@ def test_the_missing_eos_penalty_fires_only_on_completions_that_never_stopped(
 
 def test_before_the_first_update_the_ratio_is_one(tmp_path, tiny_pretrained):
     trainer = online_trainer(tmp_path, tiny_pretrained)
-    rollout = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+    rollout, _, _ = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
     metrics = trainer.update(rollout, torch.arange(4))
     assert metrics["policy/clipfrac"] == 0.0
     assert metrics["policy/approxkl"] == pytest.approx(0.0, abs=1e-10)
@@ -118,9 +118,19 @@ def test_ppo_resumes_mid_training_on_the_same_trajectory(tmp_path, tiny_pretrain
     assert {"critic", "critic_optimizer", "kl_controller"} <= set(state["extra"])
 
 
-def test_a_lora_ppo_run_leaves_the_base_weights_unchanged(tmp_path, tiny_pretrained):
+@pytest.mark.parametrize("quantized", [False, True])
+def test_a_lora_ppo_run_leaves_the_base_weights_unchanged(
+    tmp_path, tiny_pretrained, tiny_pretrained_4bit, quantized
+):
+    # QLoRA too: the 4-bit base on CPU, the adapter-disabled base as the reference
+    extra = ["model.quantization=4bit"] if quantized else []
     trainer = online_trainer(
-        tmp_path, tiny_pretrained, "model.lora.r=4", "model.lora.alpha=8", "trainer.max_steps=2"
+        tmp_path,
+        tiny_pretrained_4bit if quantized else tiny_pretrained,
+        "model.lora.r=4",
+        "model.lora.alpha=8",
+        "trainer.max_steps=2",
+        *extra,
     )
     assert trainer.reference is None and trainer.reference_uses_adapter
     base = {
@@ -187,6 +197,22 @@ def test_the_critic_starts_as_the_reward_model(tmp_path, tiny_pretrained):
         rm_score = trainer.scorer.model(input_ids=ids, attention_mask=mask).logits[0, 0]
     assert_close(values, reference(input_ids=ids, attention_mask=mask))
     assert_close(values[0, -1], rm_score)  # the value at the last token is the RM's score
+
+
+def test_reward_normalisation_makes_the_references_samples_score_mean_0_std_1(
+    tmp_path, tiny_pretrained
+):
+    trainer = online_trainer(
+        tmp_path, tiny_pretrained, "reward.normalise=true", "reward.normalise_prompts=16"
+    )
+    gain, bias = trainer.reward_gain, trainer.reward_bias
+    prompts = [e["prompt"] for e in trainer.train_examples[:16]]
+    with trainer.reference_forward():
+        samples = trainer.sample(trainer.reference_model(), prompts, seed=trainer.recipe.seed - 1)
+    normalised = trainer.raw_scores(samples) * gain + bias
+    assert float(normalised.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(normalised.std()) == pytest.approx(1.0, abs=1e-5)
+    assert gain != 1.0 and trainer.summary["online"]["reward_gain"] == gain
 
 
 def test_online_recipes_refuse_inconsistent_settings():

@@ -66,6 +66,13 @@ class Samples:
         return (self.completion_mask * columns).argmax(dim=1)
 
 
+def is_kbit(model: nn.Module) -> bool:
+    """Was the model (or the base of a peft model) loaded in 4 or 8 bit?"""
+    return bool(
+        getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    )
+
+
 def check_special_tokens(tokenizer: Any) -> None:
     """Generation needs a pad token distinct from EOS (ALGORITHMS.md section 3)."""
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
@@ -99,7 +106,12 @@ def generate(
     per_batch = max(1, cfg.batch_size // k)
     pieces: list[tuple[Tensor, Tensor, int]] = []
     was_training = model.training
-    model.eval()
+    if not is_kbit(model):
+        # a k-bit model stays in training mode: on CPUs with AVX512-BF16, bitsandbytes repacks
+        # 4-bit weights for an inference-only kernel the first time a layer runs in eval mode,
+        # and training through that layer afterwards fails. Dropout is off in every prefopt
+        # model, so the two modes sample the same distribution.
+        model.eval()
     for start in range(0, len(examples), per_batch):
         batch = collate(examples[start : start + per_batch])
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)

@@ -67,6 +67,7 @@ from prefopt.rl.advantages import (
 )
 from prefopt.rl.kl import FixedKLController, kl_penalty
 from prefopt.rl.ppo import entropy_from_logits, explained_variance
+from prefopt.rl.rollout import Rollout
 from prefopt.trainers.base import TrainingError
 from prefopt.trainers.policy import PolicyTrainer
 
@@ -274,17 +275,19 @@ class OnlineTrainer(PolicyTrainer):
 
     def training_step(self, window: dict[str, list[float]]) -> int:
         epoch, batch = self.micro_batch(self.step)
-        rollout = self.make_rollout(cast(list[str], batch["prompts"]))
-        for name, value in rollout.pop("metrics").items():
+        rollout, _, metrics = self.make_rollout(cast(list[str], batch["prompts"]))
+        for name, value in metrics.items():
             window[name].append(value)
         for name, values in self.optimise(rollout).items():
             window[name].extend(values)
         self.scheduler.step()
-        self.kl_ctl.update(float(rollout["kl"].mean()), n_steps=rollout["kl"].numel())
+        self.kl_ctl.update(float(rollout.kl.mean()), n_steps=rollout.size)
         return epoch
 
     @torch.no_grad()
-    def make_rollout(self, prompts: list[str]) -> dict[str, Any]:
+    def make_rollout(self, prompts: list[str]) -> tuple[Rollout, Samples, dict[str, float]]:
+        """Sample, score and turn into advantages one batch of prompts; returns the rollout,
+        the samples it came from (text and ids) and its metrics."""
         cfg = self.recipe
         policy = self.unwrapped()
         samples = self.sample(policy, prompts, seed=cfg.seed * 1_000_003 + self.step)
@@ -325,23 +328,22 @@ class OnlineTrainer(PolicyTrainer):
         if self.world is not None:
             gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
             metrics["objective/gold"] = float(gold.mean())
-        return {
-            "sequences": seq,
-            "attention_mask": attn,
-            "mask": mask,
-            "old_logps": old_logps,
-            "ref_logps": ref_logps,
-            "old_values": old_values,
-            "advantages": advantages,
-            "returns": returns,
-            "kl": kl,
-            "scores": scores,
-            "token_rewards": token_rewards,
-            "penalty": penalty,
-            "last_column": last,
-            "samples": samples,
-            "metrics": metrics,
-        }
+        rollout = Rollout(
+            sequences=seq,
+            attention_mask=attn,
+            mask=mask,
+            old_logps=old_logps,
+            ref_logps=ref_logps,
+            old_values=old_values,
+            advantages=advantages,
+            returns=returns,
+            scores=scores,
+            penalty=penalty,
+            token_rewards=token_rewards,
+            last_column=last,
+            kl=kl,
+        )
+        return rollout, samples, metrics
 
     def policy_forward(
         self, seq: Tensor, attn: Tensor, grad: bool = True
@@ -394,10 +396,10 @@ class OnlineTrainer(PolicyTrainer):
             per_completion = grpo_advantages(sequence, scale=a.grpo_scale)
         return per_completion.reshape(-1, 1) * mask, None
 
-    def optimise(self, rollout: dict[str, Any]) -> dict[str, list[float]]:
+    def optimise(self, rollout: Rollout) -> dict[str, list[float]]:
         """``loss.epochs`` passes of minibatches over one rollout batch."""
         cfg = self.recipe.loss
-        n = rollout["sequences"].shape[0]
+        n = rollout.size
         size = min(cfg.minibatch_size, n)
         metrics: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(self.recipe.seed * 7919 + self.step)
@@ -409,20 +411,22 @@ class OnlineTrainer(PolicyTrainer):
                     metrics.setdefault(name, []).append(value)
         return metrics
 
-    def update(self, rollout: dict[str, Any], idx: Tensor) -> dict[str, float]:
-        seq, attn, mask = (rollout[k][idx] for k in ("sequences", "attention_mask", "mask"))
+    def update(self, rollout: Rollout, idx: Tensor) -> dict[str, float]:
+        """One optimiser step on the minibatch ``idx`` of ``rollout``; returns its metrics."""
+        seq, attn, mask = rollout.sequences[idx], rollout.attention_mask[idx], rollout.mask[idx]
         logps, values = self.policy_forward(seq, attn, grad=True)
-        out = self.loss_fn(logps, rollout["old_logps"][idx], rollout["advantages"][idx], mask)
+        out = self.loss_fn(logps, rollout.old_logps[idx], rollout.advantages[idx], mask)
         loss = out.loss
         metrics = {k: float(v) for k, v in out.metrics.items()}
         metrics["loss/policy"] = float(out.loss.detach())
         if self.recipe.loss.penalty_in == "loss":
-            penalty = self.regulariser.penalty(logps, rollout["ref_logps"][idx], mask)
+            penalty = self.regulariser.penalty(logps, rollout.ref_logps[idx], mask)
             term = self.kl_ctl.value * masked_mean(penalty, mask)
             loss = loss + term
             metrics["loss/penalty"] = float(term.detach())
-        if rollout["returns"] is not None:
-            returns, old_values = rollout["returns"][idx], rollout["old_values"][idx]
+        if rollout.returns is not None:
+            assert rollout.old_values is not None
+            returns, old_values = rollout.returns[idx], rollout.old_values[idx]
             if self.critic is not None:
                 values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
             assert values is not None

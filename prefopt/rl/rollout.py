@@ -1,0 +1,53 @@
+"""The typed record of one rollout batch, as the online trainer optimises on it.
+
+Shapes: ``R`` rollouts (prompts x samples per prompt, grouped by prompt), ``T`` the width of
+the left-padded prompt block plus the generated tokens. Per-token tensors are ``[R, T-1]``:
+column ``j`` describes the token at sequence column ``j + 1`` (the one predicted from the logits
+at ``j``), so ``mask[:, j]`` is 1 exactly where that token is a completion token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class Rollout:
+    """One rollout batch (see the module docstring for the shapes' conventions).
+
+    sequences: [R, T] long, prompt (left-padded) then completion ids (pad after the first EOS).
+    attention_mask: [R, T] long, 1 on real prompt and completion tokens.
+    mask: [R, T-1] float, 1 where column j's token (sequence column j+1) is a completion token.
+    old_logps: [R, T-1] log-prob of each token under the policy that sampled it (at the
+        sampling temperature).
+    ref_logps: [R, T-1] the same under the reference.
+    old_values: [R, T-1] the critic's values at rollout time, or None (critic-free).
+    advantages: [R, T-1] per-token advantages (0 off the mask).
+    returns: [R, T-1] the critic's targets (GAE's A + V), or None (critic-free).
+    scores: [R] the scorer's scores after the EOS penalty, clipping and normalisation.
+    penalty: [R, T-1] the regulariser's per-token penalty.
+    token_rewards: [R, T-1] ``-coef * penalty`` (when the penalty is in the reward) plus the
+        score at the last completion token.
+    last_column: [R] the column (in the T-1 convention) of each completion's last token.
+    kl: [R] summed k1 KL ``sum_t (old_logp - ref_logp)`` of each completion.
+    """
+
+    sequences: Tensor
+    attention_mask: Tensor
+    mask: Tensor
+    old_logps: Tensor
+    ref_logps: Tensor
+    old_values: Tensor | None
+    advantages: Tensor
+    returns: Tensor | None
+    scores: Tensor
+    penalty: Tensor
+    token_rewards: Tensor
+    last_column: Tensor
+    kl: Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.sequences.shape[0])
