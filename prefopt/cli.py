@@ -314,16 +314,14 @@ def _world_of(models: list[str]):
 
 
 def _print_summary(summary: dict) -> None:
+    from prefopt.eval.gold import SPLIT_KEYS
+
     ev = summary.get("eval", {})
     keys = [
-        "gold_reward",
-        "reference_gold_reward",
-        "gold_gain",
-        "kl",
-        "win_rate",
-        "ead",
+        *(k for k in SPLIT_KEYS if k != "reference_ead"),
         "ood_gold_reward",
         "mean_length",
+        "pm_divergence",
         "accuracy",
         "ties",
         "ece",

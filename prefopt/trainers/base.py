@@ -250,7 +250,10 @@ class Trainer:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def _optimizer_step(self) -> float | None:
+    def _optimizer_step(self, schedule: bool = True) -> float | None:
+        """Clip (``trainer.max_grad_norm``), step, zero the gradients; advance the learning-rate
+        schedule unless ``schedule`` is False (the online trainer advances it once per rollout
+        batch, after several optimiser steps). Returns the gradient norm before clipping."""
         grad_norm = None
         if self.cfg.max_grad_norm is not None:
             norm = self.accelerator.clip_grad_norm_(
@@ -258,7 +261,8 @@ class Trainer:
             )
             grad_norm = float(norm) if norm is not None else None
         self.optimizer.step()
-        self.scheduler.step()
+        if schedule:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 

@@ -446,22 +446,11 @@ class OnlineTrainer(PolicyTrainer):
             assert self._last_logits is not None
             entropy = entropy_from_logits(self._last_logits.detach())
             metrics["objective/entropy"] = float(masked_mean(entropy, mask))
-        norm = self._policy_step()
+        norm = self._optimizer_step(schedule=False)
         if norm is not None:
             metrics["grad_norm"] = norm
         metrics["loss"] = float(loss.detach())
         return metrics
-
-    def _policy_step(self) -> float | None:
-        grad_norm = None
-        if self.cfg.max_grad_norm is not None:
-            norm = self.accelerator.clip_grad_norm_(
-                self.trainable_parameters(), self.cfg.max_grad_norm
-            )
-            grad_norm = float(norm) if norm is not None else None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
 
     def _critic_step(self, loss: Tensor) -> None:
         assert self.critic is not None and self.critic_optimizer is not None
