@@ -597,6 +597,14 @@ def _check_online(recipe: Recipe) -> list[str]:
             "trainer.grad_accum must be 1 for online training: a step is one rollout batch "
             "(trainer.batch_size prompts) and loss.minibatch_size sets the update size"
         )
+    rollouts = recipe.trainer.batch_size * r.samples_per_prompt
+    minibatch = getattr(recipe.loss, "minibatch_size", 1)
+    if 0 < minibatch < rollouts and rollouts % minibatch:
+        problems.append(
+            f"loss.minibatch_size ({minibatch}) must divide the rollouts of a step "
+            f"(trainer.batch_size x rollout.samples_per_prompt = {rollouts}) or be at least "
+            "as large: the rest would never be trained on"
+        )
     if recipe.reward.clip is not None and recipe.reward.clip <= 0:
         problems.append(f"reward.clip must be > 0 or null, got {recipe.reward.clip}")
     if recipe.reward.normalise_prompts < 2:

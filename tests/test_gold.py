@@ -64,3 +64,21 @@ def test_split_summary_standard_errors_are_over_prompts_and_the_gain_is_paired()
     assert out["win_rate"] == pytest.approx(11 / 12)
     assert out["kl"] == pytest.approx(2 / 3)  # per prompt 1, 0, 1
     assert out["kl_se"] == pytest.approx(math.sqrt(1 / 3) / math.sqrt(3))
+
+
+def test_a_checkpoints_own_generation_settings_do_not_reshape_the_samples(tiny_pretrained):
+    # a hub chat model ships e.g. repetition_penalty: samples must still come from the model's
+    # own distribution, the one the recomputed log-probs describe
+    model = load_pretrained(str(tiny_pretrained)).eval()
+    world = build_world(WorldConfig())
+    tokenizer = world.tokenizer()
+    prompts = world.eval_prompts("test")[:8]
+    cfg = SimpleNamespace(
+        samples_per_prompt=2, batch_size=16, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=32
+    )
+    plain = generate(model, tokenizer, prompts, cfg, torch.device("cpu"), seed=0)
+    model.generation_config.repetition_penalty = 5.0
+    model.generation_config.no_repeat_ngram_size = 1
+    shaped = generate(model, tokenizer, prompts, cfg, torch.device("cpu"), seed=0)
+    assert torch.equal(plain.sequences, shaped.sequences)
+    assert model.generation_config.repetition_penalty == 5.0  # restored afterwards

@@ -76,7 +76,7 @@ def test_the_missing_eos_penalty_fires_only_on_completions_that_never_stopped(
     samples = trainer.sample(
         trainer.unwrapped(), [e["prompt"] for e in trainer.train_examples[:8]], seed=0
     )
-    scores = trainer.raw_scores(samples)
+    scores = trainer.scores(samples)
     ended = samples.ended_with_eos(trainer.tokenizer.eos_token_id)
     assert (~ended).any(), "no completion ran out: the test would not exercise the penalty"
     base = torch.arange(len(scores), dtype=torch.float32) / 10 + 1.0
@@ -209,10 +209,34 @@ def test_reward_normalisation_makes_the_references_samples_score_mean_0_std_1(
     prompts = [e["prompt"] for e in trainer.train_examples[:16]]
     with trainer.reference_forward():
         samples = trainer.sample(trainer.reference_model(), prompts, seed=trainer.recipe.seed - 1)
-    normalised = trainer.raw_scores(samples) * gain + bias
+    normalised = trainer.scorer_scores(samples) * gain + bias
     assert float(normalised.mean()) == pytest.approx(0.0, abs=1e-5)
     assert float(normalised.std()) == pytest.approx(1.0, abs=1e-5)
     assert gain != 1.0 and trainer.summary["online"]["reward_gain"] == gain
+    # the EOS penalty and the clip apply on the normalised scale, after the gain and bias
+    ended = samples.ended_with_eos(trainer.tokenizer.eos_token_id)
+    expected = (normalised - 1.0 * (~ended).float()).clamp(-5.0, 5.0)
+    assert_close(trainer.scores(samples), expected)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one precision per process: start and leave a clean state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_bf16_run_sees_no_kl_before_its_first_update(
+    tmp_path, tiny_pretrained, fresh_accelerator_state
+):
+    # policy, reference and critic under one autocast: the first rollout's KL is exactly 0
+    trainer = online_trainer(tmp_path, tiny_pretrained, "trainer.precision=bf16")
+    rollout, _, metrics = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+    assert metrics["objective/kl"] == 0.0
+    assert float(rollout.penalty.abs().max()) == 0.0
 
 
 def test_online_recipes_refuse_inconsistent_settings():

@@ -36,7 +36,8 @@ def pm_divergence(
 ) -> dict[str, float]:
     """``{"pm_divergence", "pm_divergence_se", "pm_n_prompts"}`` on two samples per prompt of
     ``prompts`` (sampling settings from ``cfg``, an EvalConfig)."""
-    two = replace(cfg, samples_per_prompt=2) if hasattr(cfg, "__dataclass_fields__") else cfg
+    # two samples per prompt at temperature 1 without truncation: log pi is their distribution's
+    two = replace(cfg, samples_per_prompt=2, temperature=1.0, top_k=0, top_p=1.0)
     samples = generate(policy, tokenizer, prompts, two, device, seed, max_prompt_length)
     logps = completion_logps(policy, samples, device, temperature=1.0).double().reshape(-1, 2)
     scores = torch.as_tensor(

@@ -15,6 +15,8 @@ full width (prompt block + generated tokens).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -112,26 +114,60 @@ def generate(
         # and training through that layer afterwards fails. Dropout is off in every prefopt
         # model, so the two modes sample the same distribution.
         model.eval()
-    for start in range(0, len(examples), per_batch):
-        batch = collate(examples[start : start + per_batch])
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        torch.manual_seed(seed + start)
-        # a transformers model or a PeftModel: both have generate(), which nn.Module lacks
-        out = cast(Any, model).generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k or None,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=k,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        pieces.append((out, mask.repeat_interleave(k, dim=0), ids.shape[1]))
+    with neutral_generation_config(model):
+        for start in range(0, len(examples), per_batch):
+            batch = collate(examples[start : start + per_batch])
+            pieces.append(_generate_batch(model, batch, cfg, k, tokenizer, device, seed + start))
     model.train(was_training)
     return _assemble(prompts, pieces, tokenizer, k)
+
+
+def _generate_batch(
+    model: nn.Module, batch: dict[str, Tensor], cfg: Any, k: int, tokenizer: Any, device, seed: int
+) -> tuple[Tensor, Tensor, int]:
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    torch.manual_seed(seed)
+    # a transformers model or a PeftModel: both have generate(), which nn.Module lacks
+    out = cast(Any, model).generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k or None,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        num_return_sequences=k,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return out, mask.repeat_interleave(k, dim=0), ids.shape[1]
+
+
+@contextlib.contextmanager
+def neutral_generation_config(model: nn.Module) -> Iterator[None]:
+    """Sample from the model's own distribution: a checkpoint's ``generation_config`` (a hub
+    chat model's ``repetition_penalty``, ``min_new_tokens``, ``no_repeat_ngram_size``...) would
+    otherwise reshape every sample, and the log-probs recomputed for the loss, the KL and the
+    gold evaluation would describe another distribution than the samples came from. Only the
+    special-token ids are kept; the sampling settings come from the caller."""
+    from transformers import GenerationConfig
+
+    get_base = getattr(model, "get_base_model", None)  # a peft model: its transformers model
+    target = get_base() if callable(get_base) else model
+    original = getattr(target, "generation_config", None)
+    if original is None:
+        yield
+        return
+    target.generation_config = GenerationConfig(
+        bos_token_id=original.bos_token_id,
+        eos_token_id=original.eos_token_id,
+        pad_token_id=original.pad_token_id,
+        decoder_start_token_id=original.decoder_start_token_id,
+    )
+    try:
+        yield
+    finally:
+        target.generation_config = original
 
 
 def _assemble(prompts: list[str], pieces, tokenizer: Any, k: int) -> Samples:

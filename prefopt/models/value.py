@@ -89,7 +89,9 @@ def value_model_from_policy(path: str | Path) -> ValueModel:
 
 
 def same_architecture(reward_model_path: str | Path, policy_path: str | Path) -> bool:
-    """Is the reward model a sequence classifier of the policy's architecture and size?"""
+    """Is the reward model a sequence classifier of the policy's architecture, size and
+    vocabulary (so it can read the policy's token ids)? A reward model with another tokenizer
+    still scores text; only the critic then starts from the policy."""
     from transformers import AutoConfig
 
     try:
@@ -103,6 +105,7 @@ def same_architecture(reward_model_path: str | Path, policy_path: str | Path) ->
     return (
         rm.model_type == pol.model_type
         and _hidden_size(rm) == _hidden_size(pol)
+        and getattr(rm, "vocab_size", None) == getattr(pol, "vocab_size", None)
         and any(a.endswith("ForSequenceClassification") for a in archs)
     )
 

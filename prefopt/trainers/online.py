@@ -66,7 +66,7 @@ from prefopt.rl.advantages import (
     rloo_advantages,
 )
 from prefopt.rl.kl import FixedKLController, kl_penalty
-from prefopt.rl.ppo import entropy_from_logits, explained_variance
+from prefopt.rl.ppo import entropy_from_logits, explained_variance, token_aggregate
 from prefopt.rl.rollout import Rollout
 from prefopt.trainers.base import TrainingError
 from prefopt.trainers.policy import PolicyTrainer
@@ -235,12 +235,14 @@ class OnlineTrainer(PolicyTrainer):
 
     @torch.no_grad()
     def measure_reward_normalisation(self) -> tuple[float, float]:
-        """Gain and bias so that the reference policy's samples score mean 0, std 1."""
+        """Gain and bias so that the scorer's scores of the reference policy's samples have
+        mean 0 and std 1 (measured on the scorer's own output, before the EOS penalty and the
+        clip, which then apply on the normalised scale)."""
         n = min(self.recipe.reward.normalise_prompts, len(self.train_examples))
         prompts = [e["prompt"] for e in self.train_examples[:n]]
         with self.reference_forward():
             samples = self.sample(self.reference_model(), prompts, seed=self.recipe.seed - 1)
-        raw = self.raw_scores(samples)
+        raw = self.scorer_scores(samples)
         std = float(raw.std())
         if std == 0:
             raise TrainingError("reward.normalise: the reference's samples all score the same")
@@ -258,11 +260,17 @@ class OnlineTrainer(PolicyTrainer):
             max_prompt_length=self.recipe.data.max_prompt_length,
         )
 
-    def raw_scores(self, samples: Samples) -> Tensor:
-        """[R] the scorer's scores with the missing-EOS penalty and clipping, before
-        normalisation."""
+    def scorer_scores(self, samples: Samples) -> Tensor:
+        """[R] the scorer's own scores of the decoded completions."""
         scores = self.scorer.score(samples.flat_prompts, samples.flat_completions)
-        scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1).cpu()
+        return torch.as_tensor(scores, dtype=torch.float32).reshape(-1).cpu()
+
+    def scores(self, samples: Samples, raw: Tensor | None = None) -> Tensor:
+        """[R] the scores PPO optimises: the scorer's (``raw``, scored here when not given),
+        normalised (``reward.normalise``), plus ``reward.missing_eos_penalty`` for completions
+        that never stopped, clipped to ``reward.clip`` (the order of OpenAI's original code)."""
+        raw = self.scorer_scores(samples) if raw is None else raw.cpu()
+        scores = raw * self.reward_gain + self.reward_bias
         cfg = self.recipe.reward
         if cfg.missing_eos_penalty is not None:
             no_eos = ~samples.ended_with_eos(self.tokenizer.eos_token_id)
@@ -296,15 +304,19 @@ class OnlineTrainer(PolicyTrainer):
         attn = samples.attention_mask.to(device)
         mask = samples.completion_mask.to(device)[:, 1:].float()  # [R, T-1]: token t+1's mask
         old_logps, old_values = self.policy_forward(seq, attn, grad=False)
-        with self.reference_forward():
+        # the reference and the critic run under the same autocast as the policy: otherwise a
+        # bf16 / fp16 run would see a KL that is only rounding at the first step
+        with self.reference_forward(), self.accelerator.autocast():
             ref_logps = token_logps(
                 forward_logits(self.reference_model(), seq, attn, cfg.rollout.temperature),
                 seq[:, 1:],
             )
         if self.critic is not None:
-            old_values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
-        raw = self.raw_scores(samples).to(device)
-        scores = raw * self.reward_gain + self.reward_bias
+            with self.accelerator.autocast():
+                old_values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
+        raw = self.scorer_scores(samples)
+        scores = self.scores(samples, raw).to(device)
+        raw = raw.to(device)
         penalty = self.regulariser.penalty(old_logps, ref_logps, mask) * mask
         coef = self.kl_ctl.value
         in_reward = cfg.loss.penalty_in == "reward"
@@ -318,7 +330,7 @@ class OnlineTrainer(PolicyTrainer):
             "objective/kl": float(kl.mean()),
             "objective/kl_coef": float(coef),
             "objective/penalty": float((penalty.sum(-1)).mean()),
-            "objective/scores": float(raw.mean()),
+            "objective/scores": float(raw.mean()),  # the scorer's own, as the proxy reward
             "objective/rlhf_reward": float((scores - coef * penalty.sum(-1)).mean()),
             "val/num_eos_tokens": float(
                 samples.ended_with_eos(self.tokenizer.eos_token_id).float().sum()
@@ -421,14 +433,15 @@ class OnlineTrainer(PolicyTrainer):
         metrics["loss/policy"] = float(out.loss.detach())
         if self.recipe.loss.penalty_in == "loss":
             penalty = self.regulariser.penalty(logps, rollout.ref_logps[idx], mask)
-            term = self.kl_ctl.value * masked_mean(penalty, mask)
+            term = self.kl_ctl.value * token_aggregate(penalty, mask, self.recipe.loss.aggregate)
             loss = loss + term
             metrics["loss/penalty"] = float(term.detach())
         if rollout.returns is not None:
             assert rollout.old_values is not None
             returns, old_values = rollout.returns[idx], rollout.old_values[idx]
             if self.critic is not None:
-                values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
+                with self.accelerator.autocast():
+                    values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
             assert values is not None
             vout = self.loss_fn.value_loss(values, old_values, returns, mask)
             metrics["loss/value"] = float(vout.loss.detach())
@@ -436,7 +449,9 @@ class OnlineTrainer(PolicyTrainer):
             metrics["val/explained_variance"] = float(
                 explained_variance(values.detach(), returns, mask)
             )
+            self.check_finite(vout.loss, "the value loss of a PPO minibatch")
             if self.critic is not None:
+                self.check_finite(loss, "a PPO minibatch")
                 self._critic_step(self.recipe.loss.vf_coef * vout.loss)
             else:
                 loss = loss + self.recipe.loss.vf_coef * vout.loss
