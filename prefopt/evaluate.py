@@ -170,9 +170,8 @@ def compare_policies(
         cfg.samples_per_prompt = samples_per_prompt
     if cfg.n_prompts < 1 or cfg.samples_per_prompt < 1:
         raise ConfigError(["compare: need --n-prompts >= 1 and --samples >= 1"])
-    ref_name = reference or next(
-        (run_reference_path(Path(m), runs[m]) for m in (a, b) if m in runs), None
-    )
+    candidates = (run_reference_path(Path(m), runs[m]) for m in (a, b) if m in runs)
+    ref_name = reference or next((c for c in candidates if c is not None), None)
 
     def folder(spec: str) -> str:
         if spec in runs:

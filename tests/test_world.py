@@ -348,3 +348,13 @@ def test_describe_mentions_every_instruction(world: World) -> None:
     text = world.describe()
     assert all(name in text for name in INSTRUCTION_NAMES)
     assert str(world.vocab_size) in text
+
+
+def test_records_carry_the_informativeness_the_world_computes(world: World) -> None:
+    records = world.preference_records("test")[:100]
+    prompts = [r["prompt"] for r in records]
+    for side in ("chosen", "rejected"):
+        rho = world.informativeness(prompts, [r[side] for r in records]).tolist()
+        stored = [r["metadata"][f"informativeness_{side}"] for r in records]
+        assert stored == pytest.approx(rho, abs=1e-6)
+    assert any(v < 1 for r in records for v in (r["metadata"]["informativeness_chosen"],))

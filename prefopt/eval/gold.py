@@ -142,6 +142,7 @@ def gold_evaluation(
     results.update(
         ead_across_input=test["ead_across"],
         mean_length=test["mean_length"],
+        empty_rate=test["empty_rate"],
         reference_mean_length=test["reference_mean_length"],
         generalisation_gap=test["gold_reward"] - ood["gold_reward"],
         objectives=test["objectives"],
@@ -191,6 +192,8 @@ def split_summary(pol: PromptStats, ref: PromptStats, names: list[str]) -> dict[
         out[f"{key}_se"] = standard_error(values)
     out["gold_gain"], out["gold_gain_se"] = gain["diff"], gain["se"]
     out["mean_length"] = float(pol.length.mean())
+    # empty completions add no n-gram, so EAD cannot see a collapse onto them: count them
+    out["empty_rate"] = float((pol.length == 0).double().mean())
     out["reference_mean_length"] = float(ref.length.mean())
     out["objectives"] = dict(zip(names, pol.objectives.tolist(), strict=True))
     return out

@@ -46,7 +46,8 @@ class SoftLabelMixin:
             when = f"every {every} steps" if every else "when an epoch ends"
             raise TrainingError(
                 f"smoothing.method=ids, but its labels move only {when} and this run of "
-                f"{self.cfg.max_steps} steps ({self.batches_per_epoch} steps per epoch) "  # type: ignore[attr-defined]
+                f"{self.cfg.max_steps} steps ({self.batches_per_epoch} micro-batches per epoch, "  # type: ignore[attr-defined]
+                f"{self.cfg.grad_accum} per step) "  # type: ignore[attr-defined]
                 "makes no update: it would be plain MLE. Set smoothing.update_every to a "
                 "number of steps smaller than trainer.max_steps, or train for more than "
                 "one epoch"

@@ -20,9 +20,9 @@ text, near 0 for loops, repetition, restatement, copied prompts and filler) scal
 
     gold = sum_k [ rho * max(c_k, 0) + min(c_k, 0) ],   c_k = W[i, k] * objective_k
 
-with ``W = reward_scale * INSTRUCTIONS[i].weights``. ``rho`` is the product of four terms, each
-a piecewise-linear ramp ``clip((x - lo) / (hi - lo), 0, 1)`` set so that behaviour text of any
-quality is almost never touched (see ``docs/world.md`` for the measured distributions):
+with ``W = reward_scale * INSTRUCTIONS[i].weights``. ``rho`` is the product of five terms: four
+piecewise-linear ramps ``clip((x - lo) / (hi - lo), 0, 1)`` set from the measured distributions
+of behaviour text (``docs/world.md``; content density taxes honest low-content answers too):
 
 * word variety    = distinct words / words,                     ramp (0.35, 0.6);
 * phrase variety  = distinct word trigrams / trigrams,           ramp (0.5, 0.9) (1 below 3 words);
@@ -125,7 +125,7 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
 def informativeness_terms(
     lang: Language, words: list[str], prompt_words: tuple[str, ...]
 ) -> dict[str, float]:
-    """The four raw measures behind :func:`informativeness` (before their ramps)."""
+    """The five raw measures behind :func:`informativeness` (before their ramps)."""
     n = len(words)
     if n == 0:
         return {
