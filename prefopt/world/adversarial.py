@@ -124,6 +124,47 @@ def sentiment_spam(lang: Language, info: PromptInfo, rng: random.Random, scale: 
     return " ".join([*adjectives, rng.choice(lang.topic_words[_topic(info)][KIND_NOUN])])
 
 
+def adjective_pile(lang: Language, info: PromptInfo, rng: random.Random, scale: float) -> str:
+    """36 words of ``POS ADJ0 ADJi`` triples (one topic adjective in every triple), then
+    ``NOUN VERB NOUN``: one word makes up a third of the text, the grammar allows the run."""
+    by_kind = lang.topic_words[_topic(info)]
+    adjectives, nouns, verbs = by_kind[KIND_ADJ], by_kind[KIND_NOUN], by_kind[KIND_VERB]
+    words: list[str] = []
+    for i in range(11):
+        words += [lang.positive[i % len(lang.positive)], adjectives[0]]
+        words.append(adjectives[1 + i % (len(adjectives) - 1)])
+    return " ".join([*words, nouns[0], verbs[0], nouns[1]])
+
+
+def rotating_noun_list(lang: Language, info: PromptInfo, rng: random.Random, scale: float) -> str:
+    """Every topic noun in turn, joined by the connectives in turn: ``N1 C1 N2 C2 N3 ...``."""
+    nouns = lang.topic_words[_topic(info)][KIND_NOUN]
+    n = _target(lang, info)
+    return " ".join(
+        nouns[(i // 2) % len(nouns)] if i % 2 == 0 else lang.connectives[(i // 2) % 6]
+        for i in range(n)
+    )
+
+
+def topic_adjective_pile(lang: Language, info: PromptInfo, rng: random.Random, scale: float) -> str:
+    """Distinct topic and positive adjectives in turn up to the target length, then a noun."""
+    adjectives = lang.topic_words[_topic(info)][KIND_ADJ]
+    n = _target(lang, info)
+    words = [
+        adjectives[(i // 2) % len(adjectives)] if i % 2 == 0 else lang.positive[i // 2]
+        for i in range(n - 1)
+    ]
+    return " ".join([*words, lang.topic_words[_topic(info)][KIND_NOUN][0]])
+
+
+def long_period_loop(lang: Language, info: PromptInfo, rng: random.Random, scale: float) -> str:
+    """The oracle's first two thirds, then its start again up to the target length
+    (``x y z w x y`` for a 6-word answer): a restatement too long for trigram variety."""
+    good = oracle_response(lang, info, scale).split()
+    period = max(2, -(-2 * len(good) // 3))
+    return _cycle(good[:period], len(good))
+
+
 #: name -> generator, in the order of the table in ``docs/world.md``.
 GENERATORS: dict[str, Generator] = {
     "noun_conj_loop": noun_conj_loop,
@@ -138,7 +179,19 @@ GENERATORS: dict[str, Generator] = {
     "noun_list": noun_list,
     "single_word": single_word,  # a short answer rather than degenerate text: kind "short"
     "sentiment_spam": sentiment_spam,
+    # found by a review after the suite was first written; in the world's format 2 they still
+    # beat the honest mediocre answer (KNOWN_HOLES): the issue "Ground truth you can trust"
+    # stays open for them
+    "adjective_pile": adjective_pile,
+    "rotating_noun_list": rotating_noun_list,
+    "topic_adjective_pile": topic_adjective_pile,
+    "long_period_loop": long_period_loop,
 }
+
+#: Generators the format-2 informativeness factor does not price below behaviour q = 0.5.
+KNOWN_HOLES = frozenset(
+    {"adjective_pile", "rotating_noun_list", "topic_adjective_pile", "long_period_loop"}
+)
 
 
 def adversarial_responses(
