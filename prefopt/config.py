@@ -30,7 +30,9 @@ from prefopt.world.config import WorldConfig
 
 DEFAULT_REGULARISER = "kl"
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+#: The shipped recipes travel inside the package (package data), so an installed prefopt finds
+#: them from any folder; the repository's top-level `recipes/` is a link to this folder.
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,81 @@
+"""`pip install .` (not editable) ships the recipes: `prefopt` works from any folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_a_built_wheel_holds_every_shipped_recipe(tmp_path):
+    from prefopt.config import list_recipes
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("prefopt-*.whl")
+    names = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("prefopt/recipes/")}
+    assert {f"prefopt/recipes/{r}.yaml" for r in list_recipes()} == names
+    assert "dpo" in list_recipes() and "ppo" in list_recipes()
+
+    # installed (not editable) into a fresh environment that borrows the dependencies, and run
+    # from another folder: the recipes come from the package, not from a checkout
+    env_dir = tmp_path / "env"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # the dependencies come from this environment's site-packages, listed after the new one's
+    # own (a .pth line adds a folder without running that folder's own .pth files, so the
+    # editable prefopt of this checkout stays out)
+    (Path(purelib) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import prefopt.config as c; print(c.RECIPES_DIR); "
+            "print(c.load_recipe('dpo').loss.name)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        check=True,
+    ).stdout.split()
+    assert str(env_dir) in out[0] and out[1] == "sigmoid"
