@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -124,20 +125,40 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
     recipe = load_recipe(recipe_name, overrides)  # validates before anything heavy loads
     from prefopt.data import DataError
     from prefopt.train import run_directory, train
-    from prefopt.trainers.base import TrainingError
+    from prefopt.trainers.base import TrainingError, TrainingInterrupted
 
     run_dir = run_directory(recipe)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # what schedulers send
     try:
         summary, run_dir = train(recipe, run_dir)
+    except TrainingInterrupted as exc:
+        where = f"checkpoint {exc.checkpoint}" if exc.checkpoint else "no checkpoint yet"
+        print(
+            f"prefopt: interrupted ({exc.reason}) after step {exc.step}; {where}. Resume with:\n"
+            f"  prefopt train {run_dir / 'recipe.yaml'} output_dir={run_dir} resume=auto",
+            file=sys.stderr,
+        )
+        print(f"run directory: {run_dir}")
+        return 143 if exc.reason == "SIGTERM" else 130
+    except KeyboardInterrupt:  # before training started: nothing to keep
+        print("prefopt: interrupted before the first step", file=sys.stderr)
+        print(f"run directory: {run_dir}")
+        return 130
     except (TrainingError, DataError, OSError) as exc:
         # expected failures (bad data, missing files or models, a diverging run): a message,
         # no traceback; the last checkpoint in the run directory is intact
         print(f"prefopt: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"run directory: {run_dir}")
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _print_summary(summary)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def _eval(run_dir: Path, overrides: list[str]) -> int:

@@ -168,3 +168,53 @@ def test_resuming_an_older_checkpoint_refuses_to_mix_trajectories(tmp_path):
         train(
             tiny_recipe("dpo", tmp_path / "r", *common, f"resume={tmp_path / 'r' / 'checkpoint-2'}")
         )
+
+
+def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
+    """What a scheduler sends: the run writes a checkpoint of the step it completed last, says
+    where and how to resume, prints the run directory and exits 143; `resume=auto` goes on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO, TINY
+
+    run = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "prefopt.cli",
+        "train",
+        "dpo",
+        *TINY,
+        "model.name_or_path=null",
+        "trainer.max_steps=100000",
+        "trainer.save_every=0",
+        f"output_dir={run}",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().split()) > 3
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert out.strip().splitlines()[-1] == f"run directory: {run}"
+    assert "interrupted (SIGTERM)" in err and "resume=auto" in err and "Traceback" not in err
+    (checkpoint,) = list(run.glob("checkpoint-*"))
+    step = int(checkpoint.name.split("-")[1])
+    assert step >= 3 and str(checkpoint) in err
+    resumed = subprocess.run(
+        [*args[:-3], f"trainer.max_steps={step + 2}", f"output_dir={run}", "resume=auto"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {checkpoint} at step {step}" in resumed.stdout

@@ -45,6 +45,15 @@ class TrainingError(RuntimeError):
     pass
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training. ``checkpoint`` holds the last completed step (written
+    at the interruption when the step in progress had not yet changed the weights), or None."""
+
+    def __init__(self, reason: str, step: int, checkpoint: Path | None):
+        super().__init__(reason)
+        self.reason, self.step, self.checkpoint = reason, step, checkpoint
+
+
 class Trainer:
     """Offline trainer base. See the module docstring for the contract with subclasses."""
 
@@ -189,7 +198,35 @@ class Trainer:
         bar = _progress(self.cfg.max_steps, self.step, self.cfg.progress_bar and self.is_main)
         self.model.train()
         self._last_epoch = (self.step * self.cfg.grad_accum - 1) // self.batches_per_epoch
+        self._rng_at_step, self._step_dirty = _rng_state(), False
+        try:
+            self._loop(tracker, window, bar, start_time, start_step)
+        except KeyboardInterrupt as exc:
+            bar.close()
+            tracker.close()
+            raise self._interrupted(exc) from None
+        bar.close()
+        self.save_checkpoint()
+        return self._finish(tracker, start_time)
+
+    def _interrupted(self, exc: KeyboardInterrupt) -> TrainingInterrupted:
+        """Keep the last completed step: write its checkpoint unless the step in progress had
+        already changed the weights (then the last periodic checkpoint is the one to resume)."""
+        if isinstance(exc, TrainingInterrupted):
+            return exc
+        reason = str(exc) or "KeyboardInterrupt"
+        latest = list_checkpoints(self.run_dir)
+        path: Path | None = latest[-1] if latest else None
+        done = self.run_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        if self.step > 0 and not self._step_dirty and not done.exists():
+            path = self.save_checkpoint(rng=self._rng_at_step)
+        elif done.exists():
+            path = done
+        return TrainingInterrupted(reason, self.step, path)
+
+    def _loop(self, tracker, window, bar, start_time, start_step) -> None:
         while self.step < self.cfg.max_steps:
+            self._rng_at_step, self._step_dirty = _rng_state(), False
             epoch = self.training_step(window)
             self.step += 1
             self.on_step_end(self.step)
@@ -205,9 +242,6 @@ class Trainer:
             if self.cfg.save_every and self.step % self.cfg.save_every == 0:
                 self.save_checkpoint()
             bar.update(1)
-        bar.close()
-        self.save_checkpoint()
-        return self._finish(tracker, start_time)
 
     def training_step(self, window: dict[str, list[float]]) -> int:
         """One step of the loop; returns the data epoch it drew from. Offline: ``grad_accum``
@@ -261,6 +295,7 @@ class Trainer:
             )
             grad_norm = float(norm) if norm is not None else None
         self.optimizer.step()
+        self._step_dirty = True  # the weights have moved within the step in progress
         if schedule:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -303,7 +338,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, rng: dict[str, Any] | None = None) -> Path:
+        """Write ``checkpoint-<step>`` atomically; ``rng`` replaces the current RNG states (the
+        interruption handler passes those from the start of the step in progress)."""
         final = self.run_dir / f"{CHECKPOINT_PREFIX}{self.step}"
         self.accelerator.wait_for_everyone()
         if self.is_main and not final.exists():
@@ -323,7 +360,7 @@ class Trainer:
                 {
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
-                    "rng": _rng_state(),
+                    "rng": rng if rng is not None else _rng_state(),
                     "extra": self.extra_state(),
                     "scaler": (
                         self.accelerator.scaler.state_dict()
