@@ -39,3 +39,16 @@ def test_custom_loss_trains_from_its_recipe(tmp_path, monkeypatch):
     pol = PairLogps(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.ones(1), torch.ones(1))
     ref = PairLogps(torch.tensor([-2.0]), torch.tensor([-2.0]), torch.ones(1), torch.ones(1))
     assert math.isclose(loss(pol, ref).loss.item(), math.exp(-0.2), rel_tol=1e-6)
+
+
+def test_prefopt_train_stays_the_function_after_the_submodule_is_imported():
+    import importlib
+
+    import prefopt
+
+    first = prefopt.train
+    importlib.import_module("prefopt.train")  # what any `from prefopt.train import ...` does
+    import prefopt.train  # noqa: F401
+
+    assert callable(prefopt.train) and prefopt.train is first
+    assert prefopt.train.__name__ == "train" and prefopt.load_recipe("dpo").loss.name == "sigmoid"
