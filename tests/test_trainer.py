@@ -198,7 +198,8 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
     )
     deadline = time.time() + 120
     while time.time() < deadline and not (
-        (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().split()) > 3
+        (run / "metrics.jsonl").exists()
+        and len((run / "metrics.jsonl").read_text().splitlines()) >= 3
     ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
@@ -218,3 +219,27 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {checkpoint} at step {step}" in resumed.stdout
+
+
+def test_metrics_hold_each_step_once_after_a_crash_past_the_last_checkpoint(tmp_path, monkeypatch):
+    # a crash (kill -9, an exception) at step 6 after checkpoint-4: steps 5-6 are trained again
+    from prefopt.train import train
+    from prefopt.trainers.preference import PreferenceTrainer
+    from tests.conftest import read_metrics, tiny_recipe
+
+    common = ["model.name_or_path=null", "trainer.max_steps=8", "trainer.save_every=4"]
+    original = PreferenceTrainer.on_step_end
+
+    def crash(self, step):
+        original(self, step)
+        if step == 6 and not getattr(self, "_resumed", False):
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(PreferenceTrainer, "on_step_end", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_recipe("dpo", tmp_path / "run", *common))
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
+    monkeypatch.setattr(PreferenceTrainer, "_resumed", True, raising=False)
+    train(tiny_recipe("dpo", tmp_path / "run", *common, "resume=auto"))
+    steps = [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert steps == list(range(1, 9))

@@ -385,6 +385,21 @@ class Trainer:
         path = self.resume_checkpoint()
         if path is not None:
             self.load_checkpoint(path)
+            if self.is_main:
+                self._drop_metrics_after(self.step)
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """A run killed after its last checkpoint logged steps it will now train again: drop
+        those records so that `metrics.jsonl` holds each step once (written atomically)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, path)
 
     def resume_checkpoint(self) -> Path | None:
         """The checkpoint `resume` points to (None: start fresh). Raises TrainingError early,
