@@ -243,3 +243,25 @@ def test_metrics_hold_each_step_once_after_a_crash_past_the_last_checkpoint(tmp_
     train(tiny_recipe("dpo", tmp_path / "run", *common, "resume=auto"))
     steps = [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m]
     assert steps == list(range(1, 9))
+
+
+def test_a_damaged_checkpoint_is_named_and_auto_resume_falls_back_to_an_intact_one(
+    tmp_path, capsys
+):
+    from prefopt.train import train
+    from prefopt.trainers.base import TrainingError
+    from tests.conftest import tiny_recipe
+
+    common = ["model.name_or_path=null", "trainer.save_every=4", "trainer.keep_checkpoints=3"]
+    train(tiny_recipe("dpo", tmp_path / "run", *common, "trainer.max_steps=8"))
+    damaged = tmp_path / "run" / "checkpoint-8"
+    (damaged / "state.pt").write_bytes(b"")  # a write cut off by a full disk or a kill
+    with pytest.raises(TrainingError, match=r"checkpoint-8: state.pt is empty"):
+        train(tiny_recipe("dpo", tmp_path / "run", *common, f"resume={damaged}"))
+    summary, _ = train(
+        tiny_recipe("dpo", tmp_path / "run", *common, "trainer.max_steps=10", "resume=auto")
+    )
+    out = capsys.readouterr().out
+    assert "set aside as checkpoint-8.corrupt" in out and "resumed from" in out
+    assert "checkpoint-4 at step 4" in out and summary["steps"] == 10
+    assert (tmp_path / "run" / "checkpoint-8.corrupt").is_dir()

@@ -411,7 +411,9 @@ class Trainer:
             ckpts = list_checkpoints(self.run_dir)
             if not ckpts:
                 return None  # nothing yet: start from scratch
-            path = ckpts[-1]
+            path = self._latest_intact(ckpts)
+            if path is None:
+                raise TrainingError(f"resume: no intact checkpoint in {self.run_dir}")
         else:
             path = Path(resume)
             if path.is_dir() and not (path / "trainer_state.json").exists():
@@ -432,15 +434,26 @@ class Trainer:
             )
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
+    def _latest_intact(self, ckpts: list[Path]) -> Path | None:
+        """``resume: auto``: the newest checkpoint whose files read back; a damaged newer one
+        (a truncated write, a full disk) is renamed ``<name>.corrupt`` with a warning, so that
+        it neither blocks the resume nor counts as a later trajectory."""
+        for path in reversed(ckpts):
+            try:
+                _read_checkpoint(path)
+                return path
+            except TrainingError as exc:
+                damaged = path.with_name(path.name + ".corrupt")
+                suffix = 1
+                while damaged.exists():
+                    damaged, suffix = path.with_name(f"{path.name}.corrupt-{suffix}"), suffix + 1
+                if self.is_main:
+                    print(f"warning: {exc}; set aside as {damaged.name}, trying an older one")
+                    os.replace(path, damaged)
+        return None
 
-        try:
-            step = json.loads((path / "trainer_state.json").read_text())["step"]
-            weights = load_file(path / "trainable.safetensors")
-            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise TrainingError(f"cannot read checkpoint {path}: {exc}") from exc
+    def load_checkpoint(self, path: Path) -> None:
+        step, weights, state = _read_checkpoint(path)
         model = self.accelerator.unwrap_model(self.model)
         missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
         if missing:
@@ -458,6 +471,31 @@ class Trainer:
         self.step = int(step)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
+
+
+def _read_checkpoint(path: Path) -> tuple[int, dict[str, Tensor], dict[str, Any]]:
+    """``(step, trainable weights, state)`` of a checkpoint folder, or a TrainingError that
+    names the file that cannot be read and why."""
+    from safetensors.torch import load_file
+
+    names = ("trainer_state.json", "trainable.safetensors", "state.pt")
+    for name in names:
+        file = path / name
+        if not file.is_file():
+            raise TrainingError(f"checkpoint {path}: {name} is missing")
+        if file.stat().st_size == 0:
+            raise TrainingError(f"checkpoint {path}: {name} is empty (0 bytes; a cut-off write?)")
+    current = names[0]
+    try:
+        step = int(json.loads((path / current).read_text())["step"])
+        current = names[1]
+        weights = load_file(path / current)
+        current = names[2]
+        state = torch.load(path / current, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise TrainingError(f"checkpoint {path}: cannot read {current} ({reason})") from exc
+    return step, weights, state
 
 
 def _step_of(path: Path) -> int:
