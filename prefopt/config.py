@@ -145,6 +145,9 @@ class TrainerConfig:
     max_grad_norm: float | None = 1.0  # null: no clipping
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through accelerate)
     device: str = "auto"  # auto | cpu | cuda
+    # a non-finite loss: "error" stops naming the step and the examples (the last checkpoint
+    # stays intact); "skip" drops that micro-batch and counts it in summary.json
+    on_nan: str = "error"
     log_every: int = 10
     eval_every: int = 0  # 0: only at the end
     save_every: int = 0  # 0: only at the end
@@ -256,6 +259,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "smoothing.method": ("none", "ids"),
     "trainer.precision": ("fp32", "bf16", "fp16"),
     "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.on_nan": ("error", "skip"),
     "eval.ead_ngram_space": ("power", "vocab"),
     "value.mode": ("separate", "shared"),
     "value.init": ("auto", "reward_model", "policy"),

@@ -265,3 +265,36 @@ def test_a_damaged_checkpoint_is_named_and_auto_resume_falls_back_to_an_intact_o
     assert "set aside as checkpoint-8.corrupt" in out and "resumed from" in out
     assert "checkpoint-4 at step 4" in out and summary["steps"] == 10
     assert (tmp_path / "run" / "checkpoint-8.corrupt").is_dir()
+
+
+@pytest.mark.parametrize("on_nan", ["error", "skip"])
+def test_a_non_finite_loss_names_the_step_and_examples_or_is_skipped(tmp_path, monkeypatch, on_nan):
+    from prefopt.train import train
+    from prefopt.trainers.base import TrainingError
+    from prefopt.trainers.preference import PreferenceTrainer
+    from tests.conftest import tiny_recipe
+
+    original = PreferenceTrainer.compute_loss
+
+    def poisoned(self, batch):
+        out = original(self, batch)
+        if self.step == 2:  # the third step
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(PreferenceTrainer, "compute_loss", poisoned)
+    recipe = tiny_recipe(
+        "dpo",
+        tmp_path / "run",
+        "model.name_or_path=null",
+        "trainer.max_steps=4",
+        "trainer.save_every=2",
+        f"trainer.on_nan={on_nan}",
+    )
+    if on_nan == "error":
+        with pytest.raises(TrainingError, match=r"at step 3, micro-batch 0, examples \[\d+"):
+            train(recipe)
+        assert (tmp_path / "run" / "checkpoint-2").is_dir()  # the last good one, intact
+    else:
+        summary, _ = train(recipe)
+        assert summary["steps"] == 4 and summary["skipped_non_finite"] == 1

@@ -257,7 +257,15 @@ class Trainer:
             with self.accelerator.accumulate(self.model), self.accelerator.autocast():
                 out = self.compute_loss(batch)
                 loss = out.loss.mean()
-                self.check_finite(loss, f"micro-batch {micro}")
+                if not torch.isfinite(loss) and self.cfg.on_nan == "skip":
+                    self.summary["skipped_non_finite"] = (
+                        self.summary.get("skipped_non_finite", 0) + 1
+                    )
+                    continue  # no backward: this micro-batch adds nothing to the step
+                where = f"micro-batch {micro}"
+                if isinstance(batch.get("index"), Tensor):
+                    where += f", examples {batch['index'].tolist()}"
+                self.check_finite(loss, where)
                 self.accelerator.backward(loss)
             # logged values are means over all processes' examples (a no-op on one process)
             window["loss"].append(self._global_mean(loss.detach()))
