@@ -38,6 +38,16 @@ def _isolated_cache(tmp_path_factory):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def cli_train_dpo(output_dir: Path, *overrides: str) -> list[str]:
+    """The command line of a tiny from-scratch `prefopt train dpo` into `output_dir`."""
+    import sys
+
+    return [
+        sys.executable, "-m", "prefopt.cli", "train", "dpo", *TINY,
+        "model.name_or_path=null", *overrides, f"output_dir={output_dir}",
+    ]  # fmt: skip
+
+
 def tiny_recipe(name: str, output_dir: Path | None, *overrides: str):
     from prefopt.config import load_recipe
 

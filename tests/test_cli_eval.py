@@ -299,20 +299,10 @@ def test_eval_of_an_armorm_run_uses_its_trained_gate(tmp_path, tiny_pretrained):
 
 
 def test_cli_train_prints_the_run_directory_last(tmp_path):
-    from tests.conftest import TINY
+    from tests.conftest import cli_train_dpo
 
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prefopt.cli",
-            "train",
-            "dpo",
-            *TINY,
-            "model.name_or_path=null",
-            "trainer.max_steps=2",
-            f"output_dir={tmp_path / 'run'}",
-        ],
+        cli_train_dpo(tmp_path / "run", "trainer.max_steps=2"),
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -175,24 +175,12 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
     where and how to resume, prints the run directory and exits 143; `resume=auto` goes on."""
     import signal
     import subprocess
-    import sys
     import time
 
-    from tests.conftest import REPO, TINY
+    from tests.conftest import REPO, cli_train_dpo
 
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "prefopt.cli",
-        "train",
-        "dpo",
-        *TINY,
-        "model.name_or_path=null",
-        "trainer.max_steps=100000",
-        "trainer.save_every=0",
-        f"output_dir={run}",
-    ]
+    args = cli_train_dpo(run, "trainer.max_steps=100000", "trainer.save_every=0")
     proc = subprocess.Popen(
         args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -211,7 +199,7 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
     step = int(checkpoint.name.split("-")[1])
     assert step >= 3 and str(checkpoint) in err
     resumed = subprocess.run(
-        [*args[:-3], f"trainer.max_steps={step + 2}", f"output_dir={run}", "resume=auto"],
+        cli_train_dpo(run, f"trainer.max_steps={step + 2}", "resume=auto"),
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -100,3 +100,8 @@ class PromptCollator(_Padder):
                 input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
                 attention_mask[row, width - len(prompt) :] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, **_index(examples)}
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch on ``device`` (tensors moved, other values as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from prefopt.losses.base import PairLogps
+
 
 def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
     """log p(labels) under `logits`, [N, T, V] x [N, T] -> [N, T], computed in fp32.
@@ -28,3 +30,13 @@ def sequence_logps(
     per_token = token_logps(logits[:, :-1], input_ids[:, 1:])
     mask = completion_mask[:, 1:].to(per_token.dtype)
     return (per_token * mask).sum(-1), mask.sum(-1)
+
+
+def pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
+    """Chosen and rejected log-probs of a concatenated pair batch (rows 0..B-1 chosen,
+    B..2B-1 rejected) from one forward pass."""
+    logps, n = sequence_logps(
+        model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    )
+    b = logps.shape[0] // 2
+    return PairLogps(logps[:b], logps[b:], n[:b], n[b:])

@@ -10,17 +10,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from prefopt.data import to_device
 from prefopt.models.loading import model_fingerprint
-from prefopt.trainers.policy import to_device
+from prefopt.models.logps import pair_logps
 
-if TYPE_CHECKING:
-    from prefopt.trainers.preference import PreferenceTrainer
+
+class ReferenceHost(Protocol):
+    """What the cache needs of a trainer (structurally; no trainer import from this layer)."""
+
+    recipe: Any
+    run_dir: Path
+    device: torch.device
+    cfg: Any
+    _collator: Any
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def reference_forward(self) -> AbstractContextManager[Any]: ...
+
+    def reference_model(self) -> nn.Module: ...
 
 
 def data_fingerprint(examples: list[dict[str, Any]]) -> str:
@@ -31,10 +47,8 @@ def data_fingerprint(examples: list[dict[str, Any]]) -> str:
 
 
 def cached_reference_logps(
-    trainer: PreferenceTrainer, examples: list[dict[str, Any]], split: str
+    trainer: ReferenceHost, examples: list[dict[str, Any]], split: str
 ) -> tuple[Tensor, ...]:
-    from prefopt.trainers.preference import pair_logps
-
     cfg = trainer.recipe.reference
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else trainer.run_dir.parent / ".ref_cache"
     with trainer.reference_forward():

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from prefopt.data import BadRows, load_records
+from prefopt.data import BadRows, load_records, to_device  # noqa: F401  (re-exported)
 from prefopt.data.loaders import file_builder
 from prefopt.models.loading import (
     frozen_copy,
@@ -239,7 +239,3 @@ def held_out_split(data: Any) -> str:
     if data.eval_source and file_builder(data.eval_source) is not None:
         return "train"  # the datasets name of a file's only split
     return data.eval_split or "test"
-
-
-def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}

@@ -10,23 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from prefopt.data import PreferenceCollator, tokenize_preference
 from prefopt.losses.base import LossOutput, PairLogps
-from prefopt.models.logps import sequence_logps
+from prefopt.models.logps import pair_logps  # noqa: F401  (re-exported: tests and users import it here)
 from prefopt.registry import get_loss
 from prefopt.trainers.base import TrainingError
 from prefopt.trainers.policy import PolicyTrainer, to_device
 from prefopt.trainers.smoothing import SoftLabelMixin
-
-
-def pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
-    logps, n = sequence_logps(
-        model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-    )
-    b = logps.shape[0] // 2
-    return PairLogps(logps[:b], logps[b:], n[:b], n[b:])
 
 
 class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
