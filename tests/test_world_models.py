@@ -28,11 +28,12 @@ def test_settings_that_shape_the_language_do_change_it():
     assert sft_recipe_for(tiny_recipe("dpo", None, "world.seed=1")) != sft_recipe_for(base)
 
 
-def test_the_world_models_cache_key_changes_with_the_worlds_format_version(monkeypatch):
+def test_the_world_models_cache_key_changes_with_the_worlds_format_version(monkeypatch, tmp_path):
     # a world whose generation or gold reward changed must not reuse a model of the old one
     import prefopt.world_models as wm
     from prefopt.config import load_recipe
 
+    monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))  # an empty cache: nothing to reuse
     seen = []
 
     def fake_train(recipe):  # record the folder the stage would be trained into, train nothing
