@@ -158,7 +158,10 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt("SIGTERM")
+    # stop at the end of the step in progress, so that its checkpoint can always be written
+    from prefopt.trainers.base import request_stop
+
+    request_stop("SIGTERM")
 
 
 def _eval(run_dir: Path, overrides: list[str]) -> int:

@@ -45,6 +45,15 @@ class TrainingError(RuntimeError):
     pass
 
 
+_STOP_REQUESTS: list[str] = []
+
+
+def request_stop(reason: str) -> None:
+    """Ask the running loop to stop at the end of the step in progress (a signal handler's
+    job: SIGTERM); the loop then checkpoints that step and raises TrainingInterrupted."""
+    _STOP_REQUESTS.append(reason)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped training. ``checkpoint`` holds the last completed step (written
     at the interruption when the step in progress had not yet changed the weights), or None."""
@@ -230,6 +239,10 @@ class Trainer:
             epoch = self.training_step(window)
             self.step += 1
             self.on_step_end(self.step)
+            # the step is complete: an interruption from here on keeps it
+            self._rng_at_step, self._step_dirty = _rng_state(), False
+            if _STOP_REQUESTS:
+                raise KeyboardInterrupt(_STOP_REQUESTS.pop())
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
                 record = self._log_record(window, epoch, start_time, start_step)
                 tracker.log(self.step, record)
