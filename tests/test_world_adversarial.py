@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prefopt.world import WorldConfig, build_world
-from prefopt.world.adversarial import GENERATORS, KNOWN_HOLES, hill_climb
+from prefopt.world.adversarial import GENERATORS, hill_climb
 from prefopt.world.diagnostics import adversarial_table, distinct_test_prompts
 
 
@@ -16,27 +16,11 @@ def table():
 
 def test_suite_has_at_least_eight_degenerate_generators(table):
     degenerate = [r for r in table.values() if r["kind"] == "degenerate"]
-    assert len([r for r in degenerate if r["name"] not in KNOWN_HOLES]) >= 8
+    assert len(degenerate) >= 8
     assert {r["name"] for r in table.values()} >= set(GENERATORS)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="a known hole of world format 2 (the issue 'Ground truth you can trust' "
-                "is open for it): strict, so the test says so when a fix closes it",
-            ),
-        )
-        if n in KNOWN_HOLES
-        else n
-        for n in sorted(GENERATORS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_every_generator_scores_well_below_an_honest_mediocre_answer(table, name):
     honest = table["behaviour q=0.5"]
     row = table[name]
@@ -53,11 +37,7 @@ def test_without_informativeness_the_same_suite_games_the_gold_reward():
         r["name"]: r for r in adversarial_table(build_world(WorldConfig(informativeness=False)))
     }
     honest = rows["behaviour q=0.5"]["gold"]
-    winners = [
-        n
-        for n, r in rows.items()
-        if r["kind"] == "degenerate" and r["gold"] > honest and n not in KNOWN_HOLES
-    ]
+    winners = [n for n, r in rows.items() if r["kind"] == "degenerate" and r["gold"] > honest]
     assert len(winners) >= 8, winners
 
 
@@ -94,12 +74,6 @@ def test_informativeness_is_one_for_varied_text_and_zero_for_loops():
     assert rho[0] == 1.0 and rho[1] == 0.0 and rho[2] == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a known hole of world format 2: a black-box search from a restated answer finds "
-    "long adjective piles in which one word makes up a quarter of the text at rho = 1",
-)
 def test_black_box_search_from_degenerate_starts_finds_only_varied_text():
     from collections import Counter
 

@@ -179,19 +179,12 @@ GENERATORS: dict[str, Generator] = {
     "noun_list": noun_list,
     "single_word": single_word,  # a short answer rather than degenerate text: kind "short"
     "sentiment_spam": sentiment_spam,
-    # found by a review after the suite was first written; in the world's format 2 they still
-    # beat the honest mediocre answer (KNOWN_HOLES): the issue "Ground truth you can trust"
-    # stays open for them
+    # found by a review of format 2, which they beat; format 3 prices them (docs/world.md)
     "adjective_pile": adjective_pile,
     "rotating_noun_list": rotating_noun_list,
     "topic_adjective_pile": topic_adjective_pile,
     "long_period_loop": long_period_loop,
 }
-
-#: Generators the format-2 informativeness factor does not price below behaviour q = 0.5.
-KNOWN_HOLES = frozenset(
-    {"adjective_pile", "rotating_noun_list", "topic_adjective_pile", "long_period_loop"}
-)
 
 
 def adversarial_responses(

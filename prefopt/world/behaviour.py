@@ -6,7 +6,9 @@
   shrinks with q), otherwise uniform in ``[1, max_response_words]``;
 * next tag: with probability q an allowed successor of the previous tag, else any tag;
 * content words: with probability q from the prompt's topic (sometimes copying a prompt word),
-  else from another topic; with probability ``0.1 (1 - q)`` a word is replaced by random junk
+  else from another topic; with probability q a content or sentiment word the response has
+  not used yet (a good writer varies their wording; format 3 of the world); with probability
+  ``0.1 (1 - q)`` a word is replaced by random junk
   (any word, e.g. an instruction word);
 * adjective slots sometimes hold sentiment words, positive with probability ``0.5 + 0.45 q``
   (and more often for the ``cheer`` instruction); noun slots hold a banned word with
@@ -66,6 +68,16 @@ def sample_tags(n: int, q: float, rng: random.Random) -> list[str]:
     return tags
 
 
+def _varied_choice(rng: random.Random, items: list[str], q: float, used: set[str]) -> str:
+    """A word of ``items``; with probability ``q`` one the response has not used yet (a good
+    writer varies their wording), when there is one."""
+    if rng.random() < q:
+        fresh = [w for w in items if w not in used]
+        if fresh:
+            return _choice(rng, fresh)
+    return _choice(rng, items)
+
+
 def _content_word(
     lang: Language,
     tag: str,
@@ -73,14 +85,17 @@ def _content_word(
     q: float,
     topics: list[int],
     rng: random.Random,
+    used: set[str],
 ) -> str:
     kind = TAG_KIND[tag]
     topic = prompt.topic
     if topic is not None and rng.random() < q:
         copies = [w for w in prompt.words if w in lang.info and lang.info[w].kind == kind]
         if copies and rng.random() < 0.3:
-            return _choice(rng, copies)
-        return _choice(rng, lang.topic_words[topic][kind])
+            fresh = [w for w in copies if w not in used]
+            if fresh or rng.random() >= q:  # a good writer does not copy the same word again
+                return _choice(rng, fresh or copies)
+        return _varied_choice(rng, lang.topic_words[topic][kind], q, used)
     others = [t for t in topics if t != topic] or topics
     return _choice(rng, lang.topic_words[others[int(rng.random() * len(others))]][kind])
 
@@ -92,6 +107,7 @@ def _word_for_tag(
     q: float,
     topics: list[int],
     rng: random.Random,
+    used: set[str],
 ) -> str:
     if tag == DET:
         return _choice(rng, lang.determiners)
@@ -101,12 +117,12 @@ def _word_for_tag(
         p_sent = 0.3 + (0.4 * q if prompt.instruction == CHEER else 0.0)
         if rng.random() < p_sent:
             positive = rng.random() < 0.5 + 0.45 * q
-            return _choice(rng, lang.positive if positive else lang.negative)
+            return _varied_choice(rng, lang.positive if positive else lang.negative, q, used)
     if tag == NOUN:
         p_ban = 0.3 * (1 - q) ** 2 * (0.5 if prompt.instruction == CAREFUL else 1.0)
         if rng.random() < p_ban:
             return _choice(rng, lang.banned)
-    return _content_word(lang, tag, prompt, q, topics, rng)
+    return _content_word(lang, tag, prompt, q, topics, rng, used)
 
 
 def junk_pool(lang: Language, topics: list[int]) -> list[str]:
@@ -130,12 +146,12 @@ def behaviour_response(
     q = float(min(max(q, 0.0), 1.0))
     n = sample_length(lang, prompt, q, rng)
     junk = junk_pool(lang, topics)
-    words = []
+    words: list[str] = []
     for tag in sample_tags(n, q, rng):
         if rng.random() < 0.1 * (1 - q):
             words.append(_choice(rng, junk))
         else:
-            words.append(_word_for_tag(lang, tag, prompt, q, topics, rng))
+            words.append(_word_for_tag(lang, tag, prompt, q, topics, rng, set(words)))
     return " ".join(words)
 
 
@@ -147,13 +163,25 @@ def random_text(lang: Language, rng: random.Random, topics: list[int] | None = N
 
 
 def _oracle_candidate(lang: Language, topic: int, n: int, n_sent: int, sentiment: list[str]) -> str:
-    """``n_sent`` sentiment adjectives then an alternating on-topic NOUN VERB NOUN ... chain."""
+    """An alternating on-topic ``NOUN VERB NOUN ...`` chain of ``n - n_sent`` words with
+    ``n_sent`` sentiment adjectives spread over its nouns (``ADJ NOUN VERB ADJ NOUN ...``:
+    one before each noun in turn, then a second one, never a long adjective run)."""
     nouns = lang.topic_words[topic][KIND_NOUN]
     verbs = lang.topic_words[topic][KIND_VERB]
-    words = [sentiment[i % len(sentiment)] for i in range(n_sent)]
-    for i in range(n - n_sent):
-        pool = nouns if i % 2 == 0 else verbs
-        words.append(pool[(i // 2) % len(pool)])
+    chain = [
+        (nouns if i % 2 == 0 else verbs)[(i // 2) % len(nouns if i % 2 == 0 else verbs)]
+        for i in range(n - n_sent)
+    ]
+    n_nouns = (len(chain) + 1) // 2
+    before = [n_sent // n_nouns + (1 if j < n_sent % n_nouns else 0) for j in range(n_nouns)]
+    words: list[str] = []
+    used = 0
+    for i, word in enumerate(chain):
+        if i % 2 == 0:
+            for _ in range(before[i // 2]):
+                words.append(sentiment[used % len(sentiment)])
+                used += 1
+        words.append(word)
     return " ".join(words)
 
 

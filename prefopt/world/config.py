@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: Bumped whenever generation logic changes, so on-disk caches keyed by config are invalidated.
-WORLD_FORMAT_VERSION = 2
+WORLD_FORMAT_VERSION = 3
 
 COMPARISON_COUNT_MODES = ("uniform", "long_tail")
 

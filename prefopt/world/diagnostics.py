@@ -58,6 +58,12 @@ def _credit_weighted(records: list[dict[str, Any]], side: str, weights: np.ndarr
     return (rho[:, None] * np.clip(c, 0, None) + np.clip(c, None, 0)).sum(axis=1)
 
 
+def _sign(x: np.ndarray, tol: float = 1e-5) -> np.ndarray:
+    """Sign with a tolerance for the 6-decimal rounding of the stored objectives (a tie of two
+    degenerate responses, both at gold 0, must not read as a preference)."""
+    return np.where(np.abs(x) < tol, 0.0, np.sign(x))
+
+
 def context_dependence(world: World) -> dict[str, Any]:
     """Accuracy vs the gold sign on test pairs: best fixed weighting vs true gated weights."""
     beta = fit_fixed_weighting(objective_differences(world.preference_records("train")))
@@ -65,8 +71,8 @@ def context_dependence(world: World) -> dict[str, Any]:
     diffs = objective_differences(test)
     gold_sign = np.sign([r["metadata"]["gold_gap"] for r in test])
     weights = world.objective_weights([r["prompt"] for r in test]).double().numpy()
-    linear = np.sign((diffs * weights).sum(axis=1))
-    gated = np.sign(
+    linear = _sign((diffs * weights).sum(axis=1))
+    gated = _sign(
         _credit_weighted(test, "chosen", weights) - _credit_weighted(test, "rejected", weights)
     )
     return {

@@ -15,23 +15,32 @@ arbitrary junk -- is an *unknown* word with no category):
   no content (empty, ``<unk>``...) gets a gold reward near 0 rather than a safety bonus.
 
 Degenerate text earns no credit: an **informativeness** factor ``rho`` in [0, 1] (1 for honest
-text, near 0 for loops, repetition, restatement, copied prompts and filler) scales every
+text, near 0 for loops, repetition, restatement, copied prompts, lists and filler) scales every
 *credit* of the weighted objectives while every *penalty* counts in full:
 
     gold = sum_k [ rho * max(c_k, 0) + min(c_k, 0) ],   c_k = W[i, k] * objective_k
 
-with ``W = reward_scale * INSTRUCTIONS[i].weights``. ``rho`` is the product of five terms: four
-piecewise-linear ramps ``clip((x - lo) / (hi - lo), 0, 1)`` set from the measured distributions
-of behaviour text (``docs/world.md``; content density taxes honest low-content answers too):
+with ``W = reward_scale * INSTRUCTIONS[i].weights``. ``rho`` is the product of ten terms: nine
+piecewise-linear ramps ``clip((x - lo) / (hi - lo), 0, 1)`` (``lo > hi`` for a decreasing one)
+set from the measured distributions of behaviour text (``docs/world.md``):
 
 * word variety    = distinct words / words,                     ramp (0.35, 0.6);
 * phrase variety  = distinct word trigrams / trigrams,           ramp (0.5, 0.9) (1 below 3 words);
+* pair variety    = distinct word bigrams / bigrams,             ramp (0.75, 0.9) (1 below 2 words);
 * no dominant word: 1 - (count of the most frequent word - 1) / (words - 1), ramp (0.5, 0.7)
   (1 below 2 words);
+* repetition      = (uses of a content or sentiment word beyond its second, plus words said
+  twice in a row) / words,                                       ramp (0.15, 0.03);
 * content density = topic content words / words,                ramp (0.25, 0.55) (a noun, verb or
   adjective of some topic; function, sentiment, banned and instruction words carry no content);
+* substance       = number of topic content words,               ramp (0, 3);
+* part-of-speech balance = words not of the most common open tag (ADJ, NOUN, VERB) / open-tag
+  words, ramp (0.1, 0.25) (1 below 3 open-tag words): a list of nouns or a pile of adjectives
+  is not an answer;
+* adjective run   = the longest run of adjectives,               ramp (7, 4);
 
 times ``1 -`` the fraction of the completion's word trigrams that occur in the prompt (copying).
+Format 2 of the world had the first, second, fourth and sixth ramps and the copy term.
 
 Prompts with no recognisable instruction use the mean weight row; with no recognisable topic
 relevance is 0. Everything here is pure Python/NumPy and never raises on odd strings.
@@ -45,7 +54,9 @@ from collections import Counter
 import numpy as np
 
 from prefopt.world.language import (
+    ADJ,
     ALLOWED_TRANSITIONS,
+    CONTENT_KINDS,
     FUNCTION_TAGS,
     INSTRUCTIONS,
     KIND_BANNED,
@@ -57,6 +68,8 @@ from prefopt.world.language import (
 )
 
 N_OBJECTIVES = len(OBJECTIVE_NAMES)
+#: Word kinds whose repetition reads as repetition (function words recur in any text).
+_WORDING_KINDS = frozenset({*CONTENT_KINDS, KIND_POS, KIND_NEG})
 
 
 def completion_words(completion: object) -> list[str]:
@@ -111,6 +124,11 @@ WORD_VARIETY_RAMP = (0.35, 0.6)
 PHRASE_VARIETY_RAMP = (0.5, 0.9)
 NO_DOMINANT_WORD_RAMP = (0.5, 0.7)
 CONTENT_DENSITY_RAMP = (0.25, 0.55)
+PAIR_VARIETY_RAMP = (0.75, 0.9)
+TAG_BALANCE_RAMP = (0.1, 0.25)
+SUBSTANCE_RAMP = (0.0, 3.0)
+REPETITION_RAMP = (0.15, 0.03)  # decreasing
+ADJECTIVE_RUN_RAMP = (7.0, 4.0)  # decreasing: runs of up to 4 adjectives are free, 7 get nothing
 
 
 def _ramp(x: float, bounds: tuple[float, float]) -> float:
@@ -134,7 +152,21 @@ def informativeness_terms(
             "no_dominant_word": 1.0,
             "content_density": 0.0,
             "copy": 0.0,
+            "pair_variety": 1.0,
+            "tag_balance": 1.0,
+            "adjective_run": 0.0,
+            "substance": 0.0,
+            "repetition": 0.0,
         }
+    bigrams = _ngrams(words, 2)
+    tags = [lang.info[w].tag if w in lang.info else None for w in words]
+    open_tags = Counter(t for t in tags if t is not None and t not in FUNCTION_TAGS)
+    n_open = sum(open_tags.values())
+    minority = n_open - max(open_tags.values(), default=0)
+    run = longest = 0
+    for tag in tags:
+        run = run + 1 if tag == ADJ else 0
+        longest = max(longest, run)
     trigrams = _ngrams(words, 3)
     content = sum(1 for w in words if _is_topic_word(lang, w))
     prompt_trigrams = set(_ngrams(list(prompt_words), 3))
@@ -146,7 +178,19 @@ def informativeness_terms(
         "no_dominant_word": 1.0 - (top - 1) / (n - 1) if n > 1 else 1.0,
         "content_density": content / n,
         "copy": copied / len(trigrams) if trigrams else 0.0,
+        "pair_variety": len(set(bigrams)) / len(bigrams) if bigrams else 1.0,
+        "tag_balance": minority / n_open if n_open >= 3 else 1.0,
+        "adjective_run": float(longest),
+        "substance": float(content),
+        "repetition": _repetitions(lang, words) / n,
     }
+
+
+def _repetitions(lang: Language, words: list[str]) -> int:
+    """Uses of a content or sentiment word beyond its second, plus words said twice in a row."""
+    counts = Counter(w for w in words if w in lang.info and lang.info[w].kind in _WORDING_KINDS)
+    again = sum(1 for a, b in zip(words[:-1], words[1:], strict=True) if a == b)
+    return sum(max(0, c - 2) for c in counts.values()) + again
 
 
 def _is_topic_word(lang: Language, word: str) -> bool:
@@ -165,6 +209,11 @@ def informativeness(lang: Language, words: list[str], prompt_words: tuple[str, .
         * _ramp(t["no_dominant_word"], NO_DOMINANT_WORD_RAMP)
         * _ramp(t["content_density"], CONTENT_DENSITY_RAMP)
         * (1.0 - t["copy"])
+        * _ramp(t["pair_variety"], PAIR_VARIETY_RAMP)
+        * _ramp(t["tag_balance"], TAG_BALANCE_RAMP)
+        * _ramp(t["adjective_run"], ADJECTIVE_RUN_RAMP)
+        * _ramp(t["substance"], SUBSTANCE_RAMP)
+        * _ramp(t["repetition"], REPETITION_RAMP)
     )
 
 
