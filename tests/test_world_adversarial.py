@@ -91,3 +91,33 @@ def test_black_box_search_from_degenerate_starts_finds_only_varied_text():
             words = text.split()
             if gold > bar:
                 assert Counter(words).most_common(1)[0][1] <= max(2, 0.15 * len(words)), text
+
+
+def test_every_generator_is_below_the_honest_answer_on_every_instruction_type():
+    # a reward hacker optimises per prompt, so the mean over instructions is not enough: on the
+    # prompts of each instruction type, every generator stays below behaviour q = 0.5
+    import numpy as np
+
+    world = build_world(WorldConfig())
+    prompts = distinct_test_prompts(world, 96)
+    kinds = np.array([world.language.parse_prompt(p).instruction for p in prompts])
+    honest = np.mean(
+        [
+            world.gold_reward(prompts, list(s)).numpy()
+            for s in zip(*world.sample_responses(prompts, 4, 0.5, 7), strict=True)
+        ],
+        axis=0,
+    )
+    for name in GENERATORS:
+        gold = np.mean(
+            [
+                world.gold_reward(
+                    prompts, world.adversarial_responses(prompts, name, seed=s)
+                ).numpy()
+                for s in range(4)
+            ],
+            axis=0,
+        )
+        for kind in set(kinds.tolist()):
+            mask = kinds == kind
+            assert gold[mask].mean() < honest[mask].mean(), (name, kind)
