@@ -20,7 +20,7 @@ class _Package(types.ModuleType):
 
     @property
     def train(self):  # type: ignore[override]
-        from prefopt.train import train
+        from prefopt.pipeline.run import train
 
         return train
 

@@ -124,7 +124,8 @@ def _recipes() -> int:
 def _train(recipe_name: str, overrides: list[str]) -> int:
     recipe = load_recipe(recipe_name, overrides)  # validates before anything heavy loads
     from prefopt.data import DataError
-    from prefopt.train import run_directory, train
+    from prefopt.pipeline.run import train
+    from prefopt.train import run_directory
     from prefopt.trainers.base import TrainingError, TrainingInterrupted
 
     run_dir = run_directory(recipe)
@@ -240,7 +241,7 @@ def _compare_rm(args: argparse.Namespace) -> int:
     from prefopt.registry import get_loss
     from prefopt.rewards.scorers import load_scorer
     from prefopt.world import build_world
-    from prefopt.world_models import PAIR_ONLY_FIELDS
+    from prefopt.world.config import PAIR_ONLY_FIELDS
 
     def usage(message: str) -> int:
         print(f"prefopt compare-rm: {message}", file=sys.stderr)
@@ -326,15 +327,15 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _world_of(models: list[str]):
     """The world a reward model was trained on (its run's recipe), else the default world."""
+    from prefopt.paths import cache_dir
     from prefopt.world import WorldConfig, build_world
-    from prefopt.world_models import world_cache_dir
 
     for spec in models:
         for part in spec.split(","):
             recipe_file = Path(part) / "recipe.yaml"
             if recipe_file.exists():
-                return build_world(load_recipe(recipe_file).world, cache_dir=world_cache_dir())
-    return build_world(WorldConfig(), cache_dir=world_cache_dir())
+                return build_world(load_recipe(recipe_file).world, cache_dir=cache_dir())
+    return build_world(WorldConfig(), cache_dir=cache_dir())
 
 
 def _print_summary(summary: dict) -> None:

@@ -35,7 +35,10 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
     recipe.reference.mode = "copy"
     recipe.reference.name_or_path = reference_path
     recipe.resume = None
+    from prefopt.pipeline.world_models import resolve_world_models
     from prefopt.train import trainer_class
+
+    recipe = resolve_world_models(recipe)  # e.g. an online run's reward model (world:rm)
 
     eval_dir = run_dir / "eval"
     trainer = trainer_class(recipe)(recipe, eval_dir, for_eval=True)
@@ -52,11 +55,9 @@ def _resolve_model(name: str | None, recipe: Any) -> str | None:
     """A model folder for a recipe's ``name_or_path`` (``world:sft`` trains or finds the
     world's cached model)."""
     if name is not None and name.startswith("world:"):
-        from prefopt.world_models import WORLD_MODELS
+        from prefopt.pipeline.world_models import world_model
 
-        if name not in WORLD_MODELS:
-            raise ConfigError([f"{name}: not one of {', '.join(WORLD_MODELS)}"])
-        return str(WORLD_MODELS[name](recipe))
+        return str(world_model(recipe, name))
     return name
 
 
@@ -89,10 +90,10 @@ def evaluate_armorm(recipe: Any, model_dir: Path) -> dict[str, Any]:
     data = recipe.data
     world = None
     if data.source == "world":
+        from prefopt.paths import cache_dir
         from prefopt.world import build_world
-        from prefopt.world_models import world_cache_dir
 
-        world = build_world(recipe.world, cache_dir=world_cache_dir())
+        world = build_world(recipe.world, cache_dir=cache_dir())
         records = world.preference_records(data.eval_split or "test")
         records = records[: data.max_eval_rows] if data.max_eval_rows else records
     else:
@@ -143,8 +144,9 @@ def compare_policies(
 
     from prefopt.eval.gold import format_policy_comparison, paired_policy_comparison
     from prefopt.models.loading import load_pretrained
+    from prefopt.paths import cache_dir
     from prefopt.world import build_world
-    from prefopt.world_models import PAIR_ONLY_FIELDS, world_cache_dir
+    from prefopt.world.config import PAIR_ONLY_FIELDS
 
     runs = {m: load_recipe(Path(m) / "recipe.yaml") for m in (a, b) if _is_run(m)}
     if not runs:
@@ -190,7 +192,7 @@ def compare_policies(
 
     paths = {"a": folder(a), "b": folder(b)}
     ref_path = folder(ref_name) if ref_name is not None else None
-    world = build_world(recipe.world, cache_dir=world_cache_dir())
+    world = build_world(recipe.world, cache_dir=cache_dir())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = {k: load_pretrained(p).to(device).eval() for k, p in paths.items()}
     ref_model = load_pretrained(ref_path).to(device).eval() if ref_path is not None else None

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.config import Recipe, save_recipe
+from prefopt.paths import RUNS_DIR
 from prefopt.registry import get_loss
-
-RUNS_DIR = Path("runs")
 
 
 def trainer_class(recipe: Recipe) -> type:
@@ -49,10 +48,16 @@ def run_directory(recipe: Recipe) -> Path:
     return path
 
 
-def train(recipe: Recipe, run_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
+def train(
+    recipe: Recipe, run_dir: Path | None = None, saved: Recipe | None = None
+) -> tuple[dict[str, Any], Path]:
     """Train `recipe` in `run_dir` (default: `run_directory(recipe)`); returns (summary, run
-    directory). A fresh run (no `resume`) refuses a folder that already holds checkpoints, so a
-    later `resume: auto` can never pick up weights of another run."""
+    directory). Its model names must be folders or hub names: ``world:sft`` and the other
+    pipeline names are resolved by :func:`prefopt.pipeline.run.train` (what ``prefopt.train``
+    and ``prefopt train`` call); ``saved`` is the recipe written to ``recipe.yaml`` (default:
+    `recipe`), the unresolved one there. A fresh run (no `resume`) refuses a folder that
+    already holds checkpoints, so a later `resume: auto` can never pick up weights of another
+    run."""
     from prefopt.trainers.base import TrainingError, list_checkpoints
 
     run_dir = run_dir or run_directory(recipe)
@@ -64,5 +69,5 @@ def train(recipe: Recipe, run_dir: Path | None = None) -> tuple[dict[str, Any], 
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = trainer_class(recipe)(recipe, run_dir)
     trainer.resume_checkpoint()  # a resume that cannot work fails before the recipe is written
-    save_recipe(recipe, run_dir / "recipe.yaml")
+    save_recipe(saved or recipe, run_dir / "recipe.yaml")
     return trainer.train(), run_dir

@@ -60,7 +60,7 @@ def train_until_interrupted(recipe, step: int, monkeypatch) -> None:
     written, as a crash would; `Trainer.save_checkpoint` is restored afterwards."""
     import pytest
 
-    from prefopt.train import train
+    from prefopt.pipeline.run import train
     from prefopt.trainers.base import Trainer
 
     original = Trainer.save_checkpoint

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from prefopt.cli import main
-from prefopt.train import train
+from prefopt.pipeline.run import train
 from tests.conftest import REPO, SHARED_DATA, tiny_recipe
 
 HH = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"

@@ -5,7 +5,7 @@ import math
 import torch
 
 from prefopt.losses.base import PairLogps
-from prefopt.train import train
+from prefopt.pipeline.run import train
 from tests.conftest import REPO, tiny_recipe
 
 

@@ -124,7 +124,7 @@ def test_reference_free_loss_builds_no_reference(tmp_path):
 
 
 def test_tiny_llama_family_trains(tmp_path):
-    from prefopt.train import train
+    from prefopt.pipeline.run import train
 
     summary, _ = train(
         tiny_recipe("sft", tmp_path / "l", "model.tiny.family=llama", "trainer.max_steps=2")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefopt.train import train
+from prefopt.pipeline.run import train
 from prefopt.trainers.online import OnlineTrainer
 from tests.conftest import read_metrics, tiny_recipe, train_until_interrupted
 

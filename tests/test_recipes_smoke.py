@@ -3,7 +3,7 @@
 import pytest
 
 from prefopt.config import list_recipes
-from prefopt.train import train
+from prefopt.pipeline.run import train
 from tests.conftest import tiny_recipe
 
 EXTRA = {

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from prefopt.pipeline.run import train
 from prefopt.rewards.scorers import EnsembleScorer, RewardModelScorer, load_scorer
-from prefopt.train import train
 from prefopt.trainers.base import Trainer, TrainingError
 from prefopt.trainers.reward import RewardTrainer, reward_metrics
 from tests.conftest import read_metrics, tiny_recipe, train_until_interrupted

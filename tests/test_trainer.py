@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefopt.train import train
+from prefopt.pipeline.run import train
 from prefopt.trainers.base import list_checkpoints
 from tests.conftest import read_metrics, tiny_recipe, train_until_interrupted
 
@@ -211,7 +211,7 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
 
 def test_metrics_hold_each_step_once_after_a_crash_past_the_last_checkpoint(tmp_path, monkeypatch):
     # a crash (kill -9, an exception) at step 6 after checkpoint-4: steps 5-6 are trained again
-    from prefopt.train import train
+    from prefopt.pipeline.run import train
     from prefopt.trainers.preference import PreferenceTrainer
     from tests.conftest import read_metrics, tiny_recipe
 
@@ -236,7 +236,7 @@ def test_metrics_hold_each_step_once_after_a_crash_past_the_last_checkpoint(tmp_
 def test_a_damaged_checkpoint_is_named_and_auto_resume_falls_back_to_an_intact_one(
     tmp_path, capsys
 ):
-    from prefopt.train import train
+    from prefopt.pipeline.run import train
     from prefopt.trainers.base import TrainingError
     from tests.conftest import tiny_recipe
 
@@ -257,7 +257,7 @@ def test_a_damaged_checkpoint_is_named_and_auto_resume_falls_back_to_an_intact_o
 
 @pytest.mark.parametrize("on_nan", ["error", "skip"])
 def test_a_non_finite_loss_names_the_step_and_examples_or_is_skipped(tmp_path, monkeypatch, on_nan):
-    from prefopt.train import train
+    from prefopt.pipeline.run import train
     from prefopt.trainers.base import TrainingError
     from prefopt.trainers.preference import PreferenceTrainer
     from tests.conftest import tiny_recipe

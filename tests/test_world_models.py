@@ -1,12 +1,10 @@
 """The cached `world:sft` policy: keyed by what shapes it, shared across pair-only settings."""
 
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
-
+from prefopt.pipeline.world_models import sft_recipe_for
 from prefopt.world import build_world
-from prefopt.world_models import PAIR_ONLY_FIELDS, sft_recipe_for
+from prefopt.world.config import PAIR_ONLY_FIELDS
 from tests.conftest import tiny_recipe
 
 
@@ -30,24 +28,23 @@ def test_settings_that_shape_the_language_do_change_it():
 
 def test_the_world_models_cache_key_changes_with_the_worlds_format_version(monkeypatch, tmp_path):
     # a world whose generation or gold reward changed must not reuse a model of the old one
-    import prefopt.world_models as wm
+    import prefopt.pipeline.cache as cache
     from prefopt.config import load_recipe
+    from prefopt.pipeline.world_models import world_model_folder
 
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))  # an empty cache: nothing to reuse
-    seen = []
-
-    def fake_train(recipe):  # record the folder the stage would be trained into, train nothing
-        seen.append(Path(recipe.output_dir).name.split(".tmp-")[0])
-        raise RuntimeError("stop")
-
-    import sys
-
-    import prefopt.train  # noqa: F401  (the module; the package attribute is the function)
-
-    monkeypatch.setattr(sys.modules["prefopt.train"], "train", fake_train)
     recipe = load_recipe("dpo")
-    for version in (wm.WORLD_FORMAT_VERSION, wm.WORLD_FORMAT_VERSION + 1):
-        monkeypatch.setattr(wm, "WORLD_FORMAT_VERSION", version)
-        with pytest.raises(RuntimeError, match="stop"):
-            wm.world_sft_model(recipe)
-    assert len(seen) == 2 and seen[0] != seen[1]
+    seen = []
+    for version in (cache.WORLD_FORMAT_VERSION, cache.WORLD_FORMAT_VERSION + 1):
+        monkeypatch.setattr(cache, "WORLD_FORMAT_VERSION", version)
+        seen.append(world_model_folder(recipe, "world:sft").name)
+    assert len(set(seen)) == 2 and all(s.startswith("world-sft-") for s in seen)
+
+
+def test_how_a_stage_runs_stays_out_of_its_identity():
+    from prefopt.pipeline.cache import stage_identity
+
+    a = tiny_recipe("sft", None)
+    b = tiny_recipe("sft", None, "trainer.device=cpu", "trainer.progress_bar=false", "output_dir=x")
+    assert stage_identity(a) == stage_identity(b)
+    assert stage_identity(a) != stage_identity(tiny_recipe("sft", None, "trainer.lr=0.1"))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from prefopt.data import tokenize_prompts
 from prefopt.losses.armorm import ArmoRMConfig
 from prefopt.rewards.armorm import ArmoRMHead, ObjectiveMLP
-from prefopt.rewards.scorers import encode_pairs
+from prefopt.rewards.encoding import encode_pairs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -19,38 +19,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from prefopt.data import SFTCollator, tokenize_sft
+from prefopt.data import SFTCollator
+from prefopt.rewards.encoding import encode_pairs
 from prefopt.rewards.ensemble import combine_rewards
 
 
 @runtime_checkable
 class Scorer(Protocol):
     def score(self, prompts: list[str], completions: list[str]) -> Tensor: ...
-
-
-def encode_pairs(
-    tokenizer: Any,
-    prompts: list[str],
-    completions: list[str],
-    max_length: int,
-    max_prompt_length: int,
-) -> list[dict[str, Any]]:
-    """Prompt + completion ids exactly as in training (separate tokenization, EOS appended).
-    Empty completions are kept (scored as EOS alone) so that outputs align with inputs."""
-    examples = tokenize_sft(
-        [
-            {"prompt": p, "completion": c if c.strip() else " "}
-            for p, c in zip(prompts, completions, strict=True)
-        ],
-        tokenizer,
-        max_length=max_length,
-        max_prompt_length=max_prompt_length,
-    )
-    if len(examples) != len(prompts):
-        raise ValueError(
-            "some prompts fill max_length on their own; raise max_length to score them"
-        )
-    return examples
 
 
 class RewardModelScorer:
@@ -149,10 +125,10 @@ def load_scorer(
             [load_scorer(p, device=device) for p in parts], ensemble_mode, ensemble_coef
         )
     if spec == "world":
+        from prefopt.paths import cache_dir
         from prefopt.world import WorldConfig, build_world
-        from prefopt.world_models import world_cache_dir
 
-        return build_world(WorldConfig(), cache_dir=world_cache_dir())
+        return build_world(WorldConfig(), cache_dir=cache_dir())
     folder = _model_folder(Path(spec))
     if (folder / "armorm.json").exists():
         from prefopt.rewards.armorm_model import ArmoRMScorer

@@ -69,7 +69,7 @@ from prefopt.rl.kl import FixedKLController, kl_penalty
 from prefopt.rl.ppo import entropy_from_logits, explained_variance, token_aggregate
 from prefopt.rl.rollout import Rollout
 from prefopt.trainers.base import TrainingError
-from prefopt.trainers.policy import PolicyTrainer
+from prefopt.trainers.policy import PolicyTrainer, unresolved_check
 
 CRITIC_FREE = ("rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline")
 
@@ -163,12 +163,8 @@ class OnlineTrainer(PolicyTrainer):
             raise TrainingError(f"reward.scorer: cannot load {spec!r}: {exc}") from exc
 
     def _resolve(self, spec: str) -> str:
-        if spec.startswith("world:"):
-            from prefopt.world_models import WORLD_MODELS
-
-            if spec not in WORLD_MODELS:
-                raise TrainingError(f"reward.scorer: unknown {spec!r}; use {sorted(WORLD_MODELS)}")
-            return str(WORLD_MODELS[spec](self.recipe))
+        for part in spec.split(","):
+            unresolved_check("reward.scorer", part)
         return spec
 
     def build_value(self) -> None:

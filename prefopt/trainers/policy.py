@@ -30,6 +30,17 @@ if TYPE_CHECKING:
 WORLD = "world"
 
 
+def unresolved_check(key: str, name: str | None) -> str | None:
+    """Trainers are given model folders: a pipeline name (``world:sft``) must have been
+    resolved by ``prefopt.pipeline`` (``prefopt.train`` / ``prefopt train`` do it)."""
+    if name is not None and name.strip().startswith("world:"):
+        raise TrainingError(
+            f"{key}: {name!r} is a pipeline name; run the recipe with prefopt.train or "
+            "`prefopt train`, which resolve it to the cached model's folder"
+        )
+    return name
+
+
 class PolicyTrainer(Trainer):
     """Base for trainers whose model is a causal-LM policy."""
 
@@ -40,10 +51,10 @@ class PolicyTrainer(Trainer):
         self.world = None
         name = recipe.model.name_or_path
         if recipe.data.source == WORLD or name is None or name.startswith("world:"):
+            from prefopt.paths import cache_dir
             from prefopt.world import build_world
-            from prefopt.world_models import world_cache_dir
 
-            self.world = build_world(recipe.world, cache_dir=world_cache_dir())
+            self.world = build_world(recipe.world, cache_dir=cache_dir())
         self.init_path = self.resolve_init_path()
         self.tokenizer = self.build_tokenizer()
         self._collator = self.make_collator()
@@ -81,15 +92,7 @@ class PolicyTrainer(Trainer):
 
     def resolve_init_path(self) -> str | None:
         name = self.recipe.model.name_or_path
-        if name is not None and name.startswith("world:"):
-            from prefopt.world_models import WORLD_MODELS
-
-            if name not in WORLD_MODELS:
-                raise TrainingError(
-                    f"model.name_or_path: unknown {name!r}; use {sorted(WORLD_MODELS)}"
-                )
-            return str(WORLD_MODELS[name](self.recipe))
-        return name
+        return unresolved_check("model.name_or_path", name)
 
     def build_tokenizer(self):
         cfg = self.recipe.model

@@ -20,6 +20,22 @@ WORLD_FORMAT_VERSION = 3
 
 COMPARISON_COUNT_MODES = ("uniform", "long_tail")
 
+#: Settings that shape only the preference pairs (and the evaluation prompts), never the
+#: language, prompts or demonstrations: a model of the world's SFT stage does not depend on them.
+PAIR_ONLY_FIELDS = (
+    "n_train_pairs",
+    "n_test_pairs",
+    "n_ood_pairs",
+    "label_temperature",
+    "comparison_counts",
+    "long_tail_exponent",
+    "long_tail_max_count",
+    "pair_quality_min",
+    "pair_quality_max",
+    "hard_pair_fraction",
+    "n_eval_prompts",  # evaluation prompts only: they never reach training
+)
+
 
 @dataclass
 class WorldConfig:

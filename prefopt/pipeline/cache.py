@@ -1,0 +1,87 @@
+"""The cache of finished stages: one folder per stage identity, safe when several processes
+start at once.
+
+A stage is a recipe trained in its own folder. Its **identity** is a hash of its resolved
+recipe (which names its inputs by their folders, themselves named by identity) and of the
+world's format version; its folder is ``<cache>/<name>-<identity>/``. It is **finished** when
+``summary.json`` is written (the trainer writes it last, after the model). Running a stage:
+
+* finished: nothing to do, the summary is read back;
+* started but not finished (a crash, Ctrl-C, a killed job): resumed from its newest intact
+  checkpoint (``resume: auto``);
+* otherwise trained from scratch.
+
+An exclusive ``fcntl`` lock on ``<folder>.lock`` is held while a stage trains, so a second
+process asking for the same stage waits for the first and then finds it finished instead of
+training it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prefopt.config import Recipe, to_yaml
+from prefopt.world.config import WORLD_FORMAT_VERSION
+
+SUMMARY = "summary.json"
+
+
+def stage_identity(recipe: Recipe) -> str:
+    """12 hex digits of the hash of what a stage learns from: its resolved recipe (without
+    where it runs and how it reports) and the world's format version."""
+    learnt = replace(recipe, output_dir=None, resume=None)
+    learnt.trainer = replace(recipe.trainer, device="auto", progress_bar=True)
+    # the world's format version is in the key: a world whose generation or gold reward
+    # changed must not reuse a model trained on the old one
+    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{to_yaml(learnt)}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / SUMMARY).exists()
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / SUMMARY).read_text())
+
+
+@contextlib.contextmanager
+def stage_lock(folder: Path, label: str) -> Iterator[None]:
+    """Hold ``<folder>.lock`` exclusively; says so when another process holds it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process to finish {label} ({folder})", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_in_folder(recipe: Recipe, folder: Path, label: str) -> tuple[dict[str, Any], bool]:
+    """Train ``recipe`` (already resolved) in ``folder`` unless it is finished there; returns
+    ``(summary, ran)``. Resumes a started stage from its checkpoint."""
+    from prefopt.train import train
+    from prefopt.trainers.base import list_checkpoints
+
+    if is_finished(folder):
+        return read_summary(folder), False
+    with stage_lock(folder, label):
+        if is_finished(folder):  # another process finished it while we waited
+            return read_summary(folder), False
+        staged = replace(recipe, output_dir=str(folder))
+        staged.resume = "auto" if list_checkpoints(folder) else None
+        if staged.resume:
+            print(f"resuming {label} from its checkpoint in {folder}", flush=True)
+        summary, _ = train(staged, folder)
+        return summary, True

@@ -1,0 +1,18 @@
+"""Run any recipe: a single recipe (its ``world:*`` models resolved first) or a staged one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefopt.config import Recipe
+from prefopt.pipeline.world_models import resolve_world_models
+
+
+def train(recipe: Recipe, run_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """Train ``recipe``: its ``world:sft`` / ``world:rm`` models are found in (or trained into)
+    the stage cache first, then the recipe is trained with their folders; the run directory's
+    ``recipe.yaml`` keeps the names, so the run stays portable. Returns (summary, run dir)."""
+    from prefopt.train import train as train_one
+
+    return train_one(resolve_world_models(recipe), run_dir, saved=recipe)

@@ -1,0 +1,104 @@
+"""The world's models that recipes start from, as cached stages: ``world:sft`` and ``world:rm``.
+
+``model.name_or_path: world:sft`` names the SFT policy of the recipe's world: the `sft` recipe
+run with the same world, tiny architecture and seed; ``world:rm`` likewise names the `rm`
+recipe's Bradley-Terry reward model (ArmoRM's frozen backbone, PPO's default reward). Each is a
+stage of :mod:`prefopt.pipeline.cache`: trained on first use into ``<cache>/world-<stage>-<id>``
+and reused afterwards, keyed by the resolved stage recipe, so a change of the world or of the
+architecture trains a new one. Trainers never see these names: :func:`resolve_world_models`
+replaces them by model folders before a recipe is trained.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+from prefopt.config import ConfigError, Recipe, load_recipe
+from prefopt.paths import cache_dir
+from prefopt.pipeline.cache import run_in_folder, stage_identity
+from prefopt.registry import get_loss
+from prefopt.world.config import PAIR_ONLY_FIELDS
+
+WORLD_MODEL_STAGES = {"world:sft": "sft", "world:rm": "rm"}
+
+
+def stage_recipe_for(recipe: Recipe, stage: str) -> Recipe:
+    """The shipped `stage` recipe ("sft" or "rm") on the same language, architecture and seed as
+    `recipe`. The stage keeps its own pair settings (e.g. how many pairs an RM trains on)."""
+    base = load_recipe(stage)
+    shared = {f: getattr(base.world, f) for f in PAIR_ONLY_FIELDS}
+    base.world = replace(recipe.world, **shared)
+    base.model.tiny = recipe.model.tiny
+    base.seed = recipe.seed
+    base.eval.enabled = False  # `make train RECIPE=sft` reports the SFT model's own evaluation
+    base.output_dir = None
+    base.resume = None
+    # how it runs (not what it learns) follows the recipe; it stays out of the identity
+    base.trainer.device = recipe.trainer.device
+    base.trainer.progress_bar = recipe.trainer.progress_bar
+    return base
+
+
+def sft_recipe_for(recipe: Recipe) -> Recipe:
+    return stage_recipe_for(recipe, "sft")
+
+
+def world_model_folder(recipe: Recipe, name: str) -> Path:
+    """The cache folder of world model ``name`` ("world:sft" or "world:rm") for ``recipe``."""
+    stage = WORLD_MODEL_STAGES[name]
+    return cache_dir() / f"world-{stage}-{stage_identity(stage_recipe_for(recipe, stage))}"
+
+
+def world_model(recipe: Recipe, name: str) -> Path:
+    """The model folder of ``name`` for ``recipe``, trained first if the cache lacks it."""
+    if name not in WORLD_MODEL_STAGES:
+        raise ConfigError([f"{name}: not one of {', '.join(WORLD_MODEL_STAGES)}"])
+    stage = WORLD_MODEL_STAGES[name]
+    staged = stage_recipe_for(recipe, stage)
+    folder = world_model_folder(recipe, name)
+    if not (folder / "summary.json").exists():
+        print(f"training the world's {stage} model once (cached in {folder})", flush=True)
+    staged = resolve_world_models(staged)
+    run_in_folder(staged, folder, f"the world's {stage} model")
+    return folder / "model"
+
+
+def world_sft_model(recipe: Recipe) -> Path:
+    return world_model(recipe, "world:sft")
+
+
+def world_rm_model(recipe: Recipe) -> Path:
+    return world_model(recipe, "world:rm")
+
+
+def _resolve(spec: str, recipe: Recipe) -> str:
+    parts = [p.strip() for p in spec.split(",")]
+    if not any(p.startswith("world:") for p in parts):
+        return spec
+    return ",".join(str(world_model(recipe, p)) if p.startswith("world:") else p for p in parts)
+
+
+def resolve_world_models(recipe: Recipe) -> Recipe:
+    """A copy of ``recipe`` whose ``world:*`` model names (policy, tokenizer, reference, and
+    the reward of an online recipe) are the cached models' folders, trained first if needed."""
+    out = copy.deepcopy(recipe)
+    for section, key in (
+        ("model", "name_or_path"),
+        ("model", "tokenizer"),
+        ("reference", "name_or_path"),
+    ):
+        value = getattr(getattr(out, section), key)
+        if isinstance(value, str):
+            setattr(getattr(out, section), key, _resolve(value, recipe))
+    if get_loss(recipe.loss.name).kind == "online" and recipe.reward.scorer:
+        out.reward.scorer = _resolve(recipe.reward.scorer, recipe)
+    return out
+
+
+def has_world_models(recipe: Recipe) -> bool:
+    names = [recipe.model.name_or_path, recipe.model.tokenizer, recipe.reference.name_or_path]
+    if get_loss(recipe.loss.name).kind == "online":
+        names += (recipe.reward.scorer or "").split(",")
+    return any(isinstance(n, str) and n.strip().startswith("world:") for n in names)
