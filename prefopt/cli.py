@@ -88,6 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     p_pol.add_argument("--samples", type=int, default=None, help="samples per prompt")
     p_pol.add_argument("--seed", type=int, default=0)
     p_pol.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    p_expo = sub.add_parser(
+        "expo",
+        help="ExPO (Zheng et al. 2024): extrapolate an aligned model away from its SFT model, "
+        "theta = aligned + alpha (aligned - sft); with several alphas, pick the best by reward",
+    )
+    p_expo.add_argument("--sft", required=True, help="the SFT model: folder, run or world:sft")
+    p_expo.add_argument("--aligned", required=True, help="the aligned model: folder or run")
+    p_expo.add_argument(
+        "--alpha", default="0.3", help="one alpha, or a comma-separated grid to search"
+    )
+    p_expo.add_argument("--out", type=Path, required=True, help="output folder")
+    p_expo.add_argument(
+        "--scorer", default="world", help="grid search: 'world' (gold), world:rm or an RM folder"
+    )
+    p_expo.add_argument("--n-prompts", type=int, default=256, help="grid search: prompts")
+    p_expo.add_argument("--samples", type=int, default=2, help="grid search: samples per prompt")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -103,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare_rm(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "expo":
+            return _expo(args)
     except ConfigError as exc:
         print(f"prefopt: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -110,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _recipes() -> int:
+    from prefopt.pipeline.stages import is_staged, load_pipeline
+
     names = list_recipes()
     width = max(len(n) for n in names) if names else 0
     for name in names:
         try:
-            description = load_recipe(name).description
+            loaded = load_pipeline(name) if is_staged(name) else load_recipe(name)
+            description = loaded.description
         except ConfigError as exc:
             description = f"(invalid: {exc.problems[0]})"
         print(f"{name:<{width}}  {description}")
@@ -122,21 +143,39 @@ def _recipes() -> int:
 
 
 def _train(recipe_name: str, overrides: list[str]) -> int:
-    recipe = load_recipe(recipe_name, overrides)  # validates before anything heavy loads
+    from prefopt.pipeline.stages import is_staged
+
+    staged = is_staged(recipe_name)
+    if staged:  # a pipeline: every stage is validated before anything runs
+        from prefopt.pipeline.stages import load_pipeline, pipeline_run_dir, run_pipeline
+
+        pipeline = load_pipeline(recipe_name, overrides)
+        run_dir = pipeline_run_dir(pipeline)
+        resume_hint = (
+            f"  prefopt train {recipe_name} {' '.join(overrides)}".rstrip()
+            + "   (finished stages are reused; the interrupted one resumes)"
+        )
+    else:
+        recipe = load_recipe(recipe_name, overrides)  # validates before anything heavy loads
+        from prefopt.train import run_directory
+
+        run_dir = run_directory(recipe)
+        resume_hint = f"  prefopt train {run_dir / 'recipe.yaml'} output_dir={run_dir} resume=auto"
     from prefopt.data import DataError
     from prefopt.pipeline.run import train
-    from prefopt.train import run_directory
     from prefopt.trainers.base import TrainingError, TrainingInterrupted
 
-    run_dir = run_directory(recipe)
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # what schedulers send
     try:
-        summary, run_dir = train(recipe, run_dir)
+        if staged:
+            summary, run_dir = run_pipeline(pipeline, run_dir)
+        else:
+            summary, run_dir = train(recipe, run_dir)
     except TrainingInterrupted as exc:
         where = f"checkpoint {exc.checkpoint}" if exc.checkpoint else "no checkpoint yet"
         print(
             f"prefopt: interrupted ({exc.reason}) after step {exc.step}; {where}. Resume with:\n"
-            f"  prefopt train {run_dir / 'recipe.yaml'} output_dir={run_dir} resume=auto",
+            + resume_hint,
             file=sys.stderr,
         )
         print(f"run directory: {run_dir}")
@@ -153,9 +192,54 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _print_summary(summary)
+    if staged:
+        ran, reused = summary["ran"], summary["reused"]
+        print(f"stages run: {', '.join(ran) or 'none'}; reused: {', '.join(reused) or 'none'}")
+    else:
+        _print_summary(summary)
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _expo(args: argparse.Namespace) -> int:
+    from prefopt.pipeline.stages import ExpoSettings, run_expo
+
+    try:
+        alphas = [float(a) for a in str(args.alpha).split(",") if a.strip()]
+    except ValueError:
+        raise ConfigError([f"--alpha: not a number or list of numbers: {args.alpha!r}"]) from None
+    sft, aligned = _model_arg(args.sft), _model_arg(args.aligned)
+    try:
+        if len(alphas) == 1:
+            from prefopt.models.expo import load_and_extrapolate
+
+            load_and_extrapolate(sft, aligned, alphas[0], args.out)
+            print(f"extrapolated model (alpha {alphas[0]}): {args.out}")
+            return 0
+        cfg = ExpoSettings(
+            sft=sft, aligned=aligned, alphas=alphas, scorer=args.scorer,
+            n_prompts=args.n_prompts, samples_per_prompt=args.samples,
+        )  # fmt: skip
+        result = run_expo(cfg, args.out)
+    except (ValueError, OSError) as exc:
+        print(f"prefopt: expo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"best alpha {result['best_alpha']}: model in {args.out / 'model'}")
+    print(f"curve: {args.out / 'expo_curve.csv'}")
+    return 0
+
+
+def _model_arg(spec: str) -> str:
+    """A model folder for a CLI argument: a run directory means its ``model/``."""
+    if spec.startswith("world:"):
+        from prefopt.config import Recipe
+        from prefopt.pipeline.world_models import world_model
+
+        return str(world_model(Recipe(), spec))
+    path = Path(spec)
+    if (path / "recipe.yaml").exists() and (path / "model").exists():
+        return str(path / "model")
+    return spec
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

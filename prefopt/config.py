@@ -104,6 +104,9 @@ class DataConfig:
     split: str = "train"
     eval_split: str | None = "test"  # held-out split of the world, a folder or a hub dataset
     eval_source: str | None = None  # a separate held-out file (a single file has no splits)
+    # on the world: the training records come from this file instead (e.g. a pipeline's
+    # split of the world's pairs); the held-out pairs and the gold evaluation stay the world's
+    train_file: str | None = None
     data_dir: str | None = None  # load_dataset's data_dir (e.g. "harmless-base")
     max_rows: int | None = None
     max_eval_rows: int | None = 512
@@ -333,18 +336,49 @@ def _merge_layer(lower: DictConfig, upper: DictConfig) -> DictConfig:
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, merge and validate a recipe. Raises ConfigError listing every problem."""
+    """Read, merge and validate a recipe. Raises ConfigError listing every problem. A staged
+    recipe (one with ``stages:``) is a pipeline: load it with ``prefopt.pipeline``."""
     path = recipe_path(name_or_path)
     raw = _read_with_bases(path)
-    problems: list[str] = []
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        problems += [f"override {o!r} is not of the form key=value" for o in bad]
-        try:
-            cli = OmegaConf.from_dotlist([o for o in overrides if "=" in o])
-        except OmegaConfBaseException as exc:
-            raise ConfigError([*problems, f"cannot parse overrides: {exc}"]) from None
+    if "stages" in raw:
+        raise ConfigError(
+            [f"{path.stem}: a staged recipe (stages: ...); run it with `prefopt train`"]
+        )
+    problems, cli = parse_overrides(overrides)
+    if cli is not None:
         raw = _merge_layer(raw, cli)
+    return recipe_from_node(raw, path.stem, problems)
+
+
+def read_recipe_node(name_or_path: str | Path) -> DictConfig:
+    """The raw YAML of a recipe with its ``base:`` chain merged in, not yet validated."""
+    return _read_with_bases(recipe_path(name_or_path))
+
+
+def merge_recipe_nodes(lower: DictConfig, upper: DictConfig) -> DictConfig:
+    """``upper`` over ``lower`` as recipe layers merge (a new loss.name replaces loss:)."""
+    return _merge_layer(lower, upper)
+
+
+def parse_overrides(overrides: list[str] | None) -> tuple[list[str], DictConfig | None]:
+    """``key=value`` strings as a config node, and the problems of malformed ones."""
+    if not overrides:
+        return [], None
+    bad = [o for o in overrides if "=" not in o]
+    problems = [f"override {o!r} is not of the form key=value" for o in bad]
+    try:
+        cli = OmegaConf.from_dotlist([o for o in overrides if "=" in o])
+    except OmegaConfBaseException as exc:
+        raise ConfigError([*problems, f"cannot parse overrides: {exc}"]) from None
+    return problems, cli
+
+
+def recipe_from_node(
+    raw: DictConfig, default_name: str, problems: list[str] | None = None
+) -> Recipe:
+    """Validate a merged recipe node into a :class:`Recipe` (ConfigError lists every problem)."""
+    problems = list(problems or [])
+    raw = raw.copy()
     raw.pop("base", None)
     problems += _import_user_modules(raw.get("imports") or [])
 
@@ -376,7 +410,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         if isinstance(node, DictConfig) and leaf in node:
             node.pop(leaf)
     merged = OmegaConf.merge(schema, raw)
-    merged.name = merged.name or path.stem
+    merged.name = merged.name or default_name
     try:
         recipe = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
@@ -549,6 +583,11 @@ def _check_ranges(recipe: Recipe) -> list[str]:
             f"data.max_prompt_length ({recipe.data.max_prompt_length}) must be smaller than "
             f"data.max_length ({recipe.data.max_length})"
         )
+    if recipe.data.train_file and recipe.data.source != "world":
+        problems.append(
+            "data.train_file replaces the world's training records; with another data.source "
+            "set data.source to the file instead"
+        )
     if recipe.resume not in (None, "auto") and not Path(recipe.resume).exists():
         problems.append(f"resume: {recipe.resume!r} is neither 'auto' nor an existing path")
     if recipe.smoothing.update_every < 0:
@@ -628,6 +667,10 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
 
 __all__ = [
     "ConfigError",
+    "merge_recipe_nodes",
+    "parse_overrides",
+    "read_recipe_node",
+    "recipe_from_node",
     "Recipe",
     "load_recipe",
     "list_recipes",

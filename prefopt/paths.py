@@ -11,6 +11,6 @@ RUNS_DIR = Path("runs")
 
 def cache_dir() -> Path:
     """The cache folder (created on first use)."""
-    root = Path(os.environ.get("PREFOPT_CACHE", Path.home() / ".cache" / "prefopt"))
+    root = Path(os.environ.get("PREFOPT_CACHE") or Path.home() / ".cache" / "prefopt")
     root.mkdir(parents=True, exist_ok=True)
     return root

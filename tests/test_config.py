@@ -13,9 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("name", list_recipes())
 def test_every_shipped_recipe_loads(name):
-    recipe = load_recipe(name)
+    from prefopt.pipeline.stages import is_staged, load_pipeline
+
+    recipe = load_pipeline(name) if is_staged(name) else load_recipe(name)
     assert recipe.description, f"recipes/{name}.yaml needs a one-line description"
     assert recipe.name == name
+
+
+def test_a_staged_recipe_is_not_a_plain_recipe():
+    with pytest.raises(ConfigError, match="a staged recipe"):
+        load_recipe("mpo")
 
 
 def test_shipped_recipes_exist():

@@ -38,7 +38,7 @@ def test_the_world_models_cache_key_changes_with_the_worlds_format_version(monke
     for version in (cache.WORLD_FORMAT_VERSION, cache.WORLD_FORMAT_VERSION + 1):
         monkeypatch.setattr(cache, "WORLD_FORMAT_VERSION", version)
         seen.append(world_model_folder(recipe, "world:sft").name)
-    assert len(set(seen)) == 2 and all(s.startswith("world-sft-") for s in seen)
+    assert len(set(seen)) == 2 and all(s.startswith("sft-") for s in seen)
 
 
 def test_how_a_stage_runs_stays_out_of_its_identity():

@@ -319,3 +319,58 @@ def format_policy_comparison(result: dict[str, Any], name_a: str, name_b: str) -
         w = result[split]["win_rate"]
         lines.append(f"{split:<6}{'win rate A>B':<14}{w['a']:.3f} ({w['se']:.3f})")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def compare_policies(
+    policies: dict[str, nn.Module],
+    reference: str,
+    tokenizer: Any,
+    world: Any,
+    cfg: Any,
+    device: torch.device,
+    baselines: list[str] | None = None,
+    seed: int = 0,
+    max_prompt_length: int = 64,
+) -> dict[str, Any]:
+    """Several policies of one world on the same prompts with the same sampling seeds, per
+    split: each policy's gold reward, KL to ``reference`` (one of ``policies``), win rate
+    against it, per-input EAD and length, with standard errors over prompts; and the paired
+    gold difference of every policy against each of ``baselines`` (paired SE). Sample k of
+    every policy uses the same seed, so differences are paired sample by sample."""
+    from prefopt.eval.compare import paired, standard_error
+
+    vocab = len(world.tokenizer())
+    space = getattr(cfg, "ead_ngram_space", "power")
+    ref_model = policies[reference]
+    out: dict[str, Any] = {"reference": reference, "samples_per_prompt": cfg.samples_per_prompt}
+    for split in ("test", "ood"):
+        prompts = world.eval_prompts(split)[: cfg.n_prompts]
+        out["n_prompts"] = len(prompts)
+        stats = {}
+        for name, model in policies.items():
+            samples = generate(model, tokenizer, prompts, cfg, device, seed, max_prompt_length)
+            ratio = completion_logps(model, samples, device) - completion_logps(
+                ref_model, samples, device
+            )
+            stats[name] = sample_stats(world, samples, vocab, space, ratio)
+        rows: dict[str, Any] = {}
+        for name, st in stats.items():
+            per_prompt = {
+                "gold_reward": st.per_prompt("gold"),
+                "kl": st.per_prompt("kl"),
+                "win_rate": win_rate_per_prompt(st, stats[reference]),
+                "ead": st.per_prompt("ead"),
+                "mean_length": st.per_prompt("length"),
+            }
+            row: dict[str, Any] = {}
+            for key, values in per_prompt.items():
+                row[key], row[f"{key}_se"] = float(values.mean()), standard_error(values)
+            row["vs"] = {
+                b: paired(st.per_prompt("gold"), stats[b].per_prompt("gold"))
+                for b in baselines or []
+                if b != name
+            }
+            rows[name] = row
+        out[split] = rows
+    return out

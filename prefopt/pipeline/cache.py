@@ -3,7 +3,7 @@ start at once.
 
 A stage is a recipe trained in its own folder. Its **identity** is a hash of its resolved
 recipe (which names its inputs by their folders, themselves named by identity) and of the
-world's format version; its folder is ``<cache>/<name>-<identity>/``. It is **finished** when
+world's format version; its folder is ``<cache>/stages/<name>-<identity>/``. It is **finished** when
 ``summary.json`` is written (the trainer writes it last, after the model). Running a stage:
 
 * finished: nothing to do, the summary is read back;
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.config import Recipe, to_yaml
+from prefopt.paths import cache_dir
 from prefopt.world.config import WORLD_FORMAT_VERSION
 
 SUMMARY = "summary.json"
@@ -41,7 +42,18 @@ def stage_identity(recipe: Recipe) -> str:
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{to_yaml(learnt)}"
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
+
+
+def stages_dir() -> Path:
+    """``<cache>/stages``: one folder per finished (or started) stage."""
+    return cache_dir() / "stages"
+
+
+def portable(text: str) -> str:
+    """Stage folders appear in a later stage's settings: hash them by identity (the folder's
+    name), not by where the cache lives."""
+    return text.replace(str(stages_dir()) + "/", "stage:")
 
 
 def is_finished(folder: Path) -> bool:

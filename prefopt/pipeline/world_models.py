@@ -3,7 +3,7 @@
 ``model.name_or_path: world:sft`` names the SFT policy of the recipe's world: the `sft` recipe
 run with the same world, tiny architecture and seed; ``world:rm`` likewise names the `rm`
 recipe's Bradley-Terry reward model (ArmoRM's frozen backbone, PPO's default reward). Each is a
-stage of :mod:`prefopt.pipeline.cache`: trained on first use into ``<cache>/world-<stage>-<id>``
+stage of :mod:`prefopt.pipeline.cache`: trained on first use into ``<cache>/stages/<stage>-<id>``
 and reused afterwards, keyed by the resolved stage recipe, so a change of the world or of the
 architecture trains a new one. Trainers never see these names: :func:`resolve_world_models`
 replaces them by model folders before a recipe is trained.
@@ -16,8 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from prefopt.config import ConfigError, Recipe, load_recipe
-from prefopt.paths import cache_dir
-from prefopt.pipeline.cache import run_in_folder, stage_identity
+from prefopt.pipeline.cache import run_in_folder, stage_identity, stages_dir
 from prefopt.registry import get_loss
 from prefopt.world.config import PAIR_ONLY_FIELDS
 
@@ -46,9 +45,12 @@ def sft_recipe_for(recipe: Recipe) -> Recipe:
 
 
 def world_model_folder(recipe: Recipe, name: str) -> Path:
-    """The cache folder of world model ``name`` ("world:sft" or "world:rm") for ``recipe``."""
-    stage = WORLD_MODEL_STAGES[name]
-    return cache_dir() / f"world-{stage}-{stage_identity(stage_recipe_for(recipe, stage))}"
+    """The cache folder of world model ``name`` ("world:sft" or "world:rm") for ``recipe``
+    (the same folder as a pipeline stage with the same settings: they share it)."""
+    if name not in WORLD_MODEL_STAGES:
+        raise ConfigError([f"{name}: not one of {', '.join(WORLD_MODEL_STAGES)}"])
+    staged = stage_recipe_for(recipe, WORLD_MODEL_STAGES[name])
+    return stages_dir() / f"{staged.name}-{stage_identity(name_folders(staged))}"
 
 
 def world_model(recipe: Recipe, name: str) -> Path:
@@ -73,16 +75,31 @@ def world_rm_model(recipe: Recipe) -> Path:
     return world_model(recipe, "world:rm")
 
 
-def _resolve(spec: str, recipe: Recipe) -> str:
+def _resolve(spec: str, recipe: Recipe, train: bool) -> str:
     parts = [p.strip() for p in spec.split(",")]
     if not any(p.startswith("world:") for p in parts):
         return spec
-    return ",".join(str(world_model(recipe, p)) if p.startswith("world:") else p for p in parts)
+
+    def one(p: str) -> str:
+        if not p.startswith("world:"):
+            return p
+        return str(world_model(recipe, p) if train else world_model_folder(recipe, p) / "model")
+
+    return ",".join(one(p) for p in parts)
 
 
 def resolve_world_models(recipe: Recipe) -> Recipe:
     """A copy of ``recipe`` whose ``world:*`` model names (policy, tokenizer, reference, and
     the reward of an online recipe) are the cached models' folders, trained first if needed."""
+    return _named(recipe, train=True)
+
+
+def name_folders(recipe: Recipe) -> Recipe:
+    """As :func:`resolve_world_models`, but only naming the folders (nothing is trained)."""
+    return _named(recipe, train=False)
+
+
+def _named(recipe: Recipe, train: bool) -> Recipe:
     out = copy.deepcopy(recipe)
     for section, key in (
         ("model", "name_or_path"),
@@ -91,9 +108,9 @@ def resolve_world_models(recipe: Recipe) -> Recipe:
     ):
         value = getattr(getattr(out, section), key)
         if isinstance(value, str):
-            setattr(getattr(out, section), key, _resolve(value, recipe))
+            setattr(getattr(out, section), key, _resolve(value, recipe, train))
     if get_loss(recipe.loss.name).kind == "online" and recipe.reward.scorer:
-        out.reward.scorer = _resolve(recipe.reward.scorer, recipe)
+        out.reward.scorer = _resolve(recipe.reward.scorer, recipe, train)
     return out
 
 

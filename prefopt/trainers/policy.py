@@ -115,6 +115,15 @@ class PolicyTrainer(Trainer):
             else:
                 train = self.world.preference_records("train")
                 held_out = self.world.preference_records(data.eval_split or "test")
+            if data.train_file:
+                train, bad = load_records(
+                    data.train_file,
+                    kind=self.data_kind,
+                    format="auto",
+                    on_bad_row=data.on_bad_row,
+                    tokenizer=self.tokenizer,
+                )
+                self.bad_rows.merge(bad)
             train = train[: data.max_rows] if data.max_rows else train
             held_out = held_out[: data.max_eval_rows] if data.eval_split else []
             return train, held_out

@@ -1,0 +1,549 @@
+"""Staged recipes: a recipe whose ``stages:`` run in order, each in the stage cache.
+
+A staged recipe::
+
+    description: ...
+    seed: 0
+    stages:
+      sft:   {base: sft, eval: {enabled: false}}
+      rm:    {base: rm, model: {name_or_path: "${stages.sft.model}"}}
+      split: {kind: split, scorer: "${stages.rm.model}", tau: 1.0}
+      dpo:   {base: dpo, data: {train_file: "${stages.split.easy}"}}
+    report: {policies: [sft, dpo], reference: sft}
+
+A **train** stage (the default kind) is a recipe: ``base: <recipe>`` plus overrides, or inline.
+A **split** stage is MPO's easy/hard split (:mod:`prefopt.pipeline.split`), an **expo** stage
+ExPO's alpha search (:mod:`prefopt.pipeline.expo`). ``${stages.<name>.<output>}`` names an
+earlier stage's output (:data:`OUTPUTS`); everything is checked before anything runs: an
+unknown key (the recipe schema of each stage), a reference to a stage that does not exist or
+comes later, an output the stage does not produce. Overrides on the command line address one
+stage (``stages.dpo.loss.beta=0.2``) or every train stage (``trainer.device=cpu``).
+
+Each stage's identity is the hash of its resolved settings, in which an earlier stage appears by
+its identity, so a changed stage changes everything downstream; it runs in
+``<cache>/stages/<name>-<identity>/`` (:mod:`prefopt.pipeline.cache`): finished stages are
+skipped, an interrupted one resumes from its checkpoint. The pipeline's run directory links
+each stage's folder under ``stages/`` and holds ``summary.json`` (every stage's summary under
+``stages.<name>``), ``pipeline.yaml`` (every stage resolved) and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from prefopt.config import (
+    ConfigError,
+    Recipe,
+    merge_recipe_nodes,
+    parse_overrides,
+    read_recipe_node,
+    recipe_from_node,
+    recipe_path,
+    to_yaml,
+)
+from prefopt.paths import RUNS_DIR, cache_dir
+from prefopt.pipeline.cache import is_finished, read_summary, run_in_folder, stage_lock, stages_dir
+from prefopt.world.config import WORLD_FORMAT_VERSION, WorldConfig, coerce_config
+
+#: What each kind of stage produces, for ``${stages.<name>.<output>}``.
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "train": ("model", "run", "summary"),
+    "split": ("easy", "hard", "report"),
+    "expo": ("model", "curve", "report"),
+}
+TOP_LEVEL = ("name", "description", "seed", "output_dir", "stages", "report")
+REFERENCE = re.compile(r"\$\{stages\.([^.}]+)(?:\.([^}]*))?\}")
+
+
+@dataclass
+class SplitSettings:
+    """MPO's split (Gou & Nguyen 2024, arXiv 2403.19443, section 3): a pair is easy when the
+    reward model's gap ``|r(x, y1) - r(x, y2)| >= tau``; easy pairs are relabelled by it."""
+
+    scorer: str = "world:rm"  # a reward-model folder, world:rm, or world (the gold reward)
+    tau: float = 1.0  # the authors' HH-RLHF setting (absolute, on their RM's scale)
+    mode: str = "absolute"  # or "quantile": tau in [0, 1] is a quantile of |delta|
+    world: WorldConfig = field(default_factory=WorldConfig)  # whose train pairs are split
+    batch_size: int = 256
+
+
+@dataclass
+class ExpoSettings:
+    """ExPO (Zheng et al. 2024, arXiv 2404.16792): extrapolate ``aligned`` away from ``sft``
+    and pick the alpha whose samples score best on held-out prompts."""
+
+    sft: str = "world:sft"
+    aligned: str = ""
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 1.0, 2.0])
+    scorer: str = "world"  # the gold reward on the world; or a reward model
+    world: WorldConfig = field(default_factory=WorldConfig)  # whose held-out prompts are used
+    n_prompts: int = 256
+    samples_per_prompt: int = 2
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 64
+    max_prompt_length: int = 48
+
+
+@dataclass
+class ReportSettings:
+    """The pipeline's closing comparison: policies on the same prompts and sampling seeds."""
+
+    policies: list[str] = field(default_factory=list)  # train stages (or world:sft)
+    reference: str | None = None  # KL and win rate against it; default the first policy
+    baselines: list[str] = field(default_factory=list)  # paired differences against these
+    n_prompts: int = 640
+    samples_per_prompt: int = 4
+
+
+SETTINGS = {"split": SplitSettings, "expo": ExpoSettings}
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    settings: Any  # Recipe, SplitSettings or ExpoSettings, with references resolved
+    identity: str = ""
+    folder: Path = Path()
+    depends: list[str] = field(default_factory=list)
+
+    def outputs(self) -> dict[str, str]:
+        f = self.folder
+        if self.kind == "train":
+            return {"model": str(f / "model"), "run": str(f), "summary": str(f / "summary.json")}
+        if self.kind == "split":
+            return {"easy": str(f / "easy.jsonl"), "hard": str(f / "hard.jsonl"),
+                    "report": str(f / "split.json")}  # fmt: skip
+        return {"model": str(f / "model"), "curve": str(f / "expo_curve.csv"),
+                "report": str(f / "expo.json")}  # fmt: skip
+
+
+@dataclass
+class Pipeline:
+    name: str
+    description: str
+    seed: int
+    stages: list[Stage]
+    report: ReportSettings
+    output_dir: str | None = None
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+
+def is_staged(name_or_path: str | Path) -> bool:
+    """Whether a recipe holds ``stages:`` (False for anything that is not a readable recipe)."""
+    try:
+        return "stages" in read_recipe_node(name_or_path)
+    except ConfigError:
+        return False
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_pipeline(name_or_path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+    """Read and validate a staged recipe, resolving every stage (nothing runs)."""
+    path = recipe_path(name_or_path)
+    raw = read_recipe_node(path)
+    problems, cli = parse_overrides(overrides)
+    per_stage: dict[str, DictConfig] = {}
+    shared = OmegaConf.create({})
+    if cli is not None:
+        cli_stages = cli.pop("stages", None)
+        for key in ("seed", "output_dir", "report", "description"):
+            if key in cli:
+                raw[key] = (
+                    cli.pop(key)
+                    if key != "report"
+                    else OmegaConf.merge(raw.get("report") or {}, cli.pop(key))
+                )
+        shared = cli
+        if cli_stages is not None:
+            per_stage = {str(k): v for k, v in cli_stages.items()}
+    unknown = [str(k) for k in raw.keys() if k not in TOP_LEVEL]
+    problems += [f"unknown key {k!r} at the top of a staged recipe (valid: "
+                 f"{', '.join(TOP_LEVEL)})" for k in unknown]  # fmt: skip
+    stages_node = raw.get("stages")
+    if not isinstance(stages_node, DictConfig) or not len(stages_node):
+        raise ConfigError([*problems, "stages: expected a mapping of stage name -> stage"])
+    for name in per_stage:
+        if name not in stages_node:
+            problems.append(f"stages.{name}: no such stage (stages: {', '.join(stages_node)})")
+    seed = int(raw.get("seed", 0))
+    pipeline = Pipeline(
+        name=str(raw.get("name") or path.stem),
+        description=str(raw.get("description") or ""),
+        seed=seed,
+        stages=[],
+        report=ReportSettings(),
+        output_dir=raw.get("output_dir"),
+    )
+    known: dict[str, Stage] = {}
+    for stage_name, node in stages_node.items():
+        stage_name = str(stage_name)
+        if not isinstance(node, DictConfig):
+            problems.append(f"stages.{stage_name}: expected a mapping, got {node!r}")
+            continue
+        try:
+            stage = _build_stage(stage_name, node, seed, shared, per_stage.get(stage_name), known)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        known[stage_name] = stage
+        pipeline.stages.append(stage)
+    try:
+        pipeline.report = _build_report(raw.get("report"), known)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return pipeline
+
+
+def _references(node: Any, prefix: str) -> list[tuple[str, str, str | None]]:
+    """``(key, stage, output)`` of every ``${stages.x.y}`` in a raw node."""
+    found: list[tuple[str, str, str | None]] = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            found += _references(node._get_node(key), f"{prefix}.{key!s}")
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            found += _references(node._get_node(i), f"{prefix}[{i}]")
+    else:
+        value = node._value() if hasattr(node, "_value") else node
+        if isinstance(value, str):
+            found += [(prefix, m.group(1), m.group(2)) for m in REFERENCE.finditer(value)]
+    return found
+
+
+def _substitute(node: DictConfig, known: dict[str, Stage]) -> DictConfig:
+    """The node with every ``${stages.x.y}`` replaced by that output's path."""
+    container = OmegaConf.to_container(node, resolve=False)
+
+    def sub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: sub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v) for v in value]
+        if isinstance(value, str):
+            return REFERENCE.sub(lambda m: known[m.group(1)].outputs()[m.group(2)], value)
+        return value
+
+    out = OmegaConf.create(sub(container))
+    assert isinstance(out, DictConfig)
+    return out
+
+
+def _check_references(name: str, node: DictConfig, known: dict[str, Stage]) -> list[str]:
+    problems = []
+    for key, ref, output in _references(node, f"stages.{name}"):
+        if ref not in known:
+            earlier = ", ".join(known) or "none"
+            why = "it is this stage" if ref == name else "no such stage before it"
+            problems.append(f"{key}: ${{stages.{ref}...}}: {why} (earlier stages: {earlier})")
+        elif output not in known[ref].outputs():
+            kind = known[ref].kind
+            problems.append(
+                f"{key}: stage {ref!r} ({kind}) produces {', '.join(OUTPUTS[kind])}; not {output!r}"
+            )
+    return problems
+
+
+def _build_stage(
+    name: str,
+    node: DictConfig,
+    seed: int,
+    shared: DictConfig,
+    cli: DictConfig | None,
+    known: dict[str, Stage],
+) -> Stage:
+    node = node.copy()
+    kind = str(node.pop("kind", "train"))
+    if kind not in OUTPUTS:
+        raise ConfigError([f"stages.{name}.kind: {kind!r} is not one of {', '.join(OUTPUTS)}"])
+    if cli is not None:
+        node = merge_recipe_nodes(node, cli)
+    problems = _check_references(name, node, known)
+    if problems:
+        raise ConfigError(problems)
+    depends = sorted({ref for _, ref, _ in _references(node, "")})
+    node = _substitute(node, known)
+    if kind == "train":
+        last = _substitute(cli, known) if cli is not None else None  # beats global overrides
+        settings: Any = _train_settings(name, node, seed, shared, last)
+    else:
+        if "world" in shared:  # the world of every stage, e.g. whose pairs a split splits
+            node = merge_recipe_nodes(node, OmegaConf.create({"world": shared.world}))
+        settings = _plain_settings(name, kind, node)
+    stage = Stage(name, kind, settings, depends=depends)
+    stage.identity = _identity(stage)
+    stage.folder = stages_dir() / f"{_folder_name(stage)}-{stage.identity}"
+    return stage
+
+
+def _train_settings(
+    name: str, node: DictConfig, seed: int, shared: DictConfig, last: DictConfig | None
+) -> Recipe:
+    base = node.pop("base", None)
+    layer = OmegaConf.create({"seed": seed})
+    lower = read_recipe_node(str(base)) if base is not None else OmegaConf.create({})
+    merged = merge_recipe_nodes(merge_recipe_nodes(lower, layer), node)
+    if len(shared):
+        merged = merge_recipe_nodes(merged, shared)
+    if last is not None:
+        merged = merge_recipe_nodes(merged, last)
+    try:
+        recipe = recipe_from_node(merged, str(base or name))
+    except ConfigError as exc:
+        raise ConfigError([f"stages.{name}: {p}" for p in exc.problems]) from None
+    recipe.output_dir = None
+    recipe.resume = None
+    return recipe
+
+
+def _plain_settings(name: str, kind: str, node: DictConfig) -> Any:
+    schema = OmegaConf.structured(SETTINGS[kind])
+    problems = [
+        f"stages.{name}: unknown key {str(k)!r} for a {kind} stage "
+        f"(valid: kind, {', '.join(str(x) for x in schema.keys())})"
+        for k in node.keys()
+        if k not in schema
+    ]
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings: Any = OmegaConf.to_object(OmegaConf.merge(schema, node))
+    except Exception as exc:
+        raise ConfigError([f"stages.{name}: {exc}"]) from None
+    try:
+        settings.world = coerce_config(settings.world)
+    except ValueError as exc:
+        raise ConfigError([f"stages.{name}.world: {exc}"]) from None
+    if kind == "split" and settings.mode not in ("absolute", "quantile"):
+        raise ConfigError([f"stages.{name}.mode: {settings.mode!r} is not absolute or quantile"])
+    if kind == "expo" and not settings.aligned:
+        raise ConfigError([f"stages.{name}.aligned: the aligned model is required"])
+    return settings
+
+
+def _folder_name(stage: Stage) -> str:
+    return stage.settings.name if stage.kind == "train" else stage.kind
+
+
+def _identity(stage: Stage) -> str:
+    from prefopt.pipeline.cache import portable, stage_identity
+    from prefopt.pipeline.world_models import name_folders
+
+    if stage.kind == "train":
+        return stage_identity(name_folders(stage.settings))
+    payload = json.dumps(
+        {"kind": stage.kind, "world_format": WORLD_FORMAT_VERSION,
+         "settings": dataclasses.asdict(stage.settings)},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    return hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
+
+
+def _build_report(node: Any, known: dict[str, Stage]) -> ReportSettings:
+    if node is None:
+        return ReportSettings()
+    schema = OmegaConf.structured(ReportSettings)
+    bad = [str(k) for k in node.keys() if k not in schema]
+    if bad:
+        raise ConfigError([f"report: unknown key {k!r} (valid: {', '.join(schema)})" for k in bad])
+    report = OmegaConf.to_object(OmegaConf.merge(schema, node))
+    assert isinstance(report, ReportSettings)
+    problems = []
+    names = [*report.policies, *report.baselines, *([report.reference] if report.reference else [])]
+    for policy in names:
+        if policy is None or policy.startswith("world:"):
+            continue
+        if policy not in known:
+            problems.append(f"report: {policy!r} is not a stage ({', '.join(known)})")
+        elif known[policy].kind != "train":
+            problems.append(f"report: {policy!r} is a {known[policy].kind} stage, not a policy")
+    if problems:
+        raise ConfigError(problems)
+    return report
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def pipeline_run_dir(pipeline: Pipeline) -> Path:
+    if pipeline.output_dir:
+        return Path(pipeline.output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RUNS_DIR / f"{pipeline.name}-{stamp}"
+    suffix = 1
+    while path.exists():
+        path = RUNS_DIR / f"{pipeline.name}-{stamp}-{suffix}"
+        suffix += 1
+    return path
+
+
+def describe(pipeline: Pipeline) -> str:
+    """Every stage resolved, as YAML (``pipeline.yaml`` in the run directory)."""
+    parts = [f"# pipeline {pipeline.name}: stages resolved (identity, folder)\n"]
+    for stage in pipeline.stages:
+        parts.append(f"# --- {stage.name} ({stage.kind}) {stage.identity} {stage.folder}\n")
+        body = (
+            to_yaml(stage.settings)
+            if stage.kind == "train"
+            else OmegaConf.to_yaml(OmegaConf.structured(stage.settings))
+        )
+        parts.append(f"{stage.name}:\n" + "".join(f"  {line}\n" for line in body.splitlines()))
+    return "".join(parts)
+
+
+def run_pipeline(pipeline: Pipeline, run_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """Run every stage in order (skipping finished ones), then the report."""
+    run_dir = Path(run_dir or pipeline_run_dir(pipeline))
+    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+    (run_dir / "pipeline.yaml").write_text(describe(pipeline))
+    summary: dict[str, Any] = {"pipeline": pipeline.name, "stages": {}, "ran": [], "reused": []}
+    start = time.time()
+    for stage in pipeline.stages:
+        link = run_dir / "stages" / stage.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(stage.folder.resolve(), target_is_directory=True)
+        began = time.time()
+        result, ran = run_stage(stage)
+        (summary["ran"] if ran else summary["reused"]).append(stage.name)
+        print(
+            f"stage {stage.name} ({stage.kind}): "
+            f"{'done' if ran else 'finished earlier, reused'} in {time.time() - began:.0f} s",
+            flush=True,
+        )
+        summary["stages"][stage.name] = result
+    if pipeline.report.policies:
+        summary["comparison"] = _cached_report(pipeline, run_dir)
+    summary["runtime_s"] = round(time.time() - start, 2)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary, run_dir
+
+
+REPORT_FILES = ("comparison.md", "comparison.json", "comparison.png")
+
+
+def _cached_report(pipeline: Pipeline, run_dir: Path) -> dict[str, Any]:
+    """The closing comparison, itself cached by the identities of what it compares."""
+    import shutil
+
+    from prefopt.pipeline.report import pipeline_report
+
+    key = json.dumps(
+        {"report": dataclasses.asdict(pipeline.report), "seed": pipeline.seed,
+         "stages": {s.name: s.identity for s in pipeline.stages}},
+        sort_keys=True,
+    )  # fmt: skip
+    folder = stages_dir() / f"report-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    with stage_lock(folder, "the report"):
+        if not (folder / "comparison.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            pipeline_report(pipeline, folder)
+        else:
+            print((folder / "comparison.md").read_text(), flush=True)
+    for name in REPORT_FILES:
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, run_dir / name)
+    result: dict[str, Any] = json.loads((folder / "comparison.json").read_text())
+    return result
+
+
+def run_stage(stage: Stage) -> tuple[dict[str, Any], bool]:
+    """Run one stage in its cache folder unless finished there; returns (summary, ran)."""
+    label = f"stage {stage.name}"
+    if stage.kind == "train":
+        from prefopt.pipeline.world_models import resolve_world_models
+
+        return run_in_folder(resolve_world_models(stage.settings), stage.folder, label)
+    if is_finished(stage.folder):
+        return read_summary(stage.folder), False
+    with stage_lock(stage.folder, label):
+        if is_finished(stage.folder):
+            return read_summary(stage.folder), False
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        result = _run_split(stage) if stage.kind == "split" else _run_expo(stage)
+        (stage.folder / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+        return result, True
+
+
+def _scorer(spec: str, world_cfg: WorldConfig) -> Any:
+    from prefopt.rewards.scorers import load_scorer
+    from prefopt.world import build_world
+
+    if spec == "world":
+        return build_world(world_cfg, cache_dir=cache_dir())
+    if spec.startswith("world:"):
+        from prefopt.pipeline.world_models import world_model
+
+        recipe = Recipe(world=world_cfg)
+        return load_scorer(str(world_model(recipe, spec)))
+    return load_scorer(spec)
+
+
+def _run_split(stage: Stage) -> dict[str, Any]:
+    from prefopt.pipeline.split import format_split_report, run_split
+    from prefopt.world import build_world
+
+    cfg: SplitSettings = stage.settings
+    world = build_world(cfg.world, cache_dir=cache_dir())
+    records = world.preference_records("train")
+    report = run_split(
+        _scorer(cfg.scorer, cfg.world), records, cfg.tau, cfg.mode, stage.folder, cfg.batch_size
+    )
+    print(format_split_report(report), flush=True)
+    for side in ("easy", "hard"):
+        if not report[f"n_{side}"]:
+            from prefopt.trainers.base import TrainingError
+
+            raise TrainingError(
+                f"stage {stage.name}: no {side} pairs at tau {cfg.tau} ({cfg.mode}; resolved "
+                f"threshold {report['threshold']:.3g} on the reward model's scale, "
+                f"{report['n_pairs']} pairs); set stages.{stage.name}.tau, or mode: quantile"
+            )
+    return report
+
+
+def _run_expo(stage: Stage) -> dict[str, Any]:
+    return run_expo(stage.settings, stage.folder)
+
+
+def run_expo(cfg: ExpoSettings, folder: Path) -> dict[str, Any]:
+    """ExPO's alpha search on the world's held-out test prompts, written into ``folder``."""
+    import torch
+
+    from prefopt.pipeline.expo import alpha_search
+    from prefopt.world import build_world
+
+    world = build_world(cfg.world, cache_dir=cache_dir())
+    prompts = world.eval_prompts("test")[: cfg.n_prompts]
+    sft = _model_path(cfg.sft, cfg.world)
+    aligned = _model_path(cfg.aligned, cfg.world)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return alpha_search(
+        sft, aligned, cfg.alphas, _scorer(cfg.scorer, cfg.world), prompts, cfg, device, folder,
+    )  # fmt: skip
+
+
+def _model_path(spec: str, world_cfg: WorldConfig) -> str:
+    if spec.startswith("world:"):
+        from prefopt.pipeline.world_models import world_model
+
+        return str(world_model(Recipe(world=world_cfg), spec))
+    return spec
