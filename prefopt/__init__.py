@@ -1,7 +1,8 @@
 """prefopt: preference optimisation for language models.
 
 Public entry points: `register_loss` (add a loss), `load_recipe` (validated config),
-`train` (run a recipe). Heavy libraries (torch, transformers) load only when training starts.
+`load_pipeline` (a staged recipe, every stage validated), `train` (run either). Heavy
+libraries (torch, transformers) load only when training starts.
 """
 
 import sys
@@ -37,7 +38,11 @@ def __getattr__(name: str):  # lazy: `import prefopt` must stay cheap for the CL
         from prefopt.config import load_recipe
 
         return load_recipe
+    if name == "load_pipeline":
+        from prefopt.pipeline.stages import load_pipeline
+
+        return load_pipeline
     raise AttributeError(name)
 
 
-__all__ = ["LOSSES", "register_loss", "load_recipe", "train", "__version__"]
+__all__ = ["LOSSES", "register_loss", "load_recipe", "load_pipeline", "train", "__version__"]

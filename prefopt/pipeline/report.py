@@ -63,8 +63,8 @@ def _steps(pipeline: Any, name: str) -> int | None:
         stage = pipeline.stage(name)
     except StopIteration:
         return None
-    settings: Recipe = stage.settings
-    return settings.trainer.max_steps
+    settings = stage.settings
+    return settings.trainer.max_steps if isinstance(settings, Recipe) else None
 
 
 def format_report(result: dict[str, Any], names: list[str], baselines: list[str]) -> str:

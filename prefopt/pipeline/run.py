@@ -9,10 +9,14 @@ from prefopt.config import Recipe
 from prefopt.pipeline.world_models import resolve_world_models
 
 
-def train(recipe: Recipe, run_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
-    """Train ``recipe``: its ``world:sft`` / ``world:rm`` models are found in (or trained into)
-    the stage cache first, then the recipe is trained with their folders; the run directory's
-    ``recipe.yaml`` keeps the names, so the run stays portable. Returns (summary, run dir)."""
+def train(recipe: Recipe | Any, run_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """Train ``recipe``; a :class:`~prefopt.pipeline.stages.Pipeline` runs its stages. Its
+    ``world:sft`` / ``world:rm`` models are found in (or trained into) the stage cache first,
+    then the recipe is trained with their folders; the run directory's ``recipe.yaml`` keeps
+    the names, so the run stays portable. Returns (summary, run dir)."""
+    from prefopt.pipeline.stages import Pipeline, run_pipeline
     from prefopt.train import train as train_one
 
+    if isinstance(recipe, Pipeline):
+        return run_pipeline(recipe, run_dir)
     return train_one(resolve_world_models(recipe), run_dir, saved=recipe)

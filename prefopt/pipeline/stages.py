@@ -373,8 +373,8 @@ def _build_report(node: Any, known: dict[str, Stage]) -> ReportSettings:
             continue
         if policy not in known:
             problems.append(f"report: {policy!r} is not a stage ({', '.join(known)})")
-        elif known[policy].kind != "train":
-            problems.append(f"report: {policy!r} is a {known[policy].kind} stage, not a policy")
+        elif known[policy].kind == "split":
+            problems.append(f"report: {policy!r} is a split stage, not a policy")
     if problems:
         raise ConfigError(problems)
     return report
@@ -532,7 +532,10 @@ def run_expo(cfg: ExpoSettings, folder: Path) -> dict[str, Any]:
     from prefopt.world import build_world
 
     world = build_world(cfg.world, cache_dir=cache_dir())
-    prompts = world.eval_prompts("test")[: cfg.n_prompts]
+    # alpha is chosen on prompts of the training pairs, never on the evaluation prompts that a
+    # report compares the chosen model on (no selection bias in the reported gold)
+    seen = dict.fromkeys(r["prompt"] for r in world.preference_records("train"))
+    prompts = list(seen)[: cfg.n_prompts]
     sft = _model_path(cfg.sft, cfg.world)
     aligned = _model_path(cfg.aligned, cfg.world)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
