@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 RUNS_DIR = Path("runs")
@@ -14,3 +15,16 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("PREFOPT_CACHE") or Path.home() / ".cache" / "prefopt")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def run_dir_for(name: str, output_dir: str | None = None) -> Path:
+    """``output_dir`` if set, else a new ``runs/<name>-<timestamp>`` (suffixed if taken)."""
+    if output_dir:
+        return Path(output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RUNS_DIR / f"{name}-{stamp}"
+    suffix = 1
+    while path.exists():
+        path = RUNS_DIR / f"{name}-{stamp}-{suffix}"
+        suffix += 1
+    return path

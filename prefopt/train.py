@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from prefopt.config import Recipe, save_recipe
-from prefopt.paths import RUNS_DIR
+from prefopt.paths import run_dir_for
 from prefopt.registry import get_loss
 
 
@@ -37,15 +36,7 @@ def trainer_class(recipe: Recipe) -> type:
 
 
 def run_directory(recipe: Recipe) -> Path:
-    if recipe.output_dir:
-        return Path(recipe.output_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RUNS_DIR / f"{recipe.name}-{stamp}"
-    suffix = 1
-    while path.exists():
-        path = RUNS_DIR / f"{recipe.name}-{stamp}-{suffix}"
-        suffix += 1
-    return path
+    return run_dir_for(recipe.name, recipe.output_dir)
 
 
 def train(

@@ -50,7 +50,7 @@ from prefopt.config import (
     recipe_path,
     to_yaml,
 )
-from prefopt.paths import RUNS_DIR, cache_dir
+from prefopt.paths import cache_dir, run_dir_for
 from prefopt.pipeline.cache import is_finished, read_summary, run_in_folder, stage_lock, stages_dir
 from prefopt.world.config import WORLD_FORMAT_VERSION, WorldConfig, coerce_config
 
@@ -384,15 +384,7 @@ def _build_report(node: Any, known: dict[str, Stage]) -> ReportSettings:
 
 
 def pipeline_run_dir(pipeline: Pipeline) -> Path:
-    if pipeline.output_dir:
-        return Path(pipeline.output_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RUNS_DIR / f"{pipeline.name}-{stamp}"
-    suffix = 1
-    while path.exists():
-        path = RUNS_DIR / f"{pipeline.name}-{stamp}-{suffix}"
-        suffix += 1
-    return path
+    return run_dir_for(pipeline.name, pipeline.output_dir)
 
 
 def describe(pipeline: Pipeline) -> str:
