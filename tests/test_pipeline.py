@@ -80,6 +80,13 @@ def test_a_bad_staged_recipe_fails_before_anything_runs_naming_the_key(tmp_path,
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_broken_stage_is_reported_once_not_again_by_every_stage_that_uses_it():
+    with pytest.raises(ConfigError) as info:
+        load_pipeline("mpo", ["stages.dpo.trainer.lrr=1"])
+    assert len(info.value.problems) == 1, info.value.problems
+    assert "stages.dpo: unknown key 'trainer.lrr'" in info.value.problems[0]
+
+
 def test_overrides_address_one_stage_or_every_train_stage():
     p = load_pipeline("mpo", ["stages.dpo.loss.beta=0.3", "trainer.device=cpu"])
     assert p.stage("dpo").settings.loss.beta == 0.3

@@ -192,20 +192,26 @@ def load_pipeline(name_or_path: str | Path, overrides: list[str] | None = None) 
         output_dir=raw.get("output_dir"),
     )
     known: dict[str, Stage] = {}
+    failed: set[str] = set()  # stages with problems: what refers to them is not checked again
     for stage_name, node in stages_node.items():
         stage_name = str(stage_name)
         if not isinstance(node, DictConfig):
             problems.append(f"stages.{stage_name}: expected a mapping, got {node!r}")
+            failed.add(stage_name)
+            continue
+        if {ref for _, ref, _ in _references(node, "")} & failed:
+            failed.add(stage_name)
             continue
         try:
             stage = _build_stage(stage_name, node, seed, shared, per_stage.get(stage_name), known)
         except ConfigError as exc:
             problems += exc.problems
+            failed.add(stage_name)
             continue
         known[stage_name] = stage
         pipeline.stages.append(stage)
     try:
-        pipeline.report = _build_report(raw.get("report"), known)
+        pipeline.report = _build_report(raw.get("report"), known, failed)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
@@ -357,7 +363,7 @@ def _identity(stage: Stage) -> str:
     return hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
 
 
-def _build_report(node: Any, known: dict[str, Stage]) -> ReportSettings:
+def _build_report(node: Any, known: dict[str, Stage], failed: set[str]) -> ReportSettings:
     if node is None:
         return ReportSettings()
     schema = OmegaConf.structured(ReportSettings)
@@ -369,7 +375,7 @@ def _build_report(node: Any, known: dict[str, Stage]) -> ReportSettings:
     problems = []
     names = [*report.policies, *report.baselines, *([report.reference] if report.reference else [])]
     for policy in names:
-        if policy is None or policy.startswith("world:"):
+        if policy is None or policy.startswith("world:") or policy in failed:
             continue
         if policy not in known:
             problems.append(f"report: {policy!r} is not a stage ({', '.join(known)})")
