@@ -188,7 +188,8 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
         # expected failures (bad data, missing files or models, a diverging run): a message,
         # no traceback; the last checkpoint in the run directory is intact
         print(f"prefopt: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(f"run directory: {run_dir}")
+        kept = "" if run_dir.exists() else " (not kept: it failed before its first step)"
+        print(f"run directory: {run_dir}{kept}")
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -350,6 +350,20 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     return recipe_from_node(raw, path.stem, problems)
 
 
+def validate_recipe(recipe: Any) -> Recipe:
+    """Check a recipe built or changed in Python with the same rules and messages as a YAML
+    file (``r = load_recipe("dpo"); r.loss.beta = -1`` fails here, naming ``loss.beta``);
+    returns the validated copy. Raises ConfigError."""
+    if not isinstance(recipe, Recipe):
+        raise ConfigError([f"expected a Recipe (prefopt.load_recipe), got {type(recipe).__name__}"])
+    try:
+        node = OmegaConf.create(dataclasses.asdict(recipe))
+    except OmegaConfBaseException as exc:
+        raise ConfigError([f"recipe: {exc}"]) from None
+    assert isinstance(node, DictConfig)
+    return recipe_from_node(node, recipe.name or "recipe")
+
+
 def read_recipe_node(name_or_path: str | Path) -> DictConfig:
     """The raw YAML of a recipe with its ``base:`` chain merged in, not yet validated."""
     return _read_with_bases(recipe_path(name_or_path))
@@ -573,6 +587,12 @@ def _check_ranges(recipe: Recipe) -> list[str]:
             "weights (no fp32 master copy; fp16 gradients cannot be unscaled): keep fp32 and "
             "set trainer.precision for mixed precision, or add model.lora"
         )
+    if recipe.model.quantization is not None and recipe.model.lora is None:
+        problems.append(
+            f"model.quantization {recipe.model.quantization} without model.lora would train only "
+            "the layers bitsandbytes leaves unquantised (embeddings, head, norms): add model.lora "
+            "(QLoRA), or drop model.quantization"
+        )
     if recipe.reference.mode == "adapter" and recipe.reference.name_or_path:
         problems.append(
             "reference.name_or_path is set but reference.mode is adapter (the policy's own base "
@@ -671,6 +691,7 @@ __all__ = [
     "parse_overrides",
     "read_recipe_node",
     "recipe_from_node",
+    "validate_recipe",
     "Recipe",
     "load_recipe",
     "list_recipes",

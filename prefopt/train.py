@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,14 @@ def train(
             f"{run_dir} already holds checkpoints of an earlier run: set resume=auto to continue "
             "it, or choose another output_dir"
         )
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = trainer_class(recipe)(recipe, run_dir)
-    trainer.resume_checkpoint()  # a resume that cannot work fails before the recipe is written
+    try:
+        trainer = trainer_class(recipe)(recipe, run_dir)
+        trainer.resume_checkpoint()  # a resume that cannot work fails before the recipe is written
+    except BaseException:
+        if created:  # nothing was trained: leave no empty run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     save_recipe(saved or recipe, run_dir / "recipe.yaml")
     return trainer.train(), run_dir

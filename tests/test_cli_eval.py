@@ -253,7 +253,11 @@ def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path, override, need
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "training failed" in proc.stderr
     assert needle in proc.stderr
-    assert proc.stdout.strip().endswith(f"run directory: {tmp_path / 'x'}")
+    # it failed before its first step: no empty run folder is left behind, and the line says so
+    assert proc.stdout.strip().endswith(
+        f"run directory: {tmp_path / 'x'} (not kept: it failed before its first step)"
+    )
+    assert not (tmp_path / "x").exists()
 
 
 def test_file_sources_train_and_hold_out_only_what_they_are_given(tmp_path):

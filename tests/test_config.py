@@ -152,3 +152,28 @@ def test_half_precision_weights_need_lora():
     (p,) = problems("dpo", ["model.dtype=bf16"])
     assert p.startswith("model.dtype bf16 without model.lora")
     assert load_recipe("dpo", ["model.dtype=bf16", "model.lora.r=8"]).model.dtype == "bf16"
+
+
+def test_a_recipe_changed_in_python_is_validated_like_a_yaml_file():
+    from prefopt.config import Recipe
+    from prefopt.pipeline.run import train
+
+    recipe = load_recipe("dpo")
+    recipe.loss.beta = -1.0
+    recipe.trainer.precision = "fp8"
+    with pytest.raises(ConfigError) as info:
+        train(recipe)
+    problems = "\n".join(info.value.problems)
+    assert "loss.beta must be > 0, got -1.0" in problems
+    assert "trainer.precision: 'fp8' is not one of fp32, bf16, fp16" in problems
+    with pytest.raises(ConfigError, match="loss.name is required"):
+        train(Recipe())
+    with pytest.raises(ConfigError, match="expected a Recipe"):
+        train({"loss": {"name": "sigmoid"}})
+
+
+def test_quantization_without_lora_is_refused_before_anything_loads():
+    with pytest.raises(ConfigError, match="model.quantization 4bit without model.lora"):
+        load_recipe("dpo", ["model.quantization=4bit"])
+    recipe = load_recipe("dpo", ["model.quantization=4bit", "model.lora.r=8"])
+    assert recipe.model.lora is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefopt.config import Recipe
+from prefopt.config import Recipe, validate_recipe
 from prefopt.pipeline.world_models import resolve_world_models
 
 
@@ -19,4 +19,5 @@ def train(recipe: Recipe | Any, run_dir: Path | None = None) -> tuple[dict[str, 
 
     if isinstance(recipe, Pipeline):
         return run_pipeline(recipe, run_dir)
+    recipe = validate_recipe(recipe)  # what Python code changed is checked as a YAML file is
     return train_one(resolve_world_models(recipe), run_dir, saved=recipe)
