@@ -16,6 +16,7 @@ full width (prompt block + generated tokens).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -114,12 +115,32 @@ def generate(
         # and training through that layer afterwards fails. Dropout is off in every prefopt
         # model, so the two modes sample the same distribution.
         model.eval()
-    with neutral_generation_config(model):
+    with neutral_generation_config(model), _mask_passed_warning_off():
         for start in range(0, len(examples), per_batch):
             batch = collate(examples[start : start + per_batch])
             pieces.append(_generate_batch(model, batch, cfg, k, tokenizer, device, seed + start))
     model.train(was_training)
     return _assemble(prompts, pieces, tokenizer, k)
+
+
+class _MaskPassedFilter(logging.Filter):
+    """Drops transformers' "We strongly recommend passing in an `attention_mask`" warning, which
+    its decoding loop raises although :func:`generate` passes the mask (transformers 5.x)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "attention_mask" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _mask_passed_warning_off() -> Iterator[None]:
+    """Only while prefopt's own generation runs: a user's call without a mask still warns."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    flt = _MaskPassedFilter()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
 
 
 def _generate_batch(
