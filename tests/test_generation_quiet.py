@@ -46,3 +46,29 @@ def test_generation_does_not_warn_about_a_mask_it_passes_but_a_bare_forward_does
         assert [m for m in handler.messages if "attention_mask" in m]
     finally:
         logger.removeHandler(handler)
+
+
+def test_a_reward_model_says_in_one_line_that_its_head_is_new(tiny_pretrained, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    from prefopt.config import load_recipe
+    from prefopt.models.loading import load_reward_backbone
+    from prefopt.world import WorldConfig, build_world
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    handler = _Collect()
+    logger.addHandler(handler)
+    try:
+        recipe = load_recipe("rm")
+        load_reward_backbone(
+            recipe.model, build_world(WorldConfig()).tokenizer(), str(tiny_pretrained)
+        )
+        assert not [m for m in handler.messages if "LOAD REPORT" in m]
+        assert f"reward model: a new scalar head (score.weight) on {tiny_pretrained}" in (
+            capsys.readouterr().out
+        )
+        # the control: plain transformers prints its table for the same checkpoint
+        AutoModelForSequenceClassification.from_pretrained(str(tiny_pretrained), num_labels=1)
+        assert [m for m in handler.messages if "LOAD REPORT" in m]
+    finally:
+        logger.removeHandler(handler)

@@ -7,12 +7,17 @@ Everything a run saves loads back with plain `transformers` / `peft`: a full mod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -110,15 +115,57 @@ def load_reward_backbone(
             device=device,
             trust_remote_code=cfg.trust_remote_code,
         )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            init_path, num_labels=1, **kwargs
-        )
+        with _load_report_off():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                init_path, num_labels=1, output_loading_info=True, **kwargs
+            )
+        _say_what_loading_left_out(init_path, info)
         if cfg.quantization == "4bit":
             check_4bit_widths(model)
     model_config = cast("PreTrainedConfig", model.config)
     if model_config.pad_token_id is None:
         model_config.pad_token_id = tokenizer.pad_token_id
     return _adapted(model, cfg, task_type="SEQ_CLS")
+
+
+class _LoadReportFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _load_report_off() -> Iterator[None]:
+    """transformers prints a table of the keys a checkpoint lacks; for a reward model built on a
+    causal LM the new scalar head is always among them. :func:`_say_what_loading_left_out` says
+    so in one line instead, and names anything else."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    flt = _LoadReportFilter()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+
+
+#: The new head of a sequence-classification model on a causal-LM checkpoint.
+HEAD_KEYS = ("score", "classifier")
+
+
+def _say_what_loading_left_out(path: str, info: dict[str, Any]) -> None:
+    missing = list(info.get("missing_keys") or [])
+    head = [k for k in missing if k.split(".")[0] in HEAD_KEYS]
+    other = [k for k in missing if k not in head]
+    unexpected = list(info.get("unexpected_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if head:
+        print(f"reward model: a new scalar head ({', '.join(head)}) on {path}", flush=True)
+    if other or mismatched:
+        _log.warning(
+            "loading %s as a reward model: %s newly initialised%s", path, ", ".join(other),
+            f"; shapes differ for {', '.join(map(str, mismatched))}" if mismatched else "",
+        )  # fmt: skip
+    if unexpected:
+        _log.info("loading %s as a reward model: unused %s", path, ", ".join(unexpected))
 
 
 def _no_quantized_tiny(cfg: ModelConfig) -> None:
