@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,14 +326,25 @@ def _merge_layer(lower: DictConfig, upper: DictConfig) -> DictConfig:
     section: settings of one loss never leak into another (the new loss starts from its own
     defaults plus what this layer sets)."""
     for section in ("loss", "regulariser"):
-        new_name = OmegaConf.select(upper, f"{section}.name", default=None)
-        old_name = OmegaConf.select(lower, f"{section}.name", default=None)
+        new_name, old_name = _section_name(upper, section), _section_name(lower, section)
         if new_name is not None and old_name is not None and new_name != old_name:
             lower = lower.copy()
             lower.pop(section)
+    for key in upper.keys():  # a mapping replaced by a list or a value: validation names it
+        if key in lower and isinstance(lower.get(key), DictConfig):
+            value = upper._get_node(key)
+            if not isinstance(value, DictConfig) and value is not None and not value._is_none():
+                lower = lower.copy()
+                lower.pop(key)
     merged = OmegaConf.merge(lower, upper)
     assert isinstance(merged, DictConfig)
     return merged
+
+
+def _section_name(node: DictConfig, section: str) -> Any:
+    """``<section>.name`` of a raw recipe layer; None when absent or not a mapping."""
+    value = node.get(section) if section in node else None
+    return value.get("name") if isinstance(value, DictConfig) else None
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -395,6 +407,13 @@ def recipe_from_node(
     raw = raw.copy()
     raw.pop("base", None)
     problems += _import_user_modules(raw.get("imports") or [])
+    for section in ("loss", "regulariser"):  # e.g. loss=[1,2]: a section that is not a mapping
+        node = raw._get_node(section) if section in raw else None
+        if node is not None and not isinstance(node, DictConfig) and not node._is_none():
+            problems.append(
+                f"{section}: expected a mapping (loss.name: ...), got {node._value()!r}"
+            )
+            raw.pop(section)
 
     loss_name = OmegaConf.select(raw, "loss.name", default=None)
     if loss_name is None:
@@ -587,6 +606,26 @@ def _check_ranges(recipe: Recipe) -> list[str]:
             "weights (no fp32 master copy; fp16 gradients cannot be unscaled): keep fp32 and "
             "set trainer.precision for mixed precision, or add model.lora"
         )
+    problems += _non_finite(dataclasses.asdict(recipe))
+    lora, tiny = recipe.model.lora, recipe.model.tiny
+    if lora is not None:
+        if lora.r < 1 or lora.alpha <= 0:
+            problems.append(
+                f"model.lora: need r >= 1 and alpha > 0, got r={lora.r}, alpha={lora.alpha}"
+            )
+        if not 0 <= lora.dropout < 1:
+            problems.append(f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
+    if tiny.layers < 1 or tiny.hidden < 1 or tiny.heads < 1:
+        problems.append("model.tiny: layers, hidden and heads must be >= 1")
+    elif tiny.hidden % tiny.heads:
+        problems.append(
+            f"model.tiny.hidden ({tiny.hidden}) must be divisible by model.tiny.heads "
+            f"({tiny.heads}): each attention head gets hidden / heads dimensions"
+        )
+    try:
+        recipe.world.validate()
+    except ValueError as exc:
+        problems.append(f"world: {exc}")
     if recipe.model.quantization is not None and recipe.model.lora is None:
         problems.append(
             f"model.quantization {recipe.model.quantization} without model.lora would train only "
@@ -633,6 +672,17 @@ def _check_ranges(recipe: Recipe) -> list[str]:
             problems += validate()
     problems += _check_online(recipe)
     return problems
+
+
+def _non_finite(values: Any, prefix: str = "") -> list[str]:
+    """Every NaN or infinite number of a recipe, by key (``loss.beta: must be finite``)."""
+    if isinstance(values, dict):
+        return [p for k, v in values.items() for p in _non_finite(v, f"{prefix}{k}.")]
+    if isinstance(values, list):
+        return [p for i, v in enumerate(values) for p in _non_finite(v, f"{prefix}{i}.")]
+    if isinstance(values, float) and not math.isfinite(values):
+        return [f"{prefix.rstrip('.')}: must be a finite number, got {values}"]
+    return []
 
 
 def _check_online(recipe: Recipe) -> list[str]:

@@ -177,3 +177,22 @@ def test_quantization_without_lora_is_refused_before_anything_loads():
         load_recipe("dpo", ["model.quantization=4bit"])
     recipe = load_recipe("dpo", ["model.quantization=4bit", "model.lora.r=8"])
     assert recipe.model.lora is not None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.lora.r=0", "model.lora: need r >= 1 and alpha > 0, got r=0"),
+        ("loss=[1,2]", "loss: expected a mapping"),
+        ("world.seed=-1", "world: seed must be >= 0"),
+        ("model.tiny.heads=3", "model.tiny.hidden (128) must be divisible by model.tiny.heads (3)"),
+        ("loss.beta=nan", "loss.beta: must be a finite number, got nan"),
+        ("trainer.lr=inf", "trainer.lr: must be a finite number, got inf"),
+    ],
+)
+def test_invalid_values_exit_2_naming_the_key_before_anything_loads(override, message, capsys):
+    from prefopt.cli import main
+
+    assert main(["train", "dpo", override, "output_dir=/nonexistent/never-made"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
