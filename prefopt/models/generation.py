@@ -16,7 +16,6 @@ full width (prompt block + generated tokens).
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.models.logps import token_logps
+from prefopt.models.quiet import without_log_messages
 
 
 @dataclass
@@ -115,32 +115,17 @@ def generate(
         # and training through that layer afterwards fails. Dropout is off in every prefopt
         # model, so the two modes sample the same distribution.
         model.eval()
-    with neutral_generation_config(model), _mask_passed_warning_off():
+    # transformers' decoding loop warns that no attention_mask was passed although one is
+    # (transformers 5.x): not shown while prefopt's own generation runs
+    with (
+        neutral_generation_config(model),
+        without_log_messages("transformers.modeling_utils", "attention_mask"),
+    ):
         for start in range(0, len(examples), per_batch):
             batch = collate(examples[start : start + per_batch])
             pieces.append(_generate_batch(model, batch, cfg, k, tokenizer, device, seed + start))
     model.train(was_training)
     return _assemble(prompts, pieces, tokenizer, k)
-
-
-class _MaskPassedFilter(logging.Filter):
-    """Drops transformers' "We strongly recommend passing in an `attention_mask`" warning, which
-    its decoding loop raises although :func:`generate` passes the mask (transformers 5.x)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "attention_mask" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _mask_passed_warning_off() -> Iterator[None]:
-    """Only while prefopt's own generation runs: a user's call without a mask still warns."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    flt = _MaskPassedFilter()
-    logger.addFilter(flt)
-    try:
-        yield
-    finally:
-        logger.removeFilter(flt)
 
 
 def _generate_batch(

@@ -7,15 +7,15 @@ Everything a run saves loads back with plain `transformers` / `peft`: a full mod
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+
+from prefopt.models.quiet import without_log_messages
 
 _log = logging.getLogger(__name__)
 
@@ -115,7 +115,9 @@ def load_reward_backbone(
             device=device,
             trust_remote_code=cfg.trust_remote_code,
         )
-        with _load_report_off():
+        # transformers prints a table of the keys the checkpoint lacks; the new scalar head is
+        # always among them: _say_what_loading_left_out says so in one line, and names the rest
+        with without_log_messages("transformers.modeling_utils", "LOAD REPORT"):
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 init_path, num_labels=1, output_loading_info=True, **kwargs
             )
@@ -126,25 +128,6 @@ def load_reward_backbone(
     if model_config.pad_token_id is None:
         model_config.pad_token_id = tokenizer.pad_token_id
     return _adapted(model, cfg, task_type="SEQ_CLS")
-
-
-class _LoadReportFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _load_report_off() -> Iterator[None]:
-    """transformers prints a table of the keys a checkpoint lacks; for a reward model built on a
-    causal LM the new scalar head is always among them. :func:`_say_what_loading_left_out` says
-    so in one line instead, and names anything else."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    flt = _LoadReportFilter()
-    logger.addFilter(flt)
-    try:
-        yield
-    finally:
-        logger.removeFilter(flt)
 
 
 #: The new head of a sequence-classification model on a causal-LM checkpoint.
