@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -548,3 +549,46 @@ def test_real_hh_rlhf_harmless_test_counts():
     }
     assert all(r["prompt"].endswith("\n\nAssistant:") for r in records)
     assert all(r["chosen"].startswith(" ") for r in records)
+
+
+GOOD_LINE = b'{"prompt": "p", "chosen": "a good answer", "rejected": "a bad one"}\n'
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason", "message"),
+    [
+        (b"{not json\n", "unreadable_line:not_json", "line 2: not JSON"),
+        (b"[1, 2]\n", "unreadable_line:not_an_object", "line 2: not an object (a JSON list)"),
+        (b"null\n", "unreadable_line:not_an_object", "line 2: not an object (a JSON NoneType)"),
+        (b'"a string"\n', "unreadable_line:not_an_object", "line 2: not an object (a JSON str)"),
+        (b'{"prompt": "p\xff"}\n', "unreadable_line:not_utf-8", "line 2: not UTF-8 (byte 13)"),
+        (
+            b'{"prompt": "\\ud800"}\n',
+            "unreadable_line:a_lone_surrogate",
+            "line 2: a lone surrogate",
+        ),
+    ],
+)
+def test_an_unreadable_json_line_is_counted_or_named_never_a_traceback(
+    tmp_path, bad_line, reason, message
+):
+    from prefopt.data import DataError, load_records
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(GOOD_LINE + bad_line + GOOD_LINE)
+    records, bad = load_records(str(path))
+    assert len(records) == 2 and bad.counts == {reason: 1} and bad.examples[reason] == [2]
+    with pytest.raises(DataError, match=f"{path}: {re.escape(message)}"):
+        load_records(str(path), on_bad_row="error")
+
+
+def test_an_empty_json_lines_file_is_an_error_naming_it(tmp_path):
+    from prefopt.data import DataError, load_records
+
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=f"{path}: no records"):
+        load_records(str(path))
+    path.write_bytes(b"[1]\n\n")
+    with pytest.raises(DataError, match="no records"):
+        load_records(str(path))

@@ -19,7 +19,9 @@ Normalised records (plain dicts):
 from __future__ import annotations
 
 import glob
+import gzip
 import itertools
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -76,12 +78,66 @@ def load_records(
     _check_choice("on_bad_row", on_bad_row, ("skip", "error"))
     if max_rows is not None and max_rows < 0:
         raise ValueError(f"max_rows must be >= 0, got {max_rows}")
-    rows = read_rows(source, split=split, data_dir=data_dir, data_files=data_files)
-    if max_rows is not None:
-        rows = rows.select(range(min(max_rows, len(rows))))
-    return normalize_rows(
+    unreadable = BadRows()
+    if _is_json_lines(source) and split == "train":
+        rows: Any = read_json_lines(source, on_bad_row, unreadable)
+        rows = rows[:max_rows] if max_rows is not None else rows
+    else:
+        rows = read_rows(source, split=split, data_dir=data_dir, data_files=data_files)
+        if max_rows is not None:
+            rows = rows.select(range(min(max_rows, len(rows))))
+    records, bad = normalize_rows(
         rows, kind=kind, format=format, on_bad_row=on_bad_row, tokenizer=tokenizer, source=source
     )
+    return records, bad.merge(unreadable)
+
+
+def _is_json_lines(source: str) -> bool:
+    name = source.lower()
+    return name.endswith(".jsonl") or name.endswith(".jsonl.gz")
+
+
+def read_json_lines(source: str, on_bad_row: str, bad: BadRows) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file or glob, line by line, so that a line that is not
+    UTF-8, not JSON, not an object or holds a lone surrogate is counted in ``bad`` (reason
+    ``unreadable_line:<why>``, examples are line numbers) or, with ``on_bad_row="error"``,
+    stops with its file and line named; a source without any object is an error."""
+    rows: list[dict[str, Any]] = []
+    for path in _expand(source):
+        opener: Any = gzip.open if path.lower().endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
+                    continue
+                value, problem = _parse_line(raw)
+                if problem is not None:
+                    if on_bad_row == "error":
+                        raise DataError(f"{path}: line {number}: {problem}")
+                    why = problem.split(" (")[0].replace(" ", "_").lower()
+                    bad.add(f"unreadable_line:{why}", number)
+                    continue
+                rows.append(value)
+    if not rows:
+        raise DataError(f"{source}: no records (the file is empty or no line could be read)")
+    return rows
+
+
+def _parse_line(raw: bytes) -> tuple[Any, str | None]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 (byte {exc.start})"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(value, dict):
+        return None, f"not an object (a JSON {type(value).__name__})"
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "a lone surrogate (not valid Unicode)"
+    return value, None
 
 
 def read_rows(
