@@ -246,6 +246,35 @@ def render_report(
 COMPARED = (("gold_reward", "gold"), ("kl", "kl"), ("ead", "ead"), ("mean_length", "length"))
 
 
+def _policy_stats(
+    policies: dict[str, nn.Module],
+    reference: nn.Module | None,
+    prompts: list[str],
+    tokenizer: Any,
+    world: Any,
+    cfg: Any,
+    device: torch.device,
+    seed: int,
+    max_prompt_length: int,
+) -> dict[str, PromptStats]:
+    """Every policy's samples on ``prompts`` with the same sampling seed, with their log-ratio
+    to ``reference`` (none without one; zero, without a forward pass, for the reference)."""
+    vocab = len(world.tokenizer())
+    space = getattr(cfg, "ead_ngram_space", "power")
+    stats = {}
+    for name, model in policies.items():
+        samples = generate(model, tokenizer, prompts, cfg, device, seed, max_prompt_length)
+        ratio = None
+        if reference is model:
+            ratio = torch.zeros(len(prompts), cfg.samples_per_prompt, dtype=torch.float64)
+        elif reference is not None:
+            ratio = completion_logps(model, samples, device) - completion_logps(
+                reference, samples, device
+            )
+        stats[name] = sample_stats(world, samples, vocab, space, ratio)
+    return stats
+
+
 @torch.no_grad()
 def paired_policy_comparison(
     policy_a: nn.Module,
@@ -264,25 +293,18 @@ def paired_policy_comparison(
     KL is against the one ``reference`` for both (omitted without one)."""
     from prefopt.eval.compare import paired, standard_error
 
-    vocab = len(world.tokenizer())
-    space = getattr(cfg, "ead_ngram_space", "power")
     out: dict[str, Any] = {
         "n_prompts": 0,
         "samples_per_prompt": cfg.samples_per_prompt,
-        "ead_ngram_space": space,
+        "ead_ngram_space": getattr(cfg, "ead_ngram_space", "power"),
     }
     for split in ("test", "ood"):
         prompts = world.eval_prompts(split)[: cfg.n_prompts]
         out["n_prompts"] = max(out["n_prompts"], len(prompts))
-        stats = {}
-        for name, model in (("a", policy_a), ("b", policy_b)):
-            samples = generate(model, tokenizer, prompts, cfg, device, seed, max_prompt_length)
-            ratio = None
-            if reference is not None:
-                ratio = completion_logps(model, samples, device) - completion_logps(
-                    reference, samples, device
-                )
-            stats[name] = sample_stats(world, samples, vocab, space, ratio)
+        stats = _policy_stats(
+            {"a": policy_a, "b": policy_b}, reference, prompts, tokenizer, world, cfg, device,
+            seed, max_prompt_length,
+        )  # fmt: skip
         split_out: dict[str, Any] = {}
         for key, field_name in COMPARED:
             if field_name == "kl" and reference is None:
@@ -340,20 +362,14 @@ def compare_policies(
     every policy uses the same seed, so differences are paired sample by sample."""
     from prefopt.eval.compare import paired, standard_error
 
-    vocab = len(world.tokenizer())
-    space = getattr(cfg, "ead_ngram_space", "power")
-    ref_model = policies[reference]
     out: dict[str, Any] = {"reference": reference, "samples_per_prompt": cfg.samples_per_prompt}
     for split in ("test", "ood"):
         prompts = world.eval_prompts(split)[: cfg.n_prompts]
         out["n_prompts"] = len(prompts)
-        stats = {}
-        for name, model in policies.items():
-            samples = generate(model, tokenizer, prompts, cfg, device, seed, max_prompt_length)
-            ratio = completion_logps(model, samples, device) - completion_logps(
-                ref_model, samples, device
-            )
-            stats[name] = sample_stats(world, samples, vocab, space, ratio)
+        stats = _policy_stats(
+            policies, policies[reference], prompts, tokenizer, world, cfg, device, seed,
+            max_prompt_length,
+        )  # fmt: skip
         rows: dict[str, Any] = {}
         for name, st in stats.items():
             per_prompt = {

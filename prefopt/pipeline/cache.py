@@ -22,7 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -80,20 +80,36 @@ def stage_lock(folder: Path, label: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def run_in_folder(recipe: Recipe, folder: Path, label: str) -> tuple[dict[str, Any], bool]:
-    """Train ``recipe`` (already resolved) in ``folder`` unless it is finished there; returns
-    ``(summary, ran)``. Resumes a started stage from its checkpoint."""
-    from prefopt.train import train
-    from prefopt.trainers.base import list_checkpoints
-
+def run_once(
+    folder: Path, label: str, work: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """``work()`` in ``folder`` unless the folder is finished; returns ``(summary, ran)``. One
+    process at a time (the lock); one that waited finds the work done. ``work`` returns the
+    summary, and writes ``summary.json`` itself or has it written here, last."""
     if is_finished(folder):
         return read_summary(folder), False
     with stage_lock(folder, label):
         if is_finished(folder):  # another process finished it while we waited
             return read_summary(folder), False
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = work()
+        if not is_finished(folder):
+            (folder / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+        return summary, True
+
+
+def run_in_folder(recipe: Recipe, folder: Path, label: str) -> tuple[dict[str, Any], bool]:
+    """Train ``recipe`` (already resolved) in ``folder`` unless it is finished there; returns
+    ``(summary, ran)``. Resumes a started stage from its checkpoint."""
+
+    def work() -> dict[str, Any]:
+        from prefopt.train import train
+        from prefopt.trainers.base import list_checkpoints
+
         staged = replace(recipe, output_dir=str(folder))
         staged.resume = "auto" if list_checkpoints(folder) else None
         if staged.resume:
             print(f"resuming {label} from its checkpoint in {folder}", flush=True)
-        summary, _ = train(staged, folder)
-        return summary, True
+        return train(staged, folder)[0]
+
+    return run_once(folder, label, work)

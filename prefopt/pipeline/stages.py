@@ -51,7 +51,7 @@ from prefopt.config import (
     to_yaml,
 )
 from prefopt.paths import cache_dir, run_dir_for
-from prefopt.pipeline.cache import is_finished, read_summary, run_in_folder, stage_lock, stages_dir
+from prefopt.pipeline.cache import run_in_folder, run_once, stages_dir
 from prefopt.world.config import WORLD_FORMAT_VERSION, WorldConfig, coerce_config
 
 #: What each kind of stage produces, for ``${stages.<name>.<output>}``.
@@ -450,16 +450,12 @@ def _cached_report(pipeline: Pipeline, run_dir: Path) -> dict[str, Any]:
         sort_keys=True,
     )  # fmt: skip
     folder = stages_dir() / f"report-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    with stage_lock(folder, "the report"):
-        if not (folder / "comparison.json").exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            pipeline_report(pipeline, folder)
-        else:
-            print((folder / "comparison.md").read_text(), flush=True)
+    result, ran = run_once(folder, "the report", lambda: pipeline_report(pipeline, folder))
+    if not ran:
+        print((folder / "comparison.md").read_text(), flush=True)
     for name in REPORT_FILES:
         if (folder / name).exists():
             shutil.copyfile(folder / name, run_dir / name)
-    result: dict[str, Any] = json.loads((folder / "comparison.json").read_text())
     return result
 
 
@@ -470,15 +466,8 @@ def run_stage(stage: Stage) -> tuple[dict[str, Any], bool]:
         from prefopt.pipeline.world_models import resolve_world_models
 
         return run_in_folder(resolve_world_models(stage.settings), stage.folder, label)
-    if is_finished(stage.folder):
-        return read_summary(stage.folder), False
-    with stage_lock(stage.folder, label):
-        if is_finished(stage.folder):
-            return read_summary(stage.folder), False
-        stage.folder.mkdir(parents=True, exist_ok=True)
-        result = _run_split(stage) if stage.kind == "split" else _run_expo(stage)
-        (stage.folder / "summary.json").write_text(json.dumps(result, indent=2, default=str))
-        return result, True
+    work = _run_split if stage.kind == "split" else _run_expo
+    return run_once(stage.folder, label, lambda: work(stage))
 
 
 def _scorer(spec: str, world_cfg: WorldConfig) -> Any:
