@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.config import Recipe, to_yaml
-from prefopt.paths import cache_dir
+from prefopt.paths import cache_dir, launched_processes, say, single_process_environment
 from prefopt.world.config import WORLD_FORMAT_VERSION
 
 SUMMARY = "summary.json"
@@ -72,7 +72,7 @@ def stage_lock(folder: Path, label: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process to finish {label} ({folder})", flush=True)
+            say(f"waiting for another process to finish {label} ({folder})")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -109,7 +109,35 @@ def run_in_folder(recipe: Recipe, folder: Path, label: str) -> tuple[dict[str, A
         staged = replace(recipe, output_dir=str(folder))
         staged.resume = "auto" if list_checkpoints(folder) else None
         if staged.resume:
-            print(f"resuming {label} from its checkpoint in {folder}", flush=True)
+            say(f"resuming {label} from its checkpoint in {folder}")
+        if launched_processes() > 1:
+            return _train_alone(staged, folder)
         return train(staged, folder)[0]
 
     return run_once(folder, label, work)
+
+
+def _train_alone(recipe: Recipe, folder: Path) -> dict[str, Any]:
+    """Train ``recipe`` in a child process outside the launch (its variables removed). A
+    multi-process launch that needs a stage nobody trained yet (``world:sft`` on a fresh
+    cache) gets the same model as a single process would: the stage's identity, and so its
+    result, does not depend on how the run that asked for it was launched. The other
+    processes wait on the stage's lock meanwhile."""
+    import subprocess
+    import sys
+
+    from prefopt.config import save_recipe
+    from prefopt.trainers.base import TrainingError
+
+    path = folder / "launch-recipe.yaml"
+    save_recipe(recipe, path)
+    command = [sys.executable, "-m", "prefopt.cli", "train", str(path)]
+    # its output is shown only if it fails: the launch's own lines stay the last ones
+    done = subprocess.run(
+        command, env=single_process_environment(), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 or not is_finished(folder):
+        raise TrainingError(
+            f"training the stage in {folder} alone failed:\n{(done.stdout + done.stderr)[-3000:]}"
+        )
+    return read_summary(folder)
