@@ -287,3 +287,46 @@ def test_position_keyed_optimizer_state_is_re_keyed_by_parameter_name():
     torch.testing.assert_close(
         fresh.state[model[0].weight]["exp_avg_sq"], optimizer.state[model[0].weight]["exp_avg_sq"]
     )
+
+
+def test_zero_partitions_are_written_as_a_one_process_optimizer_state(monkeypatch):
+    """deepspeed_full_state's own part, with DeepSpeed's safe_get_full_* stood in for: names,
+    groups and Adam's step come out in the form a one-process AdamW loads."""
+    import sys
+    from types import ModuleType
+
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    moments = {
+        id(p): {"exp_avg": torch.full_like(p, 0.5), "exp_avg_sq": torch.full_like(p, 0.25)}
+        for p in model.parameters()
+    }
+    fake = ModuleType("deepspeed.utils")
+    fake.safe_get_full_fp32_param = lambda p: p.detach() * 2  # type: ignore[attr-defined]
+    fake.safe_get_full_optimizer_state = lambda p, k: moments[id(p)][k]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "deepspeed", ModuleType("deepspeed"))
+    monkeypatch.setitem(sys.modules, "deepspeed.utils", fake)
+    flat = torch.nn.Parameter(torch.zeros(9))  # ZeRO's flat partition, what its AdamW holds
+    base = torch.optim.AdamW([{"params": [flat], "lr": 0.1}, {"params": [], "lr": 0.1}])
+    base.state[flat] = {"step": torch.tensor(7.0)}
+    group_names = [["0.weight", "1.weight"], ["0.bias", "1.bias"]]
+    weights, by_name = engines.deepspeed_full_state(
+        model, SimpleNamespace(optimizer=base), group_names
+    )
+    torch.testing.assert_close(weights["1.weight"], model[1].weight.detach() * 2)
+    assert [g["params"] for g in by_name["param_groups"]] == group_names
+    assert by_name["state"]["0.bias"]["step"].item() == 7.0
+    alone = torch.optim.AdamW(
+        [
+            {"params": [model[0].weight, model[1].weight]},
+            {"params": [model[0].bias, model[1].bias], "weight_decay": 0.0},
+        ]
+    )
+    set_optimizer_state_dict(model, alone, by_name, options=StateDictOptions(full_state_dict=True))
+    state = alone.state[model[1].bias]
+    assert state["step"].item() == 7.0
+    torch.testing.assert_close(state["exp_avg_sq"], torch.full((1,), 0.25))

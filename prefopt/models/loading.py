@@ -357,9 +357,10 @@ def save_model(
     name in adapter_config.json) when the model is a PeftModel. ``state_dict``: the full
     weights of a sharded model (FSDP), gathered by the caller, saved instead of its shards."""
     path.mkdir(parents=True, exist_ok=True)
-    extra = {} if state_dict is None else {"state_dict": state_dict}
-    cast("PreTrainedModel | PeftModel", model).save_pretrained(
-        str(path), safe_serialization=True, **extra
-    )
+    saving = cast("PreTrainedModel | PeftModel", model)
+    if state_dict is None:
+        saving.save_pretrained(str(path), safe_serialization=True)
+    else:  # transformers' save_pretrained takes the weights to write instead of its own
+        cast(Any, saving).save_pretrained(str(path), safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)

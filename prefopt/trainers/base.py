@@ -162,9 +162,12 @@ class Trainer:
             raise TrainingError("the model has no trainable parameters")
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}]
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": self.cfg.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
+        # each group's parameter names, before any engine flattens or partitions them
+        names = {p: n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()}
+        self.param_group_names = [[names.get(p, "") for p in g["params"]] for g in groups]
         optimizer = torch.optim.AdamW(
             groups,
             lr=self.cfg.lr,
@@ -370,9 +373,10 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         model = self.accelerator.unwrap_model(self.model)
         # a sharded model is gathered (every process takes part) for the portable save
-        self.gathered_weights = (
-            engines.full_model_state(model) if engines.is_sharded(model) else None
-        )
+        if engines.is_sharded(model):
+            self.gathered_weights = engines.full_model_state(model)
+        elif self.summary["run"].get("zero_stage") == 3:
+            self.gathered_weights = self.accelerator.get_state_dict(self.model)
         if self.is_main:
             self.save_outputs(self.run_dir / "model")
             (self.run_dir / "summary.json").write_text(
@@ -409,6 +413,10 @@ class Trainer:
         optimizer_state: dict[str, Any] = {}
         if layout == "sharded":
             engines.save_sharded(tmp / "sharded", model, self.optimizer.optimizer)
+        elif self.summary["run"]["engine"] == "deepspeed":  # ZeRO partitions: all-reduced
+            weights, optimizer_state = engines.deepspeed_full_state(
+                model, self.optimizer.optimizer, self.param_group_names
+            )
         elif sharded:  # every process takes part in the gathering; rank 0 receives it
             weights = engines.full_model_state(model)
             optimizer_state = engines.full_optimizer_state(model, self.optimizer.optimizer)
@@ -517,6 +525,11 @@ class Trainer:
             step = _step_of(path)
         except (OSError, ValueError, KeyError) as exc:
             raise TrainingError(f"resume: {path} is not a readable checkpoint ({exc})") from exc
+        if self.summary["run"]["engine"] == "deepspeed":
+            raise TrainingError(
+                f"resume: continuing {path} under DeepSpeed is not supported yet; resume it in "
+                "one process, or under DDP or FSDP (docs/scaling.md)"
+            )
         later = [p for p in list_checkpoints(self.run_dir) if _step_of(p) > step]
         if later:
             raise TrainingError(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -190,7 +190,7 @@ def full_model_state(model: nn.Module) -> dict[str, Tensor]:
     weight appears once, under the name ``named_parameters`` gives it (as a plain save)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    weights = get_model_state_dict(model, options=_full_options())
+    weights = cast(dict[str, Tensor], get_model_state_dict(model, options=_full_options()))
     names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     return {name: value for name, value in weights.items() if name in names}
 
@@ -217,7 +217,7 @@ def load_full_state(
     )
 
     options = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(model, weights, options=options)
+    set_model_state_dict(model, cast(Any, weights), options=options)
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 
 
@@ -238,11 +238,46 @@ def load_sharded(folder: os.PathLike, model: nn.Module, optimizer: torch.optim.O
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     weights, optim = get_state_dict(model, optimizer)  # the structure to read into
-    state = {"model": weights, "optimizer": optim}
+    state: dict[str, Any] = {"model": weights, "optimizer": optim}
     dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
+
+
+# ----------------------------------------------------------------------------- DeepSpeed
+
+
+def deepspeed_full_state(
+    model: nn.Module, zero_optimizer: Any, group_names: list[list[str]]
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Every rank must call this (the pieces are all-reduced): the full fp32 weights and Adam
+    moments of a ZeRO-partitioned model, keyed by parameter name, in the form a single
+    process's AdamW loads (``group_names``: the names in each of the trainer's parameter
+    groups). Written against DeepSpeed's documented ``safe_get_full_*`` API; not yet run
+    (no GPU where it was written, see docs/scaling.md)."""
+    from deepspeed.utils import (  # type: ignore[import-not-found]
+        safe_get_full_fp32_param,
+        safe_get_full_optimizer_state,
+    )
+
+    base = zero_optimizer.optimizer  # the torch AdamW over the flat partitions
+    steps = [s["step"] for s in base.state.values() if "step" in s]
+    step = torch.as_tensor(steps[0] if steps else 0, dtype=torch.float32).cpu()
+    weights: dict[str, Tensor] = {}
+    state: dict[str, dict[str, Tensor]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        weights[name] = safe_get_full_fp32_param(param).detach().cpu()
+        moments = {k: safe_get_full_optimizer_state(param, k) for k in ("exp_avg", "exp_avg_sq")}
+        state[name] = {k: v.detach().cpu() for k, v in moments.items() if v is not None}
+        state[name]["step"] = step.clone()
+    groups = [
+        {**{k: v for k, v in group.items() if k != "params"}, "params": names}
+        for group, names in zip(base.param_groups, group_names, strict=True)
+    ]
+    return weights, {"state": state, "param_groups": groups}
 
 
 @contextlib.contextmanager
