@@ -7,6 +7,7 @@
 * checkpoints move between engines: DDP and FSDP (sharded and gathered) ones resume in one
   process, a one-process one resumes under FSDP, all on the uninterrupted trajectory;
 * the model saved under FSDP loads with plain transformers and equals the DDP run's;
+* cached reference log-probs give the trajectory of a live reference under DDP and FSDP;
 * PPO on 2 processes completes and resumes in one process; under FSDP it gathers the policy
   for generation and follows the DDP run;
 * `make train RECIPE=dpo LAUNCH=ddp NPROC=2` trains (its world SFT model too, alone) and prints
@@ -135,6 +136,23 @@ def test_accelerate_launch_matches_one_process_and_resumes_in_one(tmp_path, sing
     resume_alone(out)
     assert_same_trajectory(out, single, range(7, 9))
     assert summary_run(out)["engine"] == "single"
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_cached_reference_log_probs_work_under_each_engine(tmp_path, single, engine):
+    out = tmp_path / engine
+    stdout = run(
+        accelerate_launch(LAUNCH_DIR / f"{engine}.yaml"),
+        "trainer.batch_size=4",
+        "trainer.max_steps=6",
+        "reference.mode=cached",
+        f"reference.cache_dir={tmp_path / 'ref-cache'}",
+        f"output_dir={out}",
+    )
+    assert stdout.count("reference log-probs for 128 train pairs cached") == 1
+    assert len(list((tmp_path / "ref-cache").glob("ref-logps-*.pt"))) == 2  # train and eval
+    # the cached values are the reference's own: the same trajectory as a live reference
+    assert_same_trajectory(out, single, range(1, 7))
 
 
 def test_a_one_process_checkpoint_resumes_under_fsdp(tmp_path, single):
