@@ -228,6 +228,11 @@ def _agreed_run_dir(run_dir: Path, device: str) -> Path:
     from prefopt.trainers.engines import use_cpu
 
     PartialState(cpu=use_cpu(device))
+    if not is_main_process():  # the libraries' progress bars and notes: once, from rank 0
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
     chosen = [str(run_dir)]
     broadcast_object_list(chosen)
     return Path(chosen[0])
