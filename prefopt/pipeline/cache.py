@@ -27,11 +27,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prefopt.config import Recipe, to_yaml
+from omegaconf import OmegaConf
+
+from prefopt.config import Recipe
 from prefopt.paths import cache_dir, launched_processes, say, single_process_environment
 from prefopt.world.config import WORLD_FORMAT_VERSION
 
 SUMMARY = "summary.json"
+
+#: settings that change how a stage runs (speed, memory), never what it learns
+RUNTIME_ONLY_KEYS = ("rollout.gather_zero3_weights",)
 
 
 def stage_identity(recipe: Recipe) -> str:
@@ -39,9 +44,13 @@ def stage_identity(recipe: Recipe) -> str:
     where it runs and how it reports) and the world's format version."""
     learnt = replace(recipe, output_dir=None, resume=None)
     learnt.trainer = replace(recipe.trainer, device="auto", progress_bar=True)
+    node = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt)))
+    for key in RUNTIME_ONLY_KEYS:  # left out, so that adding such a setting keeps old caches
+        section, name = key.split(".")
+        del node[section][name]
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
-    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{to_yaml(learnt)}"
+    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"
     return hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
 
 
