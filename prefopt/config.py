@@ -114,6 +114,9 @@ class DataConfig:
     max_length: int = 96
     max_prompt_length: int = 48
     on_bad_row: str = "skip"  # "skip": count and report; "error": stop naming the row
+    # refuse data whose tokens (of the first 1000 rows) are more than this share unknown to the
+    # tokenizer: English text with the world's tokenizer would train on nothing but <unk>
+    max_unknown_fraction: float = 0.2
 
 
 @dataclass
@@ -600,6 +603,10 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         )
     if t.lr <= 0:
         problems.append(f"trainer.lr must be > 0, got {t.lr}")
+    if not 0 <= recipe.data.max_unknown_fraction <= 1:
+        problems.append(
+            f"data.max_unknown_fraction must be in [0, 1], got {recipe.data.max_unknown_fraction}"
+        )
     if recipe.model.dtype in ("fp16", "bf16") and recipe.model.lora is None:
         problems.append(
             f"model.dtype {recipe.model.dtype} without model.lora would train half-precision "
