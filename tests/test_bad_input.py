@@ -22,9 +22,7 @@ def _english(tmp_path):
     return path
 
 
-def test_english_data_with_the_worlds_tokenizer_is_refused_before_anything_trains(
-    tmp_path, capsys
-):
+def test_english_data_with_the_worlds_tokenizer_is_refused_before_anything_trains(tmp_path, capsys):
     data = _english(tmp_path)
     run = tmp_path / "run"
     # from world:sft: refused before the world's SFT model would be trained for it
