@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     p_expo.add_argument("--samples", type=int, default=2, help="grid search: samples per prompt")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():
+        # in a log file the libraries' own bars (loading, saving weights) would write carriage
+        # returns; prefopt's training loop prints plain progress lines there instead
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         if args.command == "recipes":
             return _recipes()

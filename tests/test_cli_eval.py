@@ -10,7 +10,7 @@ import pytest
 
 from prefopt.cli import main
 from prefopt.pipeline.run import train
-from tests.conftest import REPO, SHARED_DATA, tiny_recipe
+from tests.conftest import REPO, SHARED_DATA, read_metrics, tiny_recipe
 
 HH = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 EVAL_ON = [
@@ -305,8 +305,9 @@ def test_eval_of_an_armorm_run_uses_its_trained_gate(tmp_path, tiny_pretrained):
 def test_cli_train_prints_the_run_directory_last(tmp_path):
     from tests.conftest import cli_train_dpo
 
+    progress = ["trainer.progress_bar=true", "trainer.log_every=2"]
     proc = subprocess.run(
-        cli_train_dpo(tmp_path / "run", "trainer.max_steps=2"),
+        cli_train_dpo(tmp_path / "run", "trainer.max_steps=3", *progress),
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -314,3 +315,10 @@ def test_cli_train_prints_the_run_directory_last(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == f"run directory: {tmp_path / 'run'}"
     assert (tmp_path / "run" / "summary.json").exists()
+    # into a pipe (a log file): plain progress lines every log_every steps and at the last, no
+    # carriage returns from tqdm or from the libraries' own bars (saving the model)
+    assert "\r" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("train: step")]
+    assert [line.split(" (")[0] for line in lines] == ["train: step 2/3", "train: step 3/3"]
+    loss = next(m["loss"] for m in read_metrics(tmp_path / "run") if m["step"] == 3 and "loss" in m)
+    assert lines[-1].endswith(f"loss={loss:.4f}")

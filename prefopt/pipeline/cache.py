@@ -36,9 +36,11 @@ SUMMARY = "summary.json"
 
 def stage_identity(recipe: Recipe) -> str:
     """12 hex digits of the hash of what a stage learns from: its resolved recipe (without
-    where it runs and how it reports) and the world's format version."""
+    where it runs, how it reports and the share of unknown tokens it allows) and the world's
+    format version."""
     learnt = replace(recipe, output_dir=None, resume=None)
     learnt.trainer = replace(recipe.trainer, device="auto", progress_bar=True)
+    learnt.data = replace(recipe.data, max_unknown_fraction=0.2)  # a check, nothing learnt
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{to_yaml(learnt)}"
