@@ -323,6 +323,7 @@ def _eval_rm(args: argparse.Namespace) -> int:
 
 def _compare_rm(args: argparse.Namespace) -> int:
     import json
+    import time
     from dataclasses import replace
 
     import torch
@@ -362,24 +363,33 @@ def _compare_rm(args: argparse.Namespace) -> int:
         return usage("need --skip >= 0 and --n-pairs >= 1")
     recipe = next(iter(runs.values()))
     n = args.n_pairs or recipe.data.max_eval_rows or recipe.world.n_test_pairs
+    started = time.time()
+
+    def say(message: str) -> None:  # progress on stderr; the result table stays on stdout
+        print(f"compare-rm: {message} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    say(f"building the world's held-out pairs {args.skip}..{args.skip + n}")
     # the world's test pairs come from one seeded stream: asking for more keeps the first ones;
     # built in memory (only the test split is generated), not materialised in the cache
     world = build_world(
         replace(recipe.world, n_test_pairs=max(recipe.world.n_test_pairs, args.skip + n))
     )
+    say("loading A and B")
     try:
         scorers = [world if m == "world" else load_scorer(m) for m in (args.a, args.b)]
     except (FileNotFoundError, OSError, ValueError) as exc:
         return usage(str(exc))
     records = world.preference_records("test")[args.skip : args.skip + n]
     gaps = torch.tensor([r["metadata"]["gold_gap"] for r in records])
-    try:
-        result = paired_comparison(
-            score_margins(scorers[0], records),
-            score_margins(scorers[1], records),
-            gaps,
-            world.config.label_temperature,
+
+    def margins(index: int) -> torch.Tensor:
+        name = "AB"[index]
+        return score_margins(
+            scorers[index], records, lambda done, total: say(f"{name}: {done}/{total} pairs scored")
         )
+
+    try:
+        result = paired_comparison(margins(0), margins(1), gaps, world.config.label_temperature)
     except (ValueError, OSError) as exc:
         print(f"prefopt compare-rm: scoring failed: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from prefopt.cli import main
 from prefopt.pipeline.run import train
@@ -153,7 +154,17 @@ def test_compare_rm_pairs_two_models_on_the_same_pairs(tmp_path, capsys):
     assert result["accuracy"]["b"] == pytest.approx(agree / n)
     assert result["accuracy"]["a"] == pytest.approx(summary["accuracy"])
     assert result["expected_accuracy"]["a"] == pytest.approx(summary["expected_accuracy"])
-    assert "paired SE" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "paired SE" in shown.out
+    # progress on stderr while it scores (a long comparison is not silent)
+    progress = [
+        line.split(" (")[0] for line in shown.err.splitlines() if line.startswith("compare-rm:")
+    ]
+    assert progress[-2:] == [
+        f"compare-rm: A: {n}/{n} pairs scored",
+        f"compare-rm: B: {n}/{n} pairs scored",
+    ]
+    assert progress[0] == f"compare-rm: building the world's held-out pairs 0..{n}"
     # --skip: pairs beyond the run's held-out set, from the same stream of test pairs
     assert main(["compare-rm", str(rm_dir), "world", "--skip", "8", "--out", str(out)]) == 0
     later = json.loads(out.read_text())
@@ -322,3 +333,19 @@ def test_cli_train_prints_the_run_directory_last(tmp_path):
     assert [line.split(" (")[0] for line in lines] == ["train: step 2/3", "train: step 3/3"]
     loss = next(m["loss"] for m in read_metrics(tmp_path / "run") if m["step"] == 3 and "loss" in m)
     assert lines[-1].endswith(f"loss={loss:.4f}")
+
+
+def test_margins_scored_in_chunks_equal_one_call_and_report_progress():
+    from prefopt.eval.compare import score_margins
+    from prefopt.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig(n_test_pairs=7))
+    records = world.preference_records("test")
+    calls = []
+    chunked = score_margins(world, records, lambda done, total: calls.append((done, total)), 3)
+    assert calls == [(3, 7), (6, 7), (7, 7)]
+    prompts = [r["prompt"] for r in records]
+    whole = world.score(prompts, [r["chosen"] for r in records]) - world.score(
+        prompts, [r["rejected"] for r in records]
+    )
+    assert torch.equal(chunked, whole.float())
