@@ -269,6 +269,7 @@ def _eval(run_dir: Path, overrides: list[str]) -> int:
         print(f"prefopt: evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     _print_summary(summary)
+    print(f"evaluation written to {summary['eval_dir']} (the run's own evaluation is unchanged)")
     print(f"run directory: {run_dir}")
     return 0
 

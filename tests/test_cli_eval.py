@@ -22,7 +22,7 @@ EVAL_ON = [
 ]
 
 
-def test_world_runs_report_gold_metrics_and_eval_reruns_them(tmp_path, capsys):
+def test_world_runs_report_gold_metrics_and_eval_reruns_them(tmp_path, capsys, monkeypatch):
     summary, run_dir = train(tiny_recipe("sft", tmp_path / "sft", "trainer.max_steps=3", *EVAL_ON))
     ev = summary["eval"]
     for key in (
@@ -39,13 +39,34 @@ def test_world_runs_report_gold_metrics_and_eval_reruns_them(tmp_path, capsys):
     assert (run_dir / "eval_report.md").read_text().startswith("# Gold evaluation")
     # re-evaluating reproduces the numbers: same seeds, and the reference of an SFT run is the
     # untrained initial model saved with the run
+    original = {f: (run_dir / f).read_bytes() for f in ("summary.json", "eval_report.md")}
     assert main(["eval", str(run_dir)]) == 0
-    again = json.loads((run_dir / "summary.json").read_text())["eval"]
+    (first,) = sorted(run_dir.glob("eval-*"))
+    again = json.loads((first / "summary.json").read_text())["eval"]
     for key in ("gold_reward", "reference_gold_reward", "kl", "win_rate"):
         assert again[key] == pytest.approx(ev[key], rel=1e-5, abs=1e-6), key
-    assert capsys.readouterr().out.strip().endswith(f"run directory: {run_dir}")
+    assert (first / "eval_report.md").read_text().startswith("# Gold evaluation")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2:] == [
+        f"evaluation written to {first} (the run's own evaluation is unchanged)",
+        f"run directory: {run_dir}",
+    ]
     assert main(["eval", str(run_dir), "n_prompts=6"]) == 0
-    assert json.loads((run_dir / "summary.json").read_text())["eval"]["n_prompts"] == 6
+    (second,) = set(run_dir.glob("eval-*")) - {first}  # beside the first, not over it
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["eval"]["n_prompts"] == 6 and summary["overrides"] == ["eval.n_prompts=6"]
+    # the training-time evaluation is intact and no empty eval/ folder is left
+    assert {f: (run_dir / f).read_bytes() for f in original} == original
+    assert not (run_dir / "eval").exists()
+    # an evaluation that fails leaves no folder behind
+    import prefopt.evaluate
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prefopt.evaluate, "_evaluate", fail)
+    assert main(["eval", str(run_dir)]) == 1
+    assert set(run_dir.glob("eval-*")) == {first, second}
 
 
 def test_compare_pairs_two_policies_on_the_same_prompts_and_seeds(tmp_path, tiny_pretrained):
@@ -308,7 +329,8 @@ def test_eval_of_an_armorm_run_uses_its_trained_gate(tmp_path, tiny_pretrained):
         )
     )
     assert main(["eval", str(run_dir)]) == 0
-    again = json.loads((run_dir / "summary.json").read_text())["eval"]
+    (eval_dir,) = run_dir.glob("eval-*")
+    again = json.loads((eval_dir / "summary.json").read_text())["eval"]
     assert again["accuracy"] == pytest.approx(summary["eval"]["accuracy"])
     assert again["ece"] == pytest.approx(summary["eval"]["ece"], abs=1e-6)
 
