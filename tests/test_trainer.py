@@ -286,3 +286,53 @@ def test_a_non_finite_loss_names_the_step_and_examples_or_is_skipped(tmp_path, m
     else:
         summary, _ = train(recipe)
         assert summary["steps"] == 4 and summary["skipped_non_finite"] == 1
+
+
+KILL_INSIDE_THE_WRITE = """
+import os, signal, sys
+import torch
+from prefopt.cli import main
+
+save = torch.save
+
+def save_then_die(obj, path, *args, **kwargs):
+    if ".tmp-checkpoint-4" in str(path):  # checkpoint-4 half written: weights, no state yet
+        with open(path, "wb") as handle:
+            handle.write(b"cut off")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(obj, path, *args, **kwargs)
+
+torch.save = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_inside_a_checkpoint_write_keeps_the_previous_one_resumable(tmp_path):
+    """Checkpoints are written to a temporary folder renamed into place when complete: a kill
+    in the middle of writing checkpoint-4 leaves checkpoint-2 intact, and `resume=auto`
+    continues from it on the trajectory of a run that was never interrupted."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_train_dpo
+
+    common = [*DPO_FROM_SCRATCH, "trainer.max_steps=6", "trainer.save_every=2"]
+    run = tmp_path / "killed"
+    args = cli_train_dpo(run, *common)[3:]  # train dpo ... after `python -m prefopt.cli`
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_INSIDE_THE_WRITE, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]
+    (unfinished,) = run.glob(".tmp-checkpoint-4-*")
+    assert (unfinished / "state.pt").read_bytes() == b"cut off"
+
+    summary, _ = train(tiny_recipe("dpo", run, *common, "resume=auto"))
+    straight = losses(train(tiny_recipe("dpo", tmp_path / "straight", *common))[1])
+    resumed = losses(run)
+    assert summary["steps"] == 6 and not unfinished.exists()
+    assert [resumed[s] for s in range(1, 7)] == [straight[s] for s in range(1, 7)]

@@ -406,10 +406,19 @@ class Trainer:
 
     def _maybe_resume(self) -> None:
         path = self.resume_checkpoint()
+        if self.is_main:
+            self._remove_unfinished_writes()
         if path is not None:
             self.load_checkpoint(path)
             if self.is_main:
                 self._drop_metrics_after(self.step)
+
+    def _remove_unfinished_writes(self) -> None:
+        """A run killed (kill -9, power loss) inside `save_checkpoint` leaves its temporary
+        folder: never a checkpoint (only the final rename makes one), but as large as one."""
+        for tmp in sorted(self.run_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*")):
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"removed {tmp.name}, a checkpoint write that never finished")
 
     def _drop_metrics_after(self, step: int) -> None:
         """A run killed after its last checkpoint logged steps it will now train again: drop
