@@ -157,9 +157,9 @@ def normalize_rows(
         rows = list(rows)
     try:
         fmt = detect_format(rows) if format == "auto" else format
+        parse = _parser(kind, fmt)
     except DataError as err:
         raise DataError(f"{source}: {err}") from None
-    parse = _parser(kind, fmt)
     completion_keys = ("chosen", "rejected") if kind == "preference" else ("completion",)
     records: list[dict[str, Any]] = []
     bad = BadRows()
@@ -214,7 +214,10 @@ def _parser(kind: str, fmt: str) -> Parser:
     if kind == "sft":
         return parse_sft if fmt == "sft" else _chosen_as_sft(pair_parsers[fmt])
     if fmt == "sft":
-        raise ValueError("format 'sft' has no rejected completions; use kind='sft'")
+        raise DataError(
+            "format 'sft' (prompt/completion or messages) has no rejected completions, and "
+            "this needs preference pairs (prompt, chosen, rejected); use kind='sft'"
+        )
     return pair_parsers[fmt]
 
 
