@@ -170,9 +170,16 @@ def test_resuming_an_older_checkpoint_refuses_to_mix_trajectories(tmp_path):
         )
 
 
-def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
-    """What a scheduler sends: the run writes a checkpoint of the step it completed last, says
-    where and how to resume, prints the run directory and exits 143; `resume=auto` goes on."""
+@pytest.mark.parametrize(
+    ("signal_name", "status", "reason"),
+    [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "KeyboardInterrupt")],
+)
+def test_sigterm_writes_the_current_step_and_resume_continues(
+    tmp_path, signal_name, status, reason
+):
+    """What a scheduler sends (SIGTERM) and Ctrl-C (SIGINT): the run writes a checkpoint of the
+    step it completed last, says where and how to resume, prints the run directory and exits
+    143 / 130, without a traceback; `resume=auto` goes on."""
     import signal
     import subprocess
     import time
@@ -182,7 +189,12 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
     run = tmp_path / "run"
     args = cli_train_dpo(run, "trainer.max_steps=100000", "trainer.save_every=0")
     proc = subprocess.Popen(
-        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a shell
     )
     deadline = time.time() + 120
     while time.time() < deadline and not (
@@ -190,11 +202,11 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
         and len((run / "metrics.jsonl").read_text().splitlines()) >= 3
     ):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signal_name))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == status, err
     assert out.strip().splitlines()[-1] == f"run directory: {run}"
-    assert "interrupted (SIGTERM)" in err and "resume=auto" in err and "Traceback" not in err
+    assert f"interrupted ({reason})" in err and "resume=auto" in err and "Traceback" not in err
     (checkpoint,) = list(run.glob("checkpoint-*"))
     step = int(checkpoint.name.split("-")[1])
     assert step >= 3 and str(checkpoint) in err
