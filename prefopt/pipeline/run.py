@@ -46,6 +46,7 @@ def check_data_for_world_tokenizer(recipe: Recipe) -> None:
         split=data.split,
         data_dir=data.data_dir,
         max_rows=1000,
+        on_bad_row=data.on_bad_row,
         tokenizer=tokenizer,
     )
     problem = unknown_tokens_problem(
