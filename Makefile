@@ -8,6 +8,13 @@ ABLATION ?=
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 TORCH := torch==2.13.0
+# LAUNCH=ddp | fsdp | zero2 | zero3 (recipes/accelerate/<LAUNCH>.yaml) trains through
+# `accelerate launch` with NPROC processes, on the recipe's trainer.device (GPUs when there are
+# any, else CPU with gloo). Without LAUNCH: one process.
+LAUNCH ?=
+NPROC ?= 2
+ACCELERATE_DIR := prefopt/recipes/accelerate
+LAUNCH_CONFIG := $(ACCELERATE_DIR)/$(LAUNCH).yaml
 
 .PHONY: install install-latest lock train test test-slow lint typecheck bench ablate clean
 
@@ -37,7 +44,14 @@ lock:
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 train: $(STAMP)
+ifeq ($(LAUNCH),)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/prefopt train $(RECIPE) $(ARGS)
+else
+	@test -f $(LAUNCH_CONFIG) || { echo "LAUNCH=$(LAUNCH): no $(LAUNCH_CONFIG); choose ddp, fsdp, zero2 or zero3 (files in $(ACCELERATE_DIR))"; exit 2; }
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/accelerate launch \
+		--config_file $(LAUNCH_CONFIG) --num_processes $(NPROC) \
+		-m prefopt.cli train $(RECIPE) $(ARGS)
+endif
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n 2 --durations=10

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from prefopt.config import ConfigError, list_recipes, load_recipe, recipe_path
+from prefopt.paths import is_main_process, launched_processes, say
 
 EXIT_CONFIG = 2
 
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "expo":
             return _expo(args)
     except ConfigError as exc:
-        print(f"prefopt: {exc}", file=sys.stderr)
+        if is_main_process():  # every process of a launch reads the same recipe
+            print(f"prefopt: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 1
 
@@ -151,6 +153,13 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
     from prefopt.pipeline.stages import is_staged
 
     staged = is_staged(recipe_name)
+    if staged and launched_processes() > 1:
+        raise ConfigError(
+            [
+                f"{recipe_name} is a staged recipe (a pipeline): its stages run one after the "
+                "other in one process; launch it without accelerate launch / torchrun"
+            ]
+        )
     if staged:  # a pipeline: every stage is validated before anything runs
         from prefopt.pipeline.stages import load_pipeline, pipeline_run_dir, run_pipeline
 
@@ -164,7 +173,7 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
         recipe = load_recipe(recipe_name, overrides)  # validates before anything heavy loads
         from prefopt.train import run_directory
 
-        run_dir = run_directory(recipe)
+        run_dir = _agreed_run_dir(run_directory(recipe), recipe.trainer.device)
         resume_hint = f"  prefopt train {run_dir / 'recipe.yaml'} output_dir={run_dir} resume=auto"
     from prefopt.data import DataError
     from prefopt.pipeline.run import train
@@ -178,33 +187,64 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
             summary, run_dir = train(recipe, run_dir)
     except TrainingInterrupted as exc:
         where = f"checkpoint {exc.checkpoint}" if exc.checkpoint else "no checkpoint yet"
-        print(
-            f"prefopt: interrupted ({exc.reason}) after step {exc.step}; {where}. Resume with:\n"
-            + resume_hint,
-            file=sys.stderr,
-        )
-        print(f"run directory: {run_dir}")
+        if is_main_process():
+            print(
+                f"prefopt: interrupted ({exc.reason}) after step {exc.step}; {where}. Resume "
+                "with:\n" + resume_hint,
+                file=sys.stderr,
+            )
+        say(f"run directory: {run_dir}")
         return 143 if exc.reason == "SIGTERM" else 130
     except KeyboardInterrupt:  # before training started: nothing to keep
-        print("prefopt: interrupted before the first step", file=sys.stderr)
-        print(f"run directory: {run_dir}")
+        if is_main_process():
+            print("prefopt: interrupted before the first step", file=sys.stderr)
+        say(f"run directory: {run_dir}")
         return 130
     except (TrainingError, DataError, OSError) as exc:
         # expected failures (bad data, missing files or models, a diverging run): a message,
-        # no traceback; the last checkpoint in the run directory is intact
-        print(f"prefopt: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # no traceback; the last checkpoint in the run directory is intact. Every process
+        # that fails says so (one process's own failure must not be hidden), tagged by rank.
+        failure = f"training failed: {type(exc).__name__}: {exc}"
+        print(f"prefopt: {_rank_tag()}{failure}", file=sys.stderr)
         kept = "" if run_dir.exists() else " (not kept: it failed before its first step)"
-        print(f"run directory: {run_dir}{kept}")
+        say(f"run directory: {run_dir}{kept}")
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     if staged:
         ran, reused = summary["ran"], summary["reused"]
         print(f"stages run: {', '.join(ran) or 'none'}; reused: {', '.join(reused) or 'none'}")
-    else:
+    elif is_main_process():
         _print_summary(summary)
-    print(f"run directory: {run_dir}")
+    say(f"run directory: {run_dir}")
     return 0
+
+
+def _agreed_run_dir(run_dir: Path, device: str) -> Path:
+    """The main process's run directory, on every process of a multi-process launch (each
+    would otherwise stamp its own ``runs/<recipe>-<time>``): accelerate's process group is
+    started here, with the settings the trainer's ``Accelerator`` will use, and rank 0's
+    choice is broadcast."""
+    if launched_processes() == 1:
+        return run_dir
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from prefopt.trainers.engines import use_cpu
+
+    PartialState(cpu=use_cpu(device))
+    if not is_main_process():  # the libraries' progress bars and notes: once, from rank 0
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    chosen = [str(run_dir)]
+    broadcast_object_list(chosen)
+    return Path(chosen[0])
+
+
+def _rank_tag() -> str:
+    return "" if launched_processes() == 1 else f"[rank {os.environ.get('RANK', '0')}] "
 
 
 def _expo(args: argparse.Namespace) -> int:
@@ -366,16 +406,16 @@ def _compare_rm(args: argparse.Namespace) -> int:
     n = args.n_pairs or recipe.data.max_eval_rows or recipe.world.n_test_pairs
     started = time.time()
 
-    def say(message: str) -> None:  # progress on stderr; the result table stays on stdout
+    def progress(message: str) -> None:  # on stderr; the result table stays on stdout
         print(f"compare-rm: {message} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
 
-    say(f"building the world's held-out pairs {args.skip}..{args.skip + n}")
+    progress(f"building the world's held-out pairs {args.skip}..{args.skip + n}")
     # the world's test pairs come from one seeded stream: asking for more keeps the first ones;
     # built in memory (only the test split is generated), not materialised in the cache
     world = build_world(
         replace(recipe.world, n_test_pairs=max(recipe.world.n_test_pairs, args.skip + n))
     )
-    say("loading A and B")
+    progress("loading A and B")
     try:
         scorers = [world if m == "world" else load_scorer(m) for m in (args.a, args.b)]
     except (FileNotFoundError, OSError, ValueError) as exc:
@@ -386,7 +426,7 @@ def _compare_rm(args: argparse.Namespace) -> int:
     def margins(index: int) -> torch.Tensor:
         name = "AB"[index]
         return score_margins(
-            scorers[index], records, lambda done, total: say(f"{name}: {done}/{total} pairs scored")
+            scorers[index], records, lambda done, total: progress(f"{name}: {done}/{total} pairs scored")
         )
 
     try:

@@ -195,6 +195,10 @@ class RolloutConfig:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
     batch_size: int = 256  # sequences per generate call
+    # DeepSpeed ZeRO-3: gather the policy's full weights once per rollout for generation (fast;
+    # the full model must fit on one device); false: ZeRO-3 gathers layer by layer at every
+    # generated token, far slower (DeepSpeed issue #4354). FSDP always gathers once.
+    gather_zero3_weights: bool = True
 
 
 @dataclass

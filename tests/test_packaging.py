@@ -32,7 +32,12 @@ def test_a_built_wheel_holds_every_shipped_recipe(tmp_path):
     )
     (wheel,) = tmp_path.glob("prefopt-*.whl")
     names = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("prefopt/recipes/")}
-    assert {f"prefopt/recipes/{r}.yaml" for r in list_recipes()} == names
+    launch_configs = {
+        f"prefopt/recipes/accelerate/{p.name}"
+        for p in (REPO / "prefopt" / "recipes" / "accelerate").glob("*.yaml")
+    }
+    assert "prefopt/recipes/accelerate/fsdp.yaml" in launch_configs
+    assert {f"prefopt/recipes/{r}.yaml" for r in list_recipes()} | launch_configs == names
     assert "dpo" in list_recipes() and "ppo" in list_recipes()
 
     # installed (not editable) into a fresh environment that borrows the dependencies, and run

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prefopt.models.quiet import quiet_bitsandbytes_import, without_log_messages
+from prefopt.paths import say
 
 _log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def _say_what_loading_left_out(path: str, info: dict[str, Any]) -> None:
     unexpected = list(info.get("unexpected_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
     if head:
-        print(f"reward model: a new scalar head ({', '.join(head)}) on {path}", flush=True)
+        say(f"reward model: a new scalar head ({', '.join(head)}) on {path}")
     if other or mismatched:
         _log.warning(
             "loading %s as a reward model: %s newly initialised%s", path, ", ".join(other),
@@ -350,10 +351,20 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, path: Path) -> None:
+def save_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    path: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Save in Hugging Face format: a full model, or the LoRA adapter (with the base model's
-    name in adapter_config.json) when the model is a PeftModel."""
+    name in adapter_config.json) when the model is a PeftModel. ``state_dict``: the full
+    weights of a sharded model (FSDP), gathered by the caller, saved instead of its shards."""
     path.mkdir(parents=True, exist_ok=True)
-    cast("PreTrainedModel | PeftModel", model).save_pretrained(str(path), safe_serialization=True)
+    saving = cast("PreTrainedModel | PeftModel", model)
+    if state_dict is None:
+        saving.save_pretrained(str(path), safe_serialization=True)
+    else:  # transformers' save_pretrained takes the weights to write instead of its own
+        cast(Any, saving).save_pretrained(str(path), safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)

@@ -27,23 +27,30 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prefopt.config import Recipe, to_yaml
-from prefopt.paths import cache_dir
+from omegaconf import OmegaConf
+
+from prefopt.config import Recipe
+from prefopt.paths import cache_dir, launched_processes, say, single_process_environment
 from prefopt.world.config import WORLD_FORMAT_VERSION
 
 SUMMARY = "summary.json"
 
+#: settings that change how a stage runs (speed, memory) or what it checks, never what it learns
+RUNTIME_ONLY_KEYS = ("rollout.gather_zero3_weights", "data.max_unknown_fraction")
+
 
 def stage_identity(recipe: Recipe) -> str:
     """12 hex digits of the hash of what a stage learns from: its resolved recipe (without
-    where it runs, how it reports and the share of unknown tokens it allows) and the world's
-    format version."""
+    where it runs, how it reports and `RUNTIME_ONLY_KEYS`) and the world's format version."""
     learnt = replace(recipe, output_dir=None, resume=None)
     learnt.trainer = replace(recipe.trainer, device="auto", progress_bar=True)
-    learnt.data = replace(recipe.data, max_unknown_fraction=0.2)  # a check, nothing learnt
+    node = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt)))
+    for key in RUNTIME_ONLY_KEYS:  # left out, so that adding such a setting keeps old caches
+        section, name = key.split(".")
+        del node[section][name]
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
-    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{to_yaml(learnt)}"
+    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"
     return hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
 
 
@@ -74,7 +81,7 @@ def stage_lock(folder: Path, label: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process to finish {label} ({folder})", flush=True)
+            say(f"waiting for another process to finish {label} ({folder})")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -111,7 +118,35 @@ def run_in_folder(recipe: Recipe, folder: Path, label: str) -> tuple[dict[str, A
         staged = replace(recipe, output_dir=str(folder))
         staged.resume = "auto" if list_checkpoints(folder) else None
         if staged.resume:
-            print(f"resuming {label} from its checkpoint in {folder}", flush=True)
+            say(f"resuming {label} from its checkpoint in {folder}")
+        if launched_processes() > 1:
+            return _train_alone(staged, folder)
         return train(staged, folder)[0]
 
     return run_once(folder, label, work)
+
+
+def _train_alone(recipe: Recipe, folder: Path) -> dict[str, Any]:
+    """Train ``recipe`` in a child process outside the launch (its variables removed). A
+    multi-process launch that needs a stage nobody trained yet (``world:sft`` on a fresh
+    cache) gets the same model as a single process would: the stage's identity, and so its
+    result, does not depend on how the run that asked for it was launched. The other
+    processes wait on the stage's lock meanwhile."""
+    import subprocess
+    import sys
+
+    from prefopt.config import save_recipe
+    from prefopt.trainers.base import TrainingError
+
+    path = folder / "launch-recipe.yaml"
+    save_recipe(recipe, path)
+    command = [sys.executable, "-m", "prefopt.cli", "train", str(path)]
+    # its output is shown only if it fails: the launch's own lines stay the last ones
+    done = subprocess.run(
+        command, env=single_process_environment(), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 or not is_finished(folder):
+        raise TrainingError(
+            f"training the stage in {folder} alone failed:\n{(done.stdout + done.stderr)[-3000:]}"
+        )
+    return read_summary(folder)

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from prefopt.config import ConfigError, Recipe, load_recipe
+from prefopt.paths import say
 from prefopt.pipeline.cache import run_in_folder, stage_identity, stages_dir
 from prefopt.registry import get_loss
 from prefopt.world.config import PAIR_ONLY_FIELDS
@@ -61,7 +62,7 @@ def world_model(recipe: Recipe, name: str) -> Path:
     staged = stage_recipe_for(recipe, stage)
     folder = world_model_folder(recipe, name)
     if not (folder / "summary.json").exists():
-        print(f"training the world's {stage} model once (cached in {folder})", flush=True)
+        say(f"training the world's {stage} model once (cached in {folder})")
     staged = resolve_world_models(staged)
     run_in_folder(staged, folder, f"the world's {stage} model")
     return folder / "model"

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from prefopt.config import Recipe
 from prefopt.losses.base import LossOutput
+from prefopt.trainers import engines
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -79,10 +80,14 @@ class Trainer:
         self.accelerator = Accelerator(
             mixed_precision=precision,
             gradient_accumulation_steps=self.cfg.grad_accum,
-            cpu=self.cfg.device == "cpu",
+            cpu=engines.use_cpu(self.cfg.device),
         )
         if self.cfg.device == "cuda" and self.accelerator.device.type != "cuda":
             raise TrainingError("trainer.device is cuda but no CUDA device is available")
+        try:
+            engines.check_launch(self.accelerator, self.cfg)
+        except engines.LaunchError as exc:
+            raise TrainingError(str(exc)) from None
         set_seed(recipe.seed)
         self.device = self.accelerator.device
         # compute dtype of k-bit layers follows the mixed-precision setting
@@ -90,8 +95,13 @@ class Trainer:
             self.cfg.precision, torch.float32
         )
         self.step = 0
-        self.summary: dict[str, Any] = {"recipe": recipe.name}
+        self.summary: dict[str, Any] = {
+            "recipe": recipe.name,
+            "run": engines.run_info(self.accelerator, self.cfg.precision),
+        }
         self.pending_log: dict[str, float] = {}  # merged into the next metrics record
+        # full weights of a sharded model, gathered at the end for save_outputs (else None)
+        self.gathered_weights: dict[str, Tensor] | None = None
         self.train_examples: list[dict[str, Any]] = []
         self.model: nn.Module
         self.for_eval = for_eval  # evaluation only: no optimizer, nothing trainable needed
@@ -143,14 +153,22 @@ class Trainer:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def _prepare_optimisation(self) -> None:
+        if engines.needs_own_fsdp(self.accelerator):
+            try:
+                self.model = engines.shard_on_cpu(self.accelerator, self.model)
+            except engines.LaunchError as exc:
+                raise TrainingError(str(exc)) from None
         params = self.trainable_parameters()
         if not params:
             raise TrainingError("the model has no trainable parameters")
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}]
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": self.cfg.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
+        # each group's parameter names, before any engine flattens or partitions them
+        names = {p: n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()}
+        self.param_group_names = [[names.get(p, "") for p in g["params"]] for g in groups]
         optimizer = torch.optim.AdamW(
             groups,
             lr=self.cfg.lr,
@@ -158,7 +176,10 @@ class Trainer:
             eps=self.cfg.adam_eps,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        if engines.is_sharded(self.model):  # sharded above (FSDP on CPU): no DDP wrapper
+            self.optimizer = self.accelerator.prepare(optimizer)
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         world = self.accelerator.num_processes
         self.global_batch = self.cfg.batch_size * world
         self.batches_per_epoch = len(self.train_examples) // self.global_batch
@@ -352,6 +373,12 @@ class Trainer:
             tracker.log(self.step, _flatten({"eval": final_eval}))
         tracker.close()
         self.accelerator.wait_for_everyone()
+        model = self.accelerator.unwrap_model(self.model)
+        # a sharded model is gathered (every process takes part) for the portable save
+        if engines.is_sharded(model):
+            self.gathered_weights = engines.full_model_state(model)
+        elif self.summary["run"].get("zero_stage") == 3:
+            self.gathered_weights = self.accelerator.get_state_dict(self.model)
         if self.is_main:
             self.save_outputs(self.run_dir / "model")
             (self.run_dir / "summary.json").write_text(
@@ -363,41 +390,93 @@ class Trainer:
 
     def save_checkpoint(self, rng: dict[str, Any] | None = None) -> Path:
         """Write ``checkpoint-<step>`` atomically; ``rng`` replaces the current RNG states (the
-        interruption handler passes those from the start of the step in progress)."""
+        interruption handler passes those from the start of the step in progress).
+
+        One format whatever the engine: ``trainable.safetensors`` (full weights) and
+        ``state.pt``, which a single process reads back. A sharded model (FSDP) is gathered for
+        it first, or, with ``fsdp_state_dict_type: SHARDED_STATE_DICT``, every process writes
+        its shards of weights and optimizer state to ``sharded/`` (torch.distributed
+        .checkpoint), which any number of processes, one included, can load."""
         final = self.run_dir / f"{CHECKPOINT_PREFIX}{self.step}"
         self.accelerator.wait_for_everyone()
-        if self.is_main and not final.exists():
-            from safetensors.torch import save_file
-
-            tmp = self.run_dir / f".tmp-{CHECKPOINT_PREFIX}{self.step}-{os.getpid()}"
+        if final.exists():
+            return final
+        model = self.accelerator.unwrap_model(self.model)
+        sharded = engines.is_sharded(model)
+        layout = "full"
+        if sharded and engines.fsdp_state_dict_type() == "SHARDED_STATE_DICT":
+            layout = "sharded"
+        tmp = self.run_dir / f".tmp-{CHECKPOINT_PREFIX}{self.step}-{self._launch_token()}"
+        if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            model = self.accelerator.unwrap_model(self.model)
-            trainable = {
-                n: p.detach().cpu().contiguous()
-                for n, p in model.named_parameters()
-                if p.requires_grad
-            }
-            save_file(trainable, tmp / "trainable.safetensors")
-            torch.save(
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": rng if rng is not None else _rng_state(),
-                    "extra": self.extra_state(),
-                    "scaler": (
-                        self.accelerator.scaler.state_dict()
-                        if self.accelerator.scaler is not None
-                        else None
-                    ),
-                },
-                tmp / "state.pt",
+        self.accelerator.wait_for_everyone()
+        weights: dict[str, Tensor] = {}
+        optimizer_state: dict[str, Any] = {}
+        if layout == "sharded":
+            engines.save_sharded(tmp / "sharded", model, self.optimizer.optimizer)
+        elif self.summary["run"]["engine"] == "deepspeed":  # ZeRO partitions: all-reduced
+            weights, optimizer_state = engines.deepspeed_full_state(
+                model, self.optimizer.optimizer, self.param_group_names
             )
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step}))
+        elif sharded:  # every process takes part in the gathering; rank 0 receives it
+            weights = engines.full_model_state(model)
+            optimizer_state = engines.full_optimizer_state(model, self.optimizer.optimizer)
+        if self.is_main:
+            self._write_checkpoint(tmp, model, rng, weights, optimizer_state, layout)
             os.replace(tmp, final)  # atomic on POSIX: the folder appears complete or not at all
             self._prune_checkpoints()
         self.accelerator.wait_for_everyone()
         return final
+
+    def _launch_token(self) -> int:
+        """The main process's id, the same on every process of the launch (names the
+        temporary checkpoint folder that they all write into)."""
+        token = [os.getpid()]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(token)
+        return int(token[0])
+
+    def _write_checkpoint(
+        self,
+        tmp: Path,
+        model: nn.Module,
+        rng: dict[str, Any] | None,
+        weights: dict[str, Tensor],
+        optimizer_state: dict[str, Any],
+        layout: str,
+    ) -> None:
+        from safetensors.torch import save_file
+
+        state: dict[str, Any] = {
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng if rng is not None else _rng_state(),
+            "extra": self.extra_state(),
+            "scaler": (
+                self.accelerator.scaler.state_dict()
+                if self.accelerator.scaler is not None
+                else None
+            ),
+        }
+        if layout == "full":
+            trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
+            if weights:  # gathered from the shards, keyed by name
+                trainable = {n: weights[n].contiguous() for n in trainable_names}
+                state["optimizer_by_name"] = optimizer_state
+            else:
+                trainable = {
+                    n: p.detach().cpu().contiguous()
+                    for n, p in model.named_parameters()
+                    if p.requires_grad
+                }
+                state["optimizer"] = self.optimizer.state_dict()
+            save_file(trainable, tmp / "trainable.safetensors")
+        torch.save(state, tmp / "state.pt")
+        (tmp / "trainer_state.json").write_text(
+            json.dumps({"step": self.step, "layout": layout, **self.summary["run"]})
+        )
 
     def _prune_checkpoints(self) -> None:
         ckpts = list_checkpoints(self.run_dir)
@@ -457,6 +536,11 @@ class Trainer:
             step = _step_of(path)
         except (OSError, ValueError, KeyError) as exc:
             raise TrainingError(f"resume: {path} is not a readable checkpoint ({exc})") from exc
+        if self.summary["run"]["engine"] == "deepspeed":
+            raise TrainingError(
+                f"resume: continuing {path} under DeepSpeed is not supported yet; resume it in "
+                "one process, or under DDP or FSDP (docs/scaling.md)"
+            )
         later = [p for p in list_checkpoints(self.run_dir) if _step_of(p) > step]
         if later:
             raise TrainingError(
@@ -485,16 +569,29 @@ class Trainer:
         return None
 
     def load_checkpoint(self, path: Path) -> None:
+        """Resume from ``path`` whatever engine wrote it and whatever engine runs now."""
         step, weights, state = _read_checkpoint(path)
         model = self.accelerator.unwrap_model(self.model)
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
-        if missing:
-            raise TrainingError(f"checkpoint {path} lacks parameters: {missing[:5]}")
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = self.optimizer.optimizer  # the torch optimizer inside accelerate's wrapper
+        if weights is None:  # sharded/: read (and resharded) by torch.distributed.checkpoint
+            engines.load_sharded(path / "sharded", model, optimizer)
+        else:
+            missing = [
+                n for n, p in model.named_parameters() if p.requires_grad and n not in weights
+            ]
+            if missing:
+                raise TrainingError(f"checkpoint {path} lacks parameters: {missing[:5]}")
+            by_name = state.get("optimizer_by_name")
+            if by_name is None and engines.is_sharded(model):
+                by_name = _optimizer_state_by_name(state["optimizer"], model, optimizer)
+            if by_name is not None:
+                engines.load_full_state(model, optimizer, weights, by_name)
+            else:
+                params = dict(model.named_parameters())
+                with torch.no_grad():
+                    for name, value in weights.items():
+                        params[name].copy_(value)
+                self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
@@ -505,14 +602,34 @@ class Trainer:
             print(f"resumed from {path} at step {self.step}")
 
 
-def _read_checkpoint(path: Path) -> tuple[int, dict[str, Tensor], dict[str, Any]]:
-    """``(step, trainable weights, state)`` of a checkpoint folder, or a TrainingError that
-    names the file that cannot be read and why."""
+def _optimizer_state_by_name(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """An optimizer state dict keyed by position (``optimizer.state_dict()``) re-keyed by
+    parameter name, the form a sharded model loads; positions follow this run's optimizer,
+    which is built the same way as the one that saved it."""
+    names_of = {p: n for n, p in model.named_parameters()}
+    names = [names_of[p] for group in optimizer.param_groups for p in group["params"]]
+    return {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[i] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
+
+
+def _read_checkpoint(path: Path) -> tuple[int, dict[str, Tensor] | None, dict[str, Any]]:
+    """``(step, trainable weights, state)`` of a checkpoint folder (weights None: they are in
+    its ``sharded/`` folder), or a TrainingError that names the file that cannot be read."""
     from safetensors.torch import load_file
 
+    sharded = (path / "sharded" / ".metadata").is_file()
     names = ("trainer_state.json", "trainable.safetensors", "state.pt")
     for name in names:
         file = path / name
+        if sharded and name == names[1]:
+            continue
         if not file.is_file():
             raise TrainingError(f"checkpoint {path}: {name} is missing")
         if file.stat().st_size == 0:
@@ -521,7 +638,7 @@ def _read_checkpoint(path: Path) -> tuple[int, dict[str, Tensor], dict[str, Any]
     try:
         step = int(json.loads((path / current).read_text())["step"])
         current = names[1]
-        weights = load_file(path / current)
+        weights = None if sharded else load_file(path / current)
         current = names[2]
         state = torch.load(path / current, map_location="cpu", weights_only=True)
     except Exception as exc:

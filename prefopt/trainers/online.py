@@ -68,6 +68,7 @@ from prefopt.rl.advantages import (
 from prefopt.rl.kl import FixedKLController, kl_penalty
 from prefopt.rl.ppo import entropy_from_logits, explained_variance, token_aggregate
 from prefopt.rl.rollout import Rollout
+from prefopt.trainers import engines
 from prefopt.trainers.base import TrainingError
 from prefopt.trainers.policy import PolicyTrainer, unresolved_check
 
@@ -294,7 +295,9 @@ class OnlineTrainer(PolicyTrainer):
         the samples it came from (text and ids) and its metrics."""
         cfg = self.recipe
         policy = self.unwrapped()
-        samples = self.sample(policy, prompts, seed=cfg.seed * 1_000_003 + self.step)
+        # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
+        with engines.full_weights_for_generation(policy, cfg.rollout.gather_zero3_weights):
+            samples = self.sample(policy, prompts, seed=cfg.seed * 1_000_003 + self.step)
         device = self.device
         seq = samples.sequences.to(device)
         attn = samples.attention_mask.to(device)
@@ -509,8 +512,8 @@ class OnlineTrainer(PolicyTrainer):
         if self.world is not None and self.recipe.eval.enabled:
             from prefopt.eval.pm import pm_divergence
 
-            results.update(
-                pm_divergence(
+            with engines.full_weights_for_generation(self.unwrapped()):
+                divergence = pm_divergence(
                     self.unwrapped(),
                     self.tokenizer,
                     self.scorer,
@@ -520,7 +523,7 @@ class OnlineTrainer(PolicyTrainer):
                     seed=self.recipe.seed + 104729,
                     max_prompt_length=self.recipe.data.max_prompt_length,
                 )
-            )
+            results.update(divergence)
         if self.is_main:
             from prefopt.eval.plots import overoptimisation_plot
 

@@ -24,6 +24,7 @@ from prefopt.models.loading import (
     load_tokenizer,
     save_model,
 )
+from prefopt.trainers import engines
 from prefopt.trainers.base import Trainer, TrainingError
 
 if TYPE_CHECKING:
@@ -244,26 +245,27 @@ class PolicyTrainer(Trainer):
     # ---------------------------------------------------------------- outputs
 
     def save_outputs(self, path: Path) -> None:
-        save_model(self.unwrapped(), self.tokenizer, path)
+        save_model(self.unwrapped(), self.tokenizer, path, state_dict=self.gathered_weights)
 
     def final_evaluation(self) -> dict[str, Any]:
         if self.world is None or not self.recipe.eval.enabled:
             return {}
         from prefopt.eval.gold import gold_evaluation
 
-        results = gold_evaluation(
-            policy=self.unwrapped(),
-            reference=self.reference_model(),
-            reference_context=self.reference_forward,
-            tokenizer=self.tokenizer,
-            world=self.world,
-            cfg=self.recipe.eval,
-            device=self.device,
-            seed=self.recipe.seed,
-            report_path=self.run_dir / "eval_report.md",
-            max_prompt_length=self.recipe.data.max_prompt_length,
-        )
-        return results
+        # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
+        with engines.full_weights_for_generation(self.unwrapped()):
+            return gold_evaluation(
+                policy=self.unwrapped(),
+                reference=self.reference_model(),
+                reference_context=self.reference_forward,
+                tokenizer=self.tokenizer,
+                world=self.world,
+                cfg=self.recipe.eval,
+                device=self.device,
+                seed=self.recipe.seed,
+                report_path=self.run_dir / "eval_report.md",
+                max_prompt_length=self.recipe.data.max_prompt_length,
+            )
 
 
 def held_out_split(data: Any) -> str:
