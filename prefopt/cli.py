@@ -425,9 +425,11 @@ def _compare_rm(args: argparse.Namespace) -> int:
 
     def margins(index: int) -> torch.Tensor:
         name = "AB"[index]
-        return score_margins(
-            scorers[index], records, lambda done, total: progress(f"{name}: {done}/{total} pairs scored")
-        )
+
+        def scored(done: int, total: int) -> None:
+            progress(f"{name}: {done}/{total} pairs scored")
+
+        return score_margins(scorers[index], records, scored)
 
     try:
         result = paired_comparison(margins(0), margins(1), gaps, world.config.label_temperature)
