@@ -25,9 +25,9 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import Recipe
 from prefopt.paths import cache_dir, launched_processes, say, single_process_environment
@@ -47,7 +47,7 @@ def stage_identity(recipe: Recipe) -> str:
     node = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt)))
     for key in RUNTIME_ONLY_KEYS:  # left out, so that adding such a setting keeps old caches
         section, name = key.split(".")
-        del node[section][name]
+        cast(DictConfig, cast(DictConfig, node)[section]).pop(name)
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"
