@@ -654,7 +654,7 @@ def _json_array(*items: bytes) -> bytes:
         ),
         (
             "pairs.csv.gz",
-            gzip.compress(CSV_HEADER + GOOD_CSV_LINE * 2 + b'p,"never closed\n'),
+            gzip.compress(CSV_HEADER + GOOD_CSV_LINE * 2 + b'p,"never closed\n', mtime=0),
             "unreadable_line:not_csv",
             4,
             "line 4: not CSV (unexpected end of data)",
@@ -693,7 +693,7 @@ def test_a_bad_row_of_a_json_or_csv_file_is_counted_or_named_never_a_traceback(
         ),
         ("twice.csv", b"prompt,chosen,prompt\n", "line 1: column 'prompt' appears more than once"),
         ("bad.parquet", b"not parquet at all", "not a readable parquet file (ArrowInvalid:"),
-        ("cut.jsonl.gz", gzip.compress(GOOD_LINE * 50)[:-12], "cannot be read ("),
+        ("cut.jsonl.gz", gzip.compress(GOOD_LINE * 50, mtime=0)[:-12], "cannot be read ("),
         ("fields.json", b'[{"data": 1}]', "cannot detect the data format from fields ['data']"),
     ],
 )
