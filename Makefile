@@ -6,6 +6,8 @@ RECIPE ?= dpo
 ARGS ?=
 ABLATION ?=
 STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
+TORCH := torch==2.13.0
 # LAUNCH=ddp | fsdp | zero2 | zero3 (recipes/accelerate/<LAUNCH>.yaml) trains through
 # `accelerate launch` with NPROC processes, on the recipe's trainer.device (GPUs when there are
 # any, else CPU with gloo). Without LAUNCH: one process.
@@ -14,18 +16,32 @@ NPROC ?= 2
 ACCELERATE_DIR := prefopt/recipes/accelerate
 LAUNCH_CONFIG := $(ACCELERATE_DIR)/$(LAUNCH).yaml
 
-.PHONY: install train test test-slow lint typecheck bench ablate clean
+.PHONY: install install-latest lock train test test-slow lint typecheck bench ablate clean
 
+# `make install`: the exact versions the test suite last passed with (constraints.txt).
 # torch is pinned to the CPU build that installs quickly; an unpinned torch would pull the
 # CUDA packages. On a GPU machine install the torch build you need first, then `make install`.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The newest releases pyproject.toml allows (torch stays at $(TORCH)): to try an upgrade. If
+# `make test` then passes, `make lock` records them in constraints.txt; commit it on purpose.
+install-latest:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]' $(TORCH)
+	touch $(STAMP)
+
+lock:
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable \
+	  | grep -v '^prefopt' | sed 's/+cpu$$//'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 train: $(STAMP)
 ifeq ($(LAUNCH),)

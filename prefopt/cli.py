@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p_expo.add_argument("--samples", type=int, default=2, help="grid search: samples per prompt")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():
+        # in a log file the libraries' own bars (loading, saving weights) would write carriage
+        # returns; prefopt's training loop prints plain progress lines there instead
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         if args.command == "recipes":
             return _recipes()
@@ -304,6 +309,7 @@ def _eval(run_dir: Path, overrides: list[str]) -> int:
         print(f"prefopt: evaluation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     _print_summary(summary)
+    print(f"evaluation written to {summary['eval_dir']} (the run's own evaluation is unchanged)")
     print(f"run directory: {run_dir}")
     return 0
 
@@ -358,6 +364,7 @@ def _eval_rm(args: argparse.Namespace) -> int:
 
 def _compare_rm(args: argparse.Namespace) -> int:
     import json
+    import time
     from dataclasses import replace
 
     import torch
@@ -397,24 +404,35 @@ def _compare_rm(args: argparse.Namespace) -> int:
         return usage("need --skip >= 0 and --n-pairs >= 1")
     recipe = next(iter(runs.values()))
     n = args.n_pairs or recipe.data.max_eval_rows or recipe.world.n_test_pairs
+    started = time.time()
+
+    def progress(message: str) -> None:  # on stderr; the result table stays on stdout
+        print(f"compare-rm: {message} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+
+    progress(f"building the world's held-out pairs {args.skip}..{args.skip + n}")
     # the world's test pairs come from one seeded stream: asking for more keeps the first ones;
     # built in memory (only the test split is generated), not materialised in the cache
     world = build_world(
         replace(recipe.world, n_test_pairs=max(recipe.world.n_test_pairs, args.skip + n))
     )
+    progress("loading A and B")
     try:
         scorers = [world if m == "world" else load_scorer(m) for m in (args.a, args.b)]
     except (FileNotFoundError, OSError, ValueError) as exc:
         return usage(str(exc))
     records = world.preference_records("test")[args.skip : args.skip + n]
     gaps = torch.tensor([r["metadata"]["gold_gap"] for r in records])
+
+    def margins(index: int) -> torch.Tensor:
+        name = "AB"[index]
+
+        def scored(done: int, total: int) -> None:
+            progress(f"{name}: {done}/{total} pairs scored")
+
+        return score_margins(scorers[index], records, scored)
+
     try:
-        result = paired_comparison(
-            score_margins(scorers[0], records),
-            score_margins(scorers[1], records),
-            gaps,
-            world.config.label_temperature,
-        )
+        result = paired_comparison(margins(0), margins(1), gaps, world.config.label_temperature)
     except (ValueError, OSError) as exc:
         print(f"prefopt compare-rm: scoring failed: {exc}", file=sys.stderr)
         return 1

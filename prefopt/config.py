@@ -17,10 +17,12 @@ import difflib
 import importlib
 import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -114,6 +116,9 @@ class DataConfig:
     max_length: int = 96
     max_prompt_length: int = 48
     on_bad_row: str = "skip"  # "skip": count and report; "error": stop naming the row
+    # refuse data whose tokens (of the first 1000 rows) are more than this share unknown to the
+    # tokenizer: English text with the world's tokenizer would train on nothing but <unk>
+    max_unknown_fraction: float = 0.2
 
 
 @dataclass
@@ -394,12 +399,21 @@ def parse_overrides(overrides: list[str] | None) -> tuple[list[str], DictConfig 
     """``key=value`` strings as a config node, and the problems of malformed ones."""
     if not overrides:
         return [], None
-    bad = [o for o in overrides if "=" not in o]
-    problems = [f"override {o!r} is not of the form key=value" for o in bad]
+    problems, nodes = [], []
+    for override in overrides:
+        if "=" not in override:
+            problems.append(f"override {override!r} is not of the form key=value")
+            continue
+        try:  # one at a time, so that a value YAML cannot parse is named
+            nodes.append(OmegaConf.from_dotlist([override]))
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            problems.append(f"override {override!r}: cannot parse its value ({reason})")
     try:
-        cli = OmegaConf.from_dotlist([o for o in overrides if "=" in o])
+        cli = OmegaConf.merge(*nodes) if nodes else OmegaConf.create()
     except OmegaConfBaseException as exc:
-        raise ConfigError([*problems, f"cannot parse overrides: {exc}"]) from None
+        raise ConfigError([*problems, f"overrides that contradict each other: {exc}"]) from None
+    assert isinstance(cli, DictConfig)
     return problems, cli
 
 
@@ -446,15 +460,17 @@ def recipe_from_node(
         node = OmegaConf.select(raw, parent) if parent else raw
         if isinstance(node, DictConfig) and leaf in node:
             node.pop(leaf)
-    merged = OmegaConf.merge(schema, raw)
-    merged.name = merged.name or default_name
-    try:
+    try:  # what was not dropped above (e.g. a key with a dot in it) fails here, named
+        merged = OmegaConf.merge(schema, raw)
+        merged.name = merged.name or default_name
         recipe = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ConfigError([*problems, _describe(exc)]) from None
+        raise ConfigError(list(dict.fromkeys([*problems, _describe(exc)]))) from None
     assert isinstance(recipe, Recipe)
-    if loss_cls is not LossConfigFallback:
-        problems += _check_ranges(recipe)
+    wrong_items = _list_item_problems(recipe)  # OmegaConf does not type a list's items
+    if wrong_items:
+        raise ConfigError([*problems, *wrong_items])
+    problems += _check_ranges(recipe)  # with an unknown loss too: every problem at once
     if problems:
         raise ConfigError(problems)
     return recipe
@@ -604,6 +620,12 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         )
     if t.lr <= 0:
         problems.append(f"trainer.lr must be > 0, got {t.lr}")
+    if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
+        problems.append(f"trainer.adam_betas must be two numbers in [0, 1), got {t.adam_betas}")
+    if not 0 <= recipe.data.max_unknown_fraction <= 1:
+        problems.append(
+            f"data.max_unknown_fraction must be in [0, 1], got {recipe.data.max_unknown_fraction}"
+        )
     if recipe.model.dtype in ("fp16", "bf16") and recipe.model.lora is None:
         problems.append(
             f"model.dtype {recipe.model.dtype} without model.lora would train half-precision "
@@ -660,6 +682,8 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         )
     if not 0 < recipe.smoothing.beta <= 1:
         problems.append(f"smoothing.beta must be in (0, 1], got {recipe.smoothing.beta}")
+    if recipe.loss is None or recipe.loss.name not in LOSSES:  # reported: the loss checks need it
+        return problems
     if recipe.smoothing.method == "ids":
         entry = get_loss(recipe.loss.name)
         if not getattr(entry.build, "supports_soft_labels", False):
@@ -675,6 +699,28 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         if callable(validate):
             problems += validate()
     problems += _check_online(recipe)
+    return problems
+
+
+def _list_item_problems(obj: Any, prefix: str = "") -> list[str]:
+    """Items of ``list[int | float | str]`` fields that are not of the item type, by key."""
+    problems: list[str] = []
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return problems
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            problems += _list_item_problems(value, key + ".")
+            continue
+        lists = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if t is not None]
+        item = next((typing.get_args(t)[0] for t in lists if typing.get_origin(t) is list), None)
+        if item not in (int, float, str) or not isinstance(value, list):
+            continue
+        allowed = (int, float) if item is float else item
+        wrong = [v for v in value if not isinstance(v, allowed) or isinstance(v, bool)]
+        if wrong:
+            problems.append(f"{key}: expected a list of {item.__name__}, got {value!r}")
     return problems
 
 

@@ -4,32 +4,52 @@ A policy run on the world gets the gold evaluation (gold reward, KL, win rate, d
 out of distribution) against its reference: the initial model for SFT, the reference policy for
 the DPO family. On real data without a gold reward it reports what can be measured: the
 held-out implicit-reward accuracy and log-probs of a policy, the accuracy and calibration of a
-reward model. Results are merged into the run's summary.json under ``eval``.
+reward model. Each evaluation is written beside the run's own, into a new folder
+``RUN_DIR/eval-<timestamp>/`` (``summary.json`` with the results and the settings changed,
+``eval_report.md`` for a world policy); the training-time ``summary.json`` and
+``eval_report.md`` are never changed.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from prefopt.config import ConfigError, load_recipe
+from prefopt.paths import stamped_dir
 from prefopt.registry import get_loss
 
 
 def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate the finished run ``run_dir`` again, into a new ``eval-<timestamp>/`` folder in
+    it; returns what that folder's summary.json holds (``eval``, ``overrides``, ``eval_dir``)."""
     run_dir = Path(run_dir)
-    recipe = load_recipe(
-        run_dir / "recipe.yaml",
-        [f"eval.{o}" if not o.startswith("eval.") else o for o in overrides or []],
-    )
+    overrides = [o if o.startswith("eval.") else f"eval.{o}" for o in overrides or []]
+    recipe = load_recipe(run_dir / "recipe.yaml", overrides)
     model_dir = run_dir / "model"
     if not model_dir.exists():
         raise ConfigError([f"{run_dir} has no trained model (model/); did the run finish?"])
+    eval_dir = stamped_dir(run_dir, "eval")
+    eval_dir.mkdir()
+    try:
+        results = _evaluate(run_dir, recipe, model_dir, eval_dir)
+    except BaseException:
+        shutil.rmtree(eval_dir, ignore_errors=True)  # no empty folder left behind
+        raise
+    summary = {"eval": results, "overrides": overrides, "eval_dir": str(eval_dir)}
+    (eval_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _evaluate(run_dir: Path, recipe: Any, model_dir: Path, eval_dir: Path) -> dict[str, Any]:
     kind = get_loss(recipe.loss.name).kind
     if kind == "armorm":
-        return _update_summary(run_dir, evaluate_armorm(recipe, model_dir))
+        return evaluate_armorm(recipe, model_dir)
     reference_path = run_reference_path(run_dir, recipe)
+    if kind in ("sft", "pairwise") and reference_path is None:
+        raise ConfigError([f"{run_dir}: no reference to compare with (no initial_model/)"])
     recipe.model.name_or_path = str(model_dir)
     recipe.model.lora = None  # an adapter folder loads with its base through peft
     recipe.reference.mode = "copy"
@@ -39,16 +59,8 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
     from prefopt.train import trainer_class
 
     recipe = resolve_world_models(recipe)  # e.g. an online run's reward model (world:rm)
-
-    eval_dir = run_dir / "eval"
     trainer = trainer_class(recipe)(recipe, eval_dir, for_eval=True)
-    if kind in ("sft", "pairwise") and reference_path is None:
-        raise ConfigError([f"{run_dir}: no reference to compare with (no initial_model/)"])
-    results = {**trainer.evaluate(), **trainer.final_evaluation()}
-    report = eval_dir / "eval_report.md"
-    if report.exists():
-        report.replace(run_dir / "eval_report.md")
-    return _update_summary(run_dir, results)
+    return {**trainer.evaluate(), **trainer.final_evaluation()}  # the report: in eval_dir
 
 
 def _resolve_model(name: str | None, recipe: Any) -> str | None:
@@ -70,14 +82,6 @@ def run_reference_path(run_dir: Path, recipe: Any) -> str | None:
         or _resolve_model(recipe.model.name_or_path, recipe)
         or (str(initial) if initial.exists() else None)
     )
-
-
-def _update_summary(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary["eval"] = {**summary.get("eval", {}), **results}
-    summary_path.write_text(json.dumps(summary, indent=2, default=str))
-    return summary
 
 
 def evaluate_armorm(recipe: Any, model_dir: Path) -> dict[str, Any]:

@@ -51,11 +51,16 @@ def run_dir_for(name: str, output_dir: str | None = None) -> Path:
     and broadcasts its answer."""
     if output_dir:
         return Path(output_dir)
+    return stamped_dir(RUNS_DIR, name)
+
+
+def stamped_dir(parent: Path, name: str) -> Path:
+    """A new ``parent/<name>-<timestamp>`` (suffixed ``-1``, ``-2``... if taken; not created)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RUNS_DIR / f"{name}-{stamp}"
+    path = parent / f"{name}-{stamp}"
     suffix = 1
     while path.exists():
-        path = RUNS_DIR / f"{name}-{stamp}-{suffix}"
+        path = parent / f"{name}-{stamp}-{suffix}"
         suffix += 1
     return path
 

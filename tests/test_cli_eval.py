@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from prefopt.cli import main
 from prefopt.pipeline.run import train
-from tests.conftest import REPO, SHARED_DATA, tiny_recipe
+from tests.conftest import REPO, SHARED_DATA, read_metrics, tiny_recipe
 
 HH = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 EVAL_ON = [
@@ -21,7 +22,7 @@ EVAL_ON = [
 ]
 
 
-def test_world_runs_report_gold_metrics_and_eval_reruns_them(tmp_path, capsys):
+def test_world_runs_report_gold_metrics_and_eval_reruns_them(tmp_path, capsys, monkeypatch):
     summary, run_dir = train(tiny_recipe("sft", tmp_path / "sft", "trainer.max_steps=3", *EVAL_ON))
     ev = summary["eval"]
     for key in (
@@ -38,13 +39,34 @@ def test_world_runs_report_gold_metrics_and_eval_reruns_them(tmp_path, capsys):
     assert (run_dir / "eval_report.md").read_text().startswith("# Gold evaluation")
     # re-evaluating reproduces the numbers: same seeds, and the reference of an SFT run is the
     # untrained initial model saved with the run
+    original = {f: (run_dir / f).read_bytes() for f in ("summary.json", "eval_report.md")}
     assert main(["eval", str(run_dir)]) == 0
-    again = json.loads((run_dir / "summary.json").read_text())["eval"]
+    (first,) = sorted(run_dir.glob("eval-*"))
+    again = json.loads((first / "summary.json").read_text())["eval"]
     for key in ("gold_reward", "reference_gold_reward", "kl", "win_rate"):
         assert again[key] == pytest.approx(ev[key], rel=1e-5, abs=1e-6), key
-    assert capsys.readouterr().out.strip().endswith(f"run directory: {run_dir}")
+    assert (first / "eval_report.md").read_text().startswith("# Gold evaluation")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2:] == [
+        f"evaluation written to {first} (the run's own evaluation is unchanged)",
+        f"run directory: {run_dir}",
+    ]
     assert main(["eval", str(run_dir), "n_prompts=6"]) == 0
-    assert json.loads((run_dir / "summary.json").read_text())["eval"]["n_prompts"] == 6
+    (second,) = set(run_dir.glob("eval-*")) - {first}  # beside the first, not over it
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["eval"]["n_prompts"] == 6 and summary["overrides"] == ["eval.n_prompts=6"]
+    # the training-time evaluation is intact and no empty eval/ folder is left
+    assert {f: (run_dir / f).read_bytes() for f in original} == original
+    assert not (run_dir / "eval").exists()
+    # an evaluation that fails leaves no folder behind
+    import prefopt.evaluate
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prefopt.evaluate, "_evaluate", fail)
+    assert main(["eval", str(run_dir)]) == 1
+    assert set(run_dir.glob("eval-*")) == {first, second}
 
 
 def test_compare_pairs_two_policies_on_the_same_prompts_and_seeds(tmp_path, tiny_pretrained):
@@ -153,7 +175,17 @@ def test_compare_rm_pairs_two_models_on_the_same_pairs(tmp_path, capsys):
     assert result["accuracy"]["b"] == pytest.approx(agree / n)
     assert result["accuracy"]["a"] == pytest.approx(summary["accuracy"])
     assert result["expected_accuracy"]["a"] == pytest.approx(summary["expected_accuracy"])
-    assert "paired SE" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "paired SE" in shown.out
+    # progress on stderr while it scores (a long comparison is not silent)
+    progress = [
+        line.split(" (")[0] for line in shown.err.splitlines() if line.startswith("compare-rm:")
+    ]
+    assert progress[-2:] == [
+        f"compare-rm: A: {n}/{n} pairs scored",
+        f"compare-rm: B: {n}/{n} pairs scored",
+    ]
+    assert progress[0] == f"compare-rm: building the world's held-out pairs 0..{n}"
     # --skip: pairs beyond the run's held-out set, from the same stream of test pairs
     assert main(["compare-rm", str(rm_dir), "world", "--skip", "8", "--out", str(out)]) == 0
     later = json.loads(out.read_text())
@@ -297,7 +329,8 @@ def test_eval_of_an_armorm_run_uses_its_trained_gate(tmp_path, tiny_pretrained):
         )
     )
     assert main(["eval", str(run_dir)]) == 0
-    again = json.loads((run_dir / "summary.json").read_text())["eval"]
+    (eval_dir,) = run_dir.glob("eval-*")
+    again = json.loads((eval_dir / "summary.json").read_text())["eval"]
     assert again["accuracy"] == pytest.approx(summary["eval"]["accuracy"])
     assert again["ece"] == pytest.approx(summary["eval"]["ece"], abs=1e-6)
 
@@ -305,8 +338,9 @@ def test_eval_of_an_armorm_run_uses_its_trained_gate(tmp_path, tiny_pretrained):
 def test_cli_train_prints_the_run_directory_last(tmp_path):
     from tests.conftest import cli_train_dpo
 
+    progress = ["trainer.progress_bar=true", "trainer.log_every=2"]
     proc = subprocess.run(
-        cli_train_dpo(tmp_path / "run", "trainer.max_steps=2"),
+        cli_train_dpo(tmp_path / "run", "trainer.max_steps=3", *progress),
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -314,3 +348,26 @@ def test_cli_train_prints_the_run_directory_last(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == f"run directory: {tmp_path / 'run'}"
     assert (tmp_path / "run" / "summary.json").exists()
+    # into a pipe (a log file): plain progress lines every log_every steps and at the last, no
+    # carriage returns from tqdm or from the libraries' own bars (saving the model)
+    assert "\r" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("train: step")]
+    assert [line.split(" (")[0] for line in lines] == ["train: step 2/3", "train: step 3/3"]
+    loss = next(m["loss"] for m in read_metrics(tmp_path / "run") if m["step"] == 3 and "loss" in m)
+    assert lines[-1].endswith(f"loss={loss:.4f}")
+
+
+def test_margins_scored_in_chunks_equal_one_call_and_report_progress():
+    from prefopt.eval.compare import score_margins
+    from prefopt.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig(n_test_pairs=7))
+    records = world.preference_records("test")
+    calls = []
+    chunked = score_margins(world, records, lambda done, total: calls.append((done, total)), 3)
+    assert calls == [(3, 7), (6, 7), (7, 7)]
+    prompts = [r["prompt"] for r in records]
+    whole = world.score(prompts, [r["chosen"] for r in records]) - world.score(
+        prompts, [r["rejected"] for r in records]
+    )
+    assert torch.equal(chunked, whole.float())

@@ -188,6 +188,7 @@ def test_quantization_without_lora_is_refused_before_anything_loads():
         ("model.tiny.heads=3", "model.tiny.hidden (128) must be divisible by model.tiny.heads (3)"),
         ("loss.beta=nan", "loss.beta: must be a finite number, got nan"),
         ("trainer.lr=inf", "trainer.lr: must be a finite number, got inf"),
+        ("data.max_unknown_fraction=2", "data.max_unknown_fraction must be in [0, 1], got 2.0"),
     ],
 )
 def test_invalid_values_exit_2_naming_the_key_before_anything_loads(override, message, capsys):

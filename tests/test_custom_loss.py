@@ -52,3 +52,24 @@ def test_prefopt_train_stays_the_function_after_the_submodule_is_imported():
 
     assert callable(prefopt.train) and prefopt.train is first
     assert prefopt.train.__name__ == "train" and prefopt.load_recipe("dpo").loss.name == "sigmoid"
+
+
+def test_the_python_api_example_of_the_docs_runs_as_written(tmp_path, monkeypatch):
+    """docs/python.md builds a recipe and a loss without YAML: its first code block runs."""
+    import re
+
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "python.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # its output_dir is relative: runs/exp-margin
+    namespace: dict = {"__name__": "docs_python_example"}
+    exec(compile(code, "docs/python.md", "exec"), namespace)
+    summary, run_dir = namespace["summary"], namespace["run_dir"]
+    assert str(run_dir) == "runs/exp-margin" and (tmp_path / run_dir / "model").is_dir()
+    assert summary["steps"] == 20 and summary["recipe"] == "exp-margin"
+    assert isinstance(summary["eval"]["gold_reward"], float)
+    from prefopt.config import load_recipe
+
+    saved = load_recipe(tmp_path / run_dir / "recipe.yaml")  # the loss is registered here
+    assert saved.loss.name == "exp_margin" and saved.loss.beta == 0.2

@@ -592,3 +592,168 @@ def test_an_empty_json_lines_file_is_an_error_naming_it(tmp_path):
     path.write_bytes(b"[1]\n\n")
     with pytest.raises(DataError, match="no records"):
         load_records(str(path))
+
+
+GOOD_ROW = {"prompt": "p", "chosen": "a good answer", "rejected": "a bad one"}
+GOOD_CSV_LINE = b"p,a good answer,a bad one\n"
+CSV_HEADER = b"prompt,chosen,rejected\n"
+
+
+def _json_array(*items: bytes) -> bytes:
+    return b"[\n" + b",\n".join(items) + b"\n]\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason", "where", "message"),
+    [
+        (  # an element of a JSON array that is not an object
+            "pairs.json",
+            _json_array(json.dumps(GOOD_ROW).encode(), b"[1, 2]", json.dumps(GOOD_ROW).encode()),
+            "unreadable_row:not_an_object",
+            1,
+            "row 1: not an object (a JSON list)",
+        ),
+        (
+            "pairs.json",
+            _json_array(
+                json.dumps(GOOD_ROW).encode(),
+                b'{"prompt": "\\udc00"}',
+                json.dumps(GOOD_ROW).encode(),
+            ),
+            "unreadable_row:a_lone_surrogate",
+            1,
+            "row 1: a lone surrogate",
+        ),
+        (  # JSON lines under a .json name, as datasets accepts them
+            "pairs.json",
+            GOOD_LINE + b"{not json\n" + GOOD_LINE,
+            "unreadable_line:not_json",
+            2,
+            "line 2: not JSON",
+        ),
+        (
+            "pairs.csv",
+            CSV_HEADER + GOOD_CSV_LINE + b"p,one,two,three\n" + GOOD_CSV_LINE,
+            "unreadable_line:wrong_number_of_fields",
+            3,
+            "line 3: wrong number of fields (4; the header has 3)",
+        ),
+        (
+            "pairs.csv",
+            CSV_HEADER + GOOD_CSV_LINE + b'"p"x,a,b\n' + GOOD_CSV_LINE,
+            "unreadable_line:not_csv",
+            3,
+            "line 3: not CSV",
+        ),
+        (
+            "pairs.csv",
+            CSV_HEADER + GOOD_CSV_LINE + b"p\xff,a,b\n" + GOOD_CSV_LINE,
+            "unreadable_line:not_utf-8",
+            3,
+            "line 3: not UTF-8",
+        ),
+        (
+            "pairs.csv.gz",
+            gzip.compress(CSV_HEADER + GOOD_CSV_LINE * 2 + b'p,"never closed\n', mtime=0),
+            "unreadable_line:not_csv",
+            4,
+            "line 4: not CSV (unexpected end of data)",
+        ),
+    ],
+)
+def test_a_bad_row_of_a_json_or_csv_file_is_counted_or_named_never_a_traceback(
+    tmp_path, name, content, reason, where, message
+):
+    path = tmp_path / name
+    path.write_bytes(content)
+    records, bad = load_records(str(path))
+    assert len(records) == 2 and bad.counts == {reason: 1} and bad.examples[reason] == [where]
+    assert all(r["chosen"] == "a good answer" for r in records)
+    with pytest.raises(DataError, match=f"^{re.escape(f'{path}: {message}')}"):
+        load_records(str(path), on_bad_row="error")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.json", b"  \n", "the file is empty"),
+        ("empty.csv", b"", "the file is empty (no header line)"),
+        ("header.csv", CSV_HEADER, "no records (the file holds no rows)"),
+        (
+            "broken.json",
+            _json_array(b'{"prompt": "p" "chosen": "a"}'),
+            "line 2, column 16: not JSON",
+        ),
+        ("bytes.json", b'[{"prompt": "\xff"}]', "line 1: not UTF-8 (byte 13)"),
+        ("string.json", b'"just text"', "not a JSON array of objects (a JSON str)"),
+        (
+            "columns.json",
+            b'{"prompt": ["a", "b"], "chosen": ["c"]}',
+            "an object of columns whose lists differ in length ([1, 2])",
+        ),
+        ("twice.csv", b"prompt,chosen,prompt\n", "line 1: column 'prompt' appears more than once"),
+        ("bad.parquet", b"not parquet at all", "not a readable parquet file (ArrowInvalid:"),
+        ("cut.jsonl.gz", gzip.compress(GOOD_LINE * 50, mtime=0)[:-12], "cannot be read ("),
+        ("fields.json", b'[{"data": 1}]', "cannot detect the data format from fields ['data']"),
+    ],
+)
+def test_an_unreadable_data_file_is_a_one_line_error_naming_it(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        load_records(str(path))
+    assert str(caught.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(caught.value)
+
+
+def test_json_columns_and_a_single_object_read_as_rows(tmp_path):
+    columns = tmp_path / "columns.json"
+    columns.write_text(json.dumps({k: [v, v + "!"] for k, v in GOOD_ROW.items()}))
+    records, bad = load_records(str(columns))
+    assert [r["chosen"] for r in records] == ["a good answer", "a good answer!"] and not bad.total
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps(GOOD_ROW, indent=2))
+    records, _ = load_records(str(single))
+    assert [(r["prompt"], r["index"]) for r in records] == [("p", 0)]
+
+
+def test_csv_cells_are_text_except_margin_and_integer_ids(tmp_path):
+    path = tmp_path / "typed.csv"
+    path.write_text(
+        "id,prompt,chosen,rejected,margin\n"
+        "7,12,a good answer,a bad one,0.5\n"
+        "x8,p,a good answer,a bad one,\n"
+        "9,p,a good answer,a bad one,big\n"
+    )
+    records, bad = load_records(str(path))
+    assert [(r["id"], r["prompt"], r["margin"]) for r in records] == [
+        (7, "12", 0.5),
+        ("x8", "p", None),
+    ]
+    assert bad.counts == {"wrong_type:margin": 1} and bad.examples["wrong_type:margin"] == [2]
+
+
+def test_a_bad_data_file_ends_training_with_one_line_naming_it(tmp_path, capsys, tiny_pretrained):
+    from prefopt.cli import main
+    from tests.conftest import TINY
+
+    data = tmp_path / "pairs.json"
+    data.write_bytes(_json_array(json.dumps(GOOD_ROW).encode(), b'{"prompt": "p",, }'))
+    args = [*TINY, f"model.tokenizer={tiny_pretrained}", "model.name_or_path=null"]
+    code = main(["train", "dpo", *args, f"data.source={data}", f"output_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (
+        f"prefopt: training failed: DataError: {data}: line 3, column 16: not JSON "
+        "(Expecting property name enclosed in double quotes)"
+    )
+
+
+def test_a_folder_datasets_cannot_read_is_a_one_line_error_naming_it(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "train.json").write_bytes(_json_array(b'{"prompt": "p",, }'))
+    with pytest.raises(DataError) as caught:
+        load_records(str(folder))
+    assert str(caught.value).startswith(f"{folder}: cannot be read (")
+    assert "\n" not in str(caught.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 
@@ -72,3 +73,32 @@ def test_a_reward_model_says_in_one_line_that_its_head_is_new(tiny_pretrained, c
         assert [m for m in handler.messages if "LOAD REPORT" in m]
     finally:
         logger.removeHandler(handler)
+
+
+BNB_LINE = "Failed to load CPU gemm_4bit_forward"
+ADD_LORA = """
+from transformers import GPT2Config, GPT2LMHeadModel
+from prefopt.config import LoraSettings
+from prefopt.models.loading import add_lora
+model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+print(type(add_lora(model, LoraSettings(r=2), quantized=False)).__name__)
+"""
+
+
+def test_bitsandbytes_kernel_line_is_not_shown_by_prefopts_lora_but_by_a_plain_import():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def stderr_of(code: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stderr
+
+    # the control: bitsandbytes says it on CPUs with AVX512-BF16 (most x86 servers)
+    if BNB_LINE not in stderr_of("import peft"):
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes does not print the line here")
+    assert BNB_LINE not in stderr_of(ADD_LORA)

@@ -84,3 +84,41 @@ def test_a_built_wheel_holds_every_shipped_recipe(tmp_path):
         check=True,
     ).stdout.split()
     assert str(env_dir) in out[0] and out[1] == "sigmoid"
+
+
+def test_the_package_description_names_only_what_has_a_recipe():
+    import tomllib
+
+    from prefopt.config import list_recipes
+
+    description = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["description"]
+    built = {
+        "DPO": "dpo",
+        "Bradley-Terry": "rm",
+        "iterative data smoothing": "rm_ids",
+        "ArmoRM": "armorm",
+        "PPO-RLHF": "ppo",
+        "preference-matching": "ppo_pm",
+        "RLOO": "rloo",
+        "GRPO": "grpo",
+        "REINFORCE++": "reinforce_pp",
+        "MPO": "mpo",
+        "ExPO": "expo",
+    }
+    named = [term for term in built if term in description]
+    assert named == list(built)  # each is named ...
+    assert {built[t] for t in named} <= set(list_recipes())  # ... and each has a recipe
+    acronyms = {w.strip(",()") for w in description.split() if w.strip(",()").isupper()}
+    assert acronyms <= {*built, "KL"}  # no algorithm named beyond them
+
+
+def test_recipes_cite_docs_that_exist():
+    import re
+
+    cited = {
+        (recipe.name, doc)
+        for recipe in sorted((REPO / "prefopt" / "recipes").glob("*.yaml"))
+        for doc in re.findall(r"docs/[\w/]*\.md|[\w/]*ALGORITHMS\.md", recipe.read_text())
+    }
+    assert {doc for _, doc in cited if "ALGORITHMS" in doc} == set()  # not in the repository
+    assert len(cited) >= 10 and all((REPO / doc).exists() for _, doc in cited), cited

@@ -170,9 +170,16 @@ def test_resuming_an_older_checkpoint_refuses_to_mix_trajectories(tmp_path):
         )
 
 
-def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
-    """What a scheduler sends: the run writes a checkpoint of the step it completed last, says
-    where and how to resume, prints the run directory and exits 143; `resume=auto` goes on."""
+@pytest.mark.parametrize(
+    ("signal_name", "status", "reason"),
+    [("SIGTERM", 143, "SIGTERM"), ("SIGINT", 130, "KeyboardInterrupt")],
+)
+def test_sigterm_writes_the_current_step_and_resume_continues(
+    tmp_path, signal_name, status, reason
+):
+    """What a scheduler sends (SIGTERM) and Ctrl-C (SIGINT): the run writes a checkpoint of the
+    step it completed last, says where and how to resume, prints the run directory and exits
+    143 / 130, without a traceback; `resume=auto` goes on."""
     import signal
     import subprocess
     import time
@@ -182,7 +189,12 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
     run = tmp_path / "run"
     args = cli_train_dpo(run, "trainer.max_steps=100000", "trainer.save_every=0")
     proc = subprocess.Popen(
-        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a shell
     )
     deadline = time.time() + 120
     while time.time() < deadline and not (
@@ -190,11 +202,11 @@ def test_sigterm_writes_the_current_step_and_resume_continues(tmp_path):
         and len((run / "metrics.jsonl").read_text().splitlines()) >= 3
     ):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signal_name))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == status, err
     assert out.strip().splitlines()[-1] == f"run directory: {run}"
-    assert "interrupted (SIGTERM)" in err and "resume=auto" in err and "Traceback" not in err
+    assert f"interrupted ({reason})" in err and "resume=auto" in err and "Traceback" not in err
     (checkpoint,) = list(run.glob("checkpoint-*"))
     step = int(checkpoint.name.split("-")[1])
     assert step >= 3 and str(checkpoint) in err
@@ -286,3 +298,53 @@ def test_a_non_finite_loss_names_the_step_and_examples_or_is_skipped(tmp_path, m
     else:
         summary, _ = train(recipe)
         assert summary["steps"] == 4 and summary["skipped_non_finite"] == 1
+
+
+KILL_INSIDE_THE_WRITE = """
+import os, signal, sys
+import torch
+from prefopt.cli import main
+
+save = torch.save
+
+def save_then_die(obj, path, *args, **kwargs):
+    if ".tmp-checkpoint-4" in str(path):  # checkpoint-4 half written: weights, no state yet
+        with open(path, "wb") as handle:
+            handle.write(b"cut off")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(obj, path, *args, **kwargs)
+
+torch.save = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_inside_a_checkpoint_write_keeps_the_previous_one_resumable(tmp_path):
+    """Checkpoints are written to a temporary folder renamed into place when complete: a kill
+    in the middle of writing checkpoint-4 leaves checkpoint-2 intact, and `resume=auto`
+    continues from it on the trajectory of a run that was never interrupted."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_train_dpo
+
+    common = [*DPO_FROM_SCRATCH, "trainer.max_steps=6", "trainer.save_every=2"]
+    run = tmp_path / "killed"
+    args = cli_train_dpo(run, *common)[3:]  # train dpo ... after `python -m prefopt.cli`
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_INSIDE_THE_WRITE, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]
+    (unfinished,) = run.glob(".tmp-checkpoint-4-*")
+    assert (unfinished / "state.pt").read_bytes() == b"cut off"
+
+    summary, _ = train(tiny_recipe("dpo", run, *common, "resume=auto"))
+    straight = losses(train(tiny_recipe("dpo", tmp_path / "straight", *common))[1])
+    resumed = losses(run)
+    assert summary["steps"] == 6 and not unfinished.exists()
+    assert [resumed[s] for s in range(1, 7)] == [straight[s] for s in range(1, 7)]

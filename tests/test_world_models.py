@@ -49,4 +49,6 @@ def test_how_a_stage_runs_stays_out_of_its_identity():
     assert stage_identity(a) == stage_identity(b)
     c = tiny_recipe("sft", None, "rollout.gather_zero3_weights=false")
     assert stage_identity(a) == stage_identity(c)
+    d = tiny_recipe("sft", None, "data.max_unknown_fraction=1")  # a check, nothing learnt
+    assert stage_identity(a) == stage_identity(d)
     assert stage_identity(a) != stage_identity(tiny_recipe("sft", None, "trainer.lr=0.1"))

@@ -3,10 +3,11 @@
 Why this module exists: public preference datasets come in several shapes (prompt/chosen/
 rejected columns, Anthropic HH whole dialogues, OpenAI TL;DR comparisons, chat-message lists)
 and all of them contain some broken rows. Everything downstream wants one shape, so this module
-does the reading (through `datasets`, which also caches the parsed files), detects the format,
-and turns each raw row into a normalised record or a counted bad-row reason. The hub path and
-the local-file path end in the same `normalize_rows`, so the normalisation tested here on local
-files is the one that runs on hub rows.
+does the reading (local files row by row in `prefopt.data.files`, so that a broken row is a
+counted bad row and never a traceback; folders and hub datasets through `datasets`), detects
+the format, and turns each raw row into a normalised record or a counted bad-row reason. The
+hub path and the local-file path end in the same `normalize_rows`, so the normalisation tested
+here on local files is the one that runs on hub rows.
 
 Normalised records (plain dicts):
 
@@ -18,15 +19,13 @@ Normalised records (plain dicts):
 
 from __future__ import annotations
 
-import glob
-import gzip
 import itertools
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from prefopt.data.files import first_line, read_file_rows
 from prefopt.data.records import (
     BadRow,
     BadRows,
@@ -79,8 +78,14 @@ def load_records(
     if max_rows is not None and max_rows < 0:
         raise ValueError(f"max_rows must be >= 0, got {max_rows}")
     unreadable = BadRows()
-    if _is_json_lines(source) and split == "train":
-        rows: Any = read_json_lines(source, on_bad_row, unreadable)
+    if file_builder(source) is not None:
+        if split != "train":
+            # a file has no splits: never hand back the training rows as "held out"
+            raise DataError(
+                f"{source}: a file has no {split!r} split; give the held-out rows "
+                "as their own file (data.eval_source)"
+            )
+        rows: Any = read_file_rows(source, on_bad_row, unreadable)
         rows = rows[:max_rows] if max_rows is not None else rows
     else:
         rows = read_rows(source, split=split, data_dir=data_dir, data_files=data_files)
@@ -92,54 +97,6 @@ def load_records(
     return records, bad.merge(unreadable)
 
 
-def _is_json_lines(source: str) -> bool:
-    name = source.lower()
-    return name.endswith(".jsonl") or name.endswith(".jsonl.gz")
-
-
-def read_json_lines(source: str, on_bad_row: str, bad: BadRows) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file or glob, line by line, so that a line that is not
-    UTF-8, not JSON, not an object or holds a lone surrogate is counted in ``bad`` (reason
-    ``unreadable_line:<why>``, examples are line numbers) or, with ``on_bad_row="error"``,
-    stops with its file and line named; a source without any object is an error."""
-    rows: list[dict[str, Any]] = []
-    for path in _expand(source):
-        opener: Any = gzip.open if path.lower().endswith(".gz") else open
-        with opener(path, "rb") as handle:
-            for number, raw in enumerate(handle, 1):
-                if not raw.strip():
-                    continue
-                value, problem = _parse_line(raw)
-                if problem is not None:
-                    if on_bad_row == "error":
-                        raise DataError(f"{path}: line {number}: {problem}")
-                    why = problem.split(" (")[0].replace(" ", "_").lower()
-                    bad.add(f"unreadable_line:{why}", number)
-                    continue
-                rows.append(value)
-    if not rows:
-        raise DataError(f"{source}: no records (the file is empty or no line could be read)")
-    return rows
-
-
-def _parse_line(raw: bytes) -> tuple[Any, str | None]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 (byte {exc.start})"
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"not JSON ({exc.msg} at column {exc.colno})"
-    if not isinstance(value, dict):
-        return None, f"not an object (a JSON {type(value).__name__})"
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return None, "a lone surrogate (not valid Unicode)"
-    return value, None
-
-
 def read_rows(
     source: str,
     *,
@@ -147,26 +104,24 @@ def read_rows(
     data_dir: str | None = None,
     data_files: list[str] | None = None,
 ) -> Any:
-    """Read raw rows as a `datasets.Dataset` (local file/glob, local folder or hub name).
-
-    A file or glob has no splits: `split` applies to folders and hub datasets only. Callers
-    decide what a held-out set is (see `PolicyTrainer.load_data`), never this reader."""
+    """Read the raw rows of a local folder or hub dataset as a `datasets.Dataset` (local files
+    are read by `prefopt.data.files`, row by row). A failure to read is a one-line DataError
+    naming the source and the reader's reason, not a traceback."""
     import datasets
+    from datasets.exceptions import DatasetGenerationError
 
-    builder = file_builder(source)
-    if builder is not None:
-        if split != "train":
-            # a file or glob has no splits: never hand back the training rows as "held out"
-            raise DataError(
-                f"{source}: a file has no {split!r} split; give the held-out rows "
-                "as their own file (data.eval_source)"
-            )
-        files = _expand(source)
-        dataset = datasets.load_dataset(builder, data_files=files, split="train")
-    else:
+    try:
         dataset = datasets.load_dataset(
             source, data_dir=data_dir, data_files=data_files, split=split
         )
+    except (DatasetGenerationError, ValueError, StopIteration, UnicodeError) as exc:
+        cause: BaseException = exc
+        for _ in range(10):  # the reader's own error, under datasets' wrappers
+            inner = cause.__cause__ or cause.__context__
+            if inner is None:
+                break
+            cause = inner
+        raise DataError(f"{source}: cannot be read ({first_line(cause)})") from None
     if not isinstance(dataset, datasets.Dataset):
         raise DataError(f"{source}: expected one split, got {type(dataset).__name__}")
     return dataset
@@ -185,14 +140,6 @@ def file_builder(source: str) -> str | None:
     return _BUILDERS.get(os.path.splitext(name)[1])
 
 
-def _expand(source: str) -> list[str]:
-    path = os.path.expanduser(source)
-    files = [path] if os.path.isfile(path) else sorted(glob.glob(path))
-    if not files:
-        raise FileNotFoundError(f"no data file matches {source!r}")
-    return files
-
-
 def normalize_rows(
     rows: Iterable[Row],
     *,
@@ -208,8 +155,11 @@ def normalize_rows(
     _check_choice("on_bad_row", on_bad_row, ("skip", "error"))
     if not hasattr(rows, "__getitem__"):
         rows = list(rows)
-    fmt = detect_format(rows) if format == "auto" else format
-    parse = _parser(kind, fmt)
+    try:
+        fmt = detect_format(rows) if format == "auto" else format
+        parse = _parser(kind, fmt)
+    except DataError as err:
+        raise DataError(f"{source}: {err}") from None
     completion_keys = ("chosen", "rejected") if kind == "preference" else ("completion",)
     records: list[dict[str, Any]] = []
     bad = BadRows()
@@ -264,7 +214,10 @@ def _parser(kind: str, fmt: str) -> Parser:
     if kind == "sft":
         return parse_sft if fmt == "sft" else _chosen_as_sft(pair_parsers[fmt])
     if fmt == "sft":
-        raise ValueError("format 'sft' has no rejected completions; use kind='sft'")
+        raise DataError(
+            "format 'sft' (prompt/completion or messages) has no rejected completions, and "
+            "this needs preference pairs (prompt, chosen, rejected); use kind='sft'"
+        )
     return pair_parsers[fmt]
 
 

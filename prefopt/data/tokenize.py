@@ -229,3 +229,55 @@ class _dropped:
     def __exit__(self, *exc: object) -> None:
         if self.own and self.bad.total:
             logger.warning("tokenization %s", self.bad.report())
+
+
+TEXT_KEYS = ("prompt", "chosen", "rejected", "completion")
+
+
+def unknown_token_share(
+    records: Sequence[Mapping[str, Any]], tokenizer: Any, sample: int = 1000
+) -> tuple[float, Mapping[str, Any] | None]:
+    """The share of the tokens of the first ``sample`` records' texts (prompt and completions)
+    that ``tokenizer`` maps to its unknown token, and the first record with one (or None).
+
+    A tokenizer without an unknown token (byte-level BPE: every text has ids) gives 0.0."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return 0.0, None
+    texts, owners = [], []
+    for record in records[:sample]:
+        for key in TEXT_KEYS:
+            if isinstance(record.get(key), str):
+                texts.append(record[key])
+                owners.append(record)
+    if not texts:
+        return 0.0, None
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    total = sum(len(row) for row in ids)
+    unknown = [row.count(unk) for row in ids]
+    first = next((owners[i] for i, n in enumerate(unknown) if n), None)
+    return (sum(unknown) / total if total else 0.0), first
+
+
+def unknown_tokens_problem(
+    records: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    max_fraction: float,
+    *,
+    where: str,
+    tokenizer_name: str,
+) -> str | None:
+    """A one-line refusal when more than ``max_fraction`` of the data's tokens are unknown to
+    the tokenizer (English text with the world's word-level tokenizer is all ``<unk>``: a run
+    would train on nothing), else None. ``where`` names the data (``data.source=...``)."""
+    share, first = unknown_token_share(records, tokenizer)
+    if share <= max_fraction or first is None:
+        return None
+    text = next(str(first[k]) for k in TEXT_KEYS if isinstance(first.get(k), str))
+    return (
+        f"{where}: {share:.0%} of its tokens are unknown to the tokenizer ({tokenizer_name}), "
+        f"e.g. row {first.get('index', 0)}: {text[:40]!r}; training would see only "
+        f"{tokenizer.unk_token!r}. Set model.name_or_path (or model.tokenizer) to a model whose "
+        "tokenizer covers this text, e.g. model.name_or_path=EleutherAI/pythia-160m "
+        f"(data.max_unknown_fraction={max_fraction:g} is the share allowed)"
+    )

@@ -21,9 +21,10 @@ Two measures per model:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from prefopt.world.world import per_pair_expected  # noqa: F401  (part of this module's API)
@@ -88,13 +89,26 @@ def paired_comparison(
     return out
 
 
-def score_margins(scorer: Any, records: Sequence[dict[str, Any]]) -> Tensor:
+def score_margins(
+    scorer: Any,
+    records: Sequence[dict[str, Any]],
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = 1024,
+) -> Tensor:
     """``[N]`` margins ``score(chosen) - score(rejected)`` of any scorer (``score(prompts,
-    completions)``) on preference records."""
-    prompts = [r["prompt"] for r in records]
-    chosen = scorer.score(prompts, [r["chosen"] for r in records])
-    rejected = scorer.score(prompts, [r["rejected"] for r in records])
-    return (chosen - rejected).detach().float().cpu()
+    completions)``) on preference records, scored ``chunk`` pairs at a time; ``progress(done,
+    total)`` is called after each chunk. A chunk is a multiple of the reward models' batch of
+    64, so the batches, and the scores, are those of one call on all records."""
+    margins = []
+    for start in range(0, len(records), chunk):
+        part = records[start : start + chunk]
+        prompts = [r["prompt"] for r in part]
+        chosen = scorer.score(prompts, [r["chosen"] for r in part])
+        rejected = scorer.score(prompts, [r["rejected"] for r in part])
+        margins.append((chosen - rejected).detach().float().cpu())
+        if progress is not None:
+            progress(start + len(part), len(records))
+    return torch.cat(margins) if margins else torch.zeros(0)
 
 
 def format_comparison(result: dict[str, Any], name_a: str, name_b: str) -> str:

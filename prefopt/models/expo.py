@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.models.loading import load_pretrained, load_tokenizer, save_model
+from prefopt.models.quiet import quiet_bitsandbytes_import
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -255,6 +256,7 @@ def _lora_b_parameters(layer: Any, adapter: str) -> list[list[Tensor]]:
 
 
 def _is_peft(model: nn.Module) -> bool:
+    quiet_bitsandbytes_import()
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from prefopt.models.quiet import without_log_messages
+from prefopt.models.quiet import quiet_bitsandbytes_import, without_log_messages
 from prefopt.paths import say
 
 _log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ def check_4bit_widths(model: nn.Module) -> None:
     AVX512-BF16 it repacks 4-bit weights per ``in_features // blocksize`` block, which is 0 for
     a narrower layer and crashes deep inside its kernel (``shape '[96, 0]' is invalid``). Whether
     that crash happens depends on the CPU, so the check does not: it refuses on every machine."""
+    quiet_bitsandbytes_import()
     try:
         import bitsandbytes as bnb
     except ImportError:  # pragma: no cover - no k-bit model can exist without it
@@ -198,6 +199,7 @@ def _adapted(model: nn.Module, cfg: ModelConfig, task_type: str) -> nn.Module:
 def quantization_config(kind: str | None, compute_dtype: torch.dtype) -> Any:
     if kind is None:
         return None
+    quiet_bitsandbytes_import()  # transformers imports it to load a k-bit model
     from transformers import BitsAndBytesConfig
 
     if kind == "4bit":
@@ -261,6 +263,7 @@ def load_pretrained(
         trust_remote_code=trust_remote_code,
     )
     if (Path(path) / "adapter_config.json").exists():
+        quiet_bitsandbytes_import()
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=False, **kwargs)
@@ -283,6 +286,7 @@ def load_backbone(path: str, trust_remote_code: bool = False, dtype: str = "fp32
 def add_lora(
     model: nn.Module, lora: LoraSettings, quantized: bool, task_type: str = "CAUSAL_LM"
 ) -> nn.Module:
+    quiet_bitsandbytes_import()
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:

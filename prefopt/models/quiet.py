@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 
 
@@ -27,3 +28,20 @@ def without_log_messages(logger_name: str, text: str) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(flt)
+
+
+def quiet_bitsandbytes_import() -> None:
+    """Import bitsandbytes (when installed and not yet imported) without its import-time line
+    "Failed to load CPU gemm_4bit_forward from kernels-community ... pip install kernels" (on
+    CPUs with AVX512-BF16 it looks for an optional kernel package and falls back to its own
+    kernel). peft imports bitsandbytes, so prefopt calls this before its own first import of
+    peft or first k-bit load; a user's own first import elsewhere still shows the line."""
+    if "bitsandbytes" in sys.modules:
+        return
+    with without_log_messages(
+        "bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"
+    ):
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception:  # absent or broken: the caller's own import reports it
+            pass

@@ -25,9 +25,9 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import Recipe
 from prefopt.paths import cache_dir, launched_processes, say, single_process_environment
@@ -35,19 +35,19 @@ from prefopt.world.config import WORLD_FORMAT_VERSION
 
 SUMMARY = "summary.json"
 
-#: settings that change how a stage runs (speed, memory), never what it learns
-RUNTIME_ONLY_KEYS = ("rollout.gather_zero3_weights",)
+#: settings that change how a stage runs (speed, memory) or what it checks, never what it learns
+RUNTIME_ONLY_KEYS = ("rollout.gather_zero3_weights", "data.max_unknown_fraction")
 
 
 def stage_identity(recipe: Recipe) -> str:
     """12 hex digits of the hash of what a stage learns from: its resolved recipe (without
-    where it runs and how it reports) and the world's format version."""
+    where it runs, how it reports and `RUNTIME_ONLY_KEYS`) and the world's format version."""
     learnt = replace(recipe, output_dir=None, resume=None)
     learnt.trainer = replace(recipe.trainer, device="auto", progress_bar=True)
     node = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt)))
     for key in RUNTIME_ONLY_KEYS:  # left out, so that adding such a setting keeps old caches
         section, name = key.split(".")
-        del node[section][name]
+        cast(DictConfig, cast(DictConfig, node)[section]).pop(name)
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"

@@ -60,6 +60,9 @@ class RewardModelScorer:
         run_dir = Path(path)
         folder = _model_folder(run_dir)
         if (folder / "adapter_config.json").exists():
+            from prefopt.models.quiet import quiet_bitsandbytes_import
+
+            quiet_bitsandbytes_import()
             from peft import AutoPeftModelForSequenceClassification
 
             model = AutoPeftModelForSequenceClassification.from_pretrained(folder, num_labels=1)

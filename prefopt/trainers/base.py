@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -225,7 +226,8 @@ class Trainer:
         start_time, start_step = time.time(), self.step
         tracker = _Tracker(self.run_dir, self.cfg.report_to, self.accelerator.is_main_process)
         window: dict[str, list[float]] = defaultdict(list)
-        bar = _progress(self.cfg.max_steps, self.step, self.cfg.progress_bar and self.is_main)
+        shown = self.cfg.progress_bar and self.is_main
+        bar = _progress(self.cfg.max_steps, self.step, shown, self.cfg.log_every)
         self.model.train()
         self._last_epoch = (self.step * self.cfg.grad_accum - 1) // self.batches_per_epoch
         self._rng_at_step, self._step_dirty = _rng_state(), False
@@ -483,10 +485,19 @@ class Trainer:
 
     def _maybe_resume(self) -> None:
         path = self.resume_checkpoint()
+        if self.is_main:
+            self._remove_unfinished_writes()
         if path is not None:
             self.load_checkpoint(path)
             if self.is_main:
                 self._drop_metrics_after(self.step)
+
+    def _remove_unfinished_writes(self) -> None:
+        """A run killed (kill -9, power loss) inside `save_checkpoint` leaves its temporary
+        folder: never a checkpoint (only the final rename makes one), but as large as one."""
+        for tmp in sorted(self.run_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*")):
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"removed {tmp.name}, a checkpoint write that never finished")
 
     def _drop_metrics_after(self, step: int) -> None:
         """A run killed after its last checkpoint logged steps it will now train again: drop
@@ -690,7 +701,11 @@ def _json(obj: Any) -> Any:
     return str(obj)
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, initial: int, enabled: bool, every: int) -> Any:
+    """A tqdm bar on a terminal; in a log file (stderr not a terminal, where tqdm would write a
+    carriage return at every refresh) a plain line every ``every`` steps and at the last."""
+    if enabled and not sys.stderr.isatty():
+        return _ProgressLines(total, initial, every)
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -701,6 +716,30 @@ def _progress(total: int, initial: int, enabled: bool):
         unit="step",
         dynamic_ncols=True,
     )
+
+
+class _ProgressLines:
+    """The part of tqdm's interface the loop uses, printing ``train: step 20/300 (7%), 4.10
+    step/s, loss=0.6761`` lines to stderr."""
+
+    def __init__(self, total: int, initial: int, every: int):
+        self.total, self.n, self.every = total, initial, max(1, every)
+        self.start, self.start_n = time.time(), initial
+        self.postfix = ""
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n % self.every and self.n != self.total:
+            return
+        rate = (self.n - self.start_n) / max(time.time() - self.start, 1e-9)
+        line = f"train: step {self.n}/{self.total} ({self.n / self.total:.0%}), {rate:.2f} step/s"
+        print(line + (f", {self.postfix}" if self.postfix else ""), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 class _Tracker:

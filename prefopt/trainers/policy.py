@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from prefopt.config import ConfigError
 from prefopt.data import BadRows, load_records, to_device  # noqa: F401  (re-exported)
 from prefopt.data.loaders import file_builder
+from prefopt.data.tokenize import unknown_tokens_problem
 from prefopt.models.loading import (
     frozen_copy,
     load_policy,
@@ -61,6 +63,7 @@ class PolicyTrainer(Trainer):
         self._collator = self.make_collator()
         self.bad_rows = BadRows()
         records, eval_records = self.load_data()
+        self.check_known_tokens(records, eval_records)
         self.train_examples = self._indexed(self.tokenize(records), "train")
         self.eval_examples = (
             self._indexed(self.tokenize(eval_records), "eval") if eval_records else []
@@ -155,6 +158,24 @@ class PolicyTrainer(Trainer):
         elif self.is_main:
             print("data.source is a file: set data.eval_source for held-out metrics")
         return train, held_out
+
+    def check_known_tokens(self, records: list[dict], eval_records: list[dict]) -> None:
+        """Refuse, before any model loads, data the tokenizer cannot read: more than
+        ``data.max_unknown_fraction`` of its tokens unknown (``<unk>``)."""
+        data, model = self.recipe.data, self.recipe.model
+        train_where = f"data.source={data.source}"
+        if data.source == WORLD:
+            train_where = f"data.train_file={data.train_file}" if data.train_file else "the world"
+        eval_where = f"data.eval_source={data.eval_source}" if data.eval_source else train_where
+        name = model.tokenizer or self.init_path or "the world's tokenizer"
+        problems = [
+            unknown_tokens_problem(
+                rows, self.tokenizer, data.max_unknown_fraction, where=where, tokenizer_name=name
+            )
+            for rows, where in ((records, train_where), (eval_records, eval_where))
+        ]
+        if any(problems):
+            raise ConfigError([next(p for p in problems if p)])
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise NotImplementedError

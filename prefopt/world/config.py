@@ -116,6 +116,16 @@ class WorldConfig:
             raise ValueError("test_prompt_fraction must be in (0, 1)")
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
+        counts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        negative = [k for k, v in counts.items() if type(v) is int and v < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must be >= 0")
+        empty = [k for k in ("n_topics", "n_sft", "n_train_pairs") if counts[k] < 1]
+        if empty:
+            raise ValueError(f"{', '.join(empty)} must be >= 1")
+        for name in ("sft_quality", "hard_pair_fraction"):
+            if not 0.0 <= counts[name] <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
 
 
 def coerce_config(cfg: Any) -> WorldConfig:
