@@ -230,6 +230,12 @@ class PolicyTrainer(Trainer):
             return {}
         from prefopt.eval.gold import gold_evaluation
 
+        chooser = None
+        if self.recipe.eval.best_of_n > 1:  # best-of-n: reward.scorer picks among n samples
+            from prefopt.rewards.scorers import load_scorer
+
+            spec = self.recipe.reward.scorer
+            chooser = self.world if spec == "world" else load_scorer(spec, device=str(self.device))
         results = gold_evaluation(
             policy=self.unwrapped(),
             reference=self.reference_model(),
@@ -241,6 +247,7 @@ class PolicyTrainer(Trainer):
             seed=self.recipe.seed,
             report_path=self.run_dir / "eval_report.md",
             max_prompt_length=self.recipe.data.max_prompt_length,
+            best_of_scorer=chooser,
         )
         return results
 
