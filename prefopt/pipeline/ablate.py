@@ -116,11 +116,14 @@ def list_ablations() -> list[str]:
 
 
 def load_ablation(
-    name_or_path: str | Path, size: str = "tiny", overrides: list[str] | None = None
+    name_or_path: str | Path,
+    size: str = "tiny",
+    overrides: list[str] | None = None,
+    validate: bool = True,
 ) -> Ablation:
-    """Read an ablation file at ``size`` and validate every run's recipe (nothing runs).
-    ``overrides`` (key=value) apply to every run, after the file's. Raises ConfigError listing
-    every problem."""
+    """Read an ablation file at ``size`` and validate every run's recipe (nothing runs;
+    ``validate=False`` checks the file alone). ``overrides`` (key=value) apply to every run,
+    after the file's. Raises ConfigError listing every problem."""
     path = ablation_path(name_or_path)
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
@@ -153,7 +156,7 @@ def load_ablation(
     if problems:
         raise ConfigError(problems)
     spec = _with_size(raw, chosen if isinstance(chosen, dict) else {})
-    return _expand(path.stem, size, spec, list(overrides or []))
+    return _expand(path.stem, size, spec, list(overrides or []), validate)
 
 
 def _with_size(raw: dict[str, Any], size: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +171,9 @@ def _with_size(raw: dict[str, Any], size: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _expand(name: str, size: str, spec: dict[str, Any], cli: list[str]) -> Ablation:
+def _expand(
+    name: str, size: str, spec: dict[str, Any], cli: list[str], validate: bool = True
+) -> Ablation:
     from prefopt.pipeline.stages import is_staged
 
     problems: list[str] = []
@@ -230,7 +235,8 @@ def _expand(name: str, size: str, spec: dict[str, Any], cli: list[str]) -> Ablat
         runs=runs, swept=swept, metrics=[str(m) for m in metrics],
         x=str(x) if x else None, note=str(spec.get("note") or ""), seeds=list(seeds),
     )  # fmt: skip
-    validate_runs(ablation)
+    if validate:
+        validate_runs(ablation)
     return ablation
 
 
@@ -262,12 +268,21 @@ def load_run(run: Run) -> Any:
 
 def validate_runs(ablation: Ablation) -> None:
     """Load every run's recipe; one ConfigError naming each problem once, with the runs it
-    affects (``every run`` when it is all of them)."""
+    affects (``every run`` when it is all of them). Runs that differ only in their seed (an
+    integer, checked with the file) are loaded once."""
     seen: dict[str, list[str]] = {}
+    checked: dict[tuple[str, ...], list[str]] = {}
     for run in ablation.runs:
+        key = (run.base, *run.overrides[:-1])  # the last override is the seed
+        if key in checked:
+            for problem in checked[key]:
+                seen[problem].append(run.id)
+            continue
         try:
             load_run(run)
+            checked[key] = []
         except ConfigError as exc:
+            checked[key] = list(exc.problems)
             for problem in exc.problems:
                 seen.setdefault(problem, []).append(run.id)
     if seen:
