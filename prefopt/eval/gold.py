@@ -12,7 +12,13 @@ from the policy and from the reference policy:
   of the reference for the same prompt; ties count one half);
 * mean completion length in words;
 * diversity (Kirk et al. 2023, arXiv 2310.06452): per-input (over the K samples of one prompt)
-  and across-input (one sample per prompt) distinct-n and EAD.
+  and across-input (one sample per prompt) distinct-n and EAD; sentence-embedding and NLI
+  diversity when ``eval.embedding_model`` / ``eval.nli_model`` name models
+  (:mod:`prefopt.eval.semantic`);
+* generalisation (Kirk et al.): the gap between in-distribution and OOD gold with its standard
+  error, and under ``eval.shifts`` a graded shift (``prefopt.world.data.SHIFTS``);
+* with ``eval.best_of_n`` > 1, the policy is best-of-n of the model (a scorer picks among n
+  samples), its KL the model's log-ratio plus ``log n - (n-1)/n``.
 
 Every figure comes with its standard error over prompts (the K samples of a prompt are not
 independent draws of the prompt distribution, so the prompt is the unit): the per-prompt means'
