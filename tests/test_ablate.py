@@ -260,3 +260,17 @@ def test_a_real_sweep_runs_through_the_stage_cache_and_resumes(tmp_path):
         == rows[0]["eval.gold_reward"]
     )
     assert run_ablation(ablation, out, log=lambda _: None)["skipped"] == first["ran"]
+
+
+def test_the_cli_rejects_a_typo_with_status_2_before_running(tmp_path, capsys):
+    from prefopt.cli import main
+
+    path = write_ablation(tmp_path, TINY_SWEEP)
+    assert main(["ablate", str(path), "SIZE=tiny", "trainer.max_stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'trainer.max_stepz'" in err and "(every run)" in err
+    assert main(["ablate", str(path), "SIZE=tiny", "--size", "full"]) == 2
+    assert "SIZE given twice" in capsys.readouterr().err
+    assert main(["ablate", "no_such_ablation"]) == 2
+    assert "no ablation 'no_such_ablation' (shipped: accuracy_paradox" in capsys.readouterr().err
+    assert not (Path("runs") / "ablations" / "sweep-tiny").exists()  # nothing ran

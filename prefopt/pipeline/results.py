@@ -161,8 +161,8 @@ def render_markdown(description: dict[str, Any], rows: list[dict[str, Any]]) -> 
         "",
         "Each cell: the mean over seeds; sd: standard deviation over seeds; SE: sd / sqrt(n); "
         "SE prompts: the standard error over evaluation prompts of that mean (from the runs' "
-        "own `_se`; the only one with a single seed). n/a: undefined (one seed, or no such "
-        "key).",
+        "own `_se`; the only one with a single seed). n/a: undefined (no such key, or a "
+        "run without a standard error).",
         "",
     ]
     head = [*swept, "n", *metrics]
@@ -171,12 +171,15 @@ def render_markdown(description: dict[str, Any], rows: list[dict[str, Any]]) -> 
         cells = [str(group["params"][k]) for k in swept] + [str(group["runs"])]
         for metric in metrics:
             s = group[metric]
-            cells.append(
-                "n/a"
-                if s is None
-                else f"{_fmt(s['mean'])} (sd {_fmt(s['sd'])}, SE {_fmt(s['se'])}; "
-                f"SE prompts {_fmt(s['se_prompts'])})"
-            )
+            if s is None:
+                cells.append("n/a")
+            elif s["n"] == 1:  # no spread over seeds to show
+                cells.append(f"{_fmt(s['mean'])} (SE prompts {_fmt(s['se_prompts'])})")
+            else:
+                cells.append(
+                    f"{_fmt(s['mean'])} (sd {_fmt(s['sd'])}, SE {_fmt(s['se'])}; "
+                    f"SE prompts {_fmt(s['se_prompts'])})"
+                )
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r["run"] for r in rows if r["status"] == "failed"]
     if failed:
@@ -299,7 +302,7 @@ def plot_metric(
                 [positions[m["params"][x]] for m in members],
                 [m[metric]["mean"] for m in members],
                 yerr=[0.0 if math.isnan(e) else e for e in err],
-                fmt="o-", capsize=3, label=label or None,
+                fmt="o-" if numeric else "o", capsize=3, label=label or None,
             )  # fmt: skip
         if numeric:
             values = [float(v) for v in xs]
