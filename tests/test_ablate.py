@@ -231,6 +231,7 @@ def test_plot_redraws_an_ablations_plots_from_its_files_alone(tmp_path, capsys):
     assert "neither an ablation folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains a tiny SFT policy and two DPO runs: minutes on a busy machine
 def test_a_real_sweep_runs_through_the_stage_cache_and_resumes(tmp_path):
     """Two tiny DPO runs really trained; the second invocation trains nothing."""
     sweep = TINY_SWEEP.replace("eval.enabled: false", "eval.enabled: true").replace(
