@@ -180,3 +180,27 @@ def test_max_steps_zero_is_a_baseline_that_evaluates_its_initial_policy():
     assert load_recipe("dpo", ["trainer.max_steps=0"]).trainer.max_steps == 0
     with pytest.raises(ConfigError, match="trainer.max_steps must be >= 0, got -1"):
         load_recipe("dpo", ["trainer.max_steps=-1"])
+
+
+def test_new_eval_settings_at_their_defaults_keep_cached_stage_identities():
+    """Adding eval.shifts / best_of_n / embedding_model / nli_model must not orphan every
+    cached stage: at their defaults they are left out of the identity; set, they are in it."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from prefopt.config import load_recipe
+    from prefopt.pipeline.cache import portable, stage_identity
+    from prefopt.world.config import WORLD_FORMAT_VERSION
+
+    recipe = load_recipe("dpo")
+    node = OmegaConf.to_container(OmegaConf.structured(recipe))
+    for key in ("shifts", "best_of_n", "embedding_model", "nli_model"):
+        del node["eval"][key]  # the recipe as it was before these settings existed
+    node["output_dir"] = node["resume"] = None
+    node["trainer"]["device"], node["trainer"]["progress_bar"] = "auto", True
+    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(OmegaConf.create(node))}"
+    before = hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
+    assert stage_identity(recipe) == before
+    for override in ("eval.best_of_n=4", "eval.shifts=[long]", "eval.embedding_model=minilm"):
+        assert stage_identity(load_recipe("dpo", [override])) != before, override

@@ -27,11 +27,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prefopt.config import Recipe, to_yaml
+from omegaconf import OmegaConf
+
+from prefopt.config import Recipe
 from prefopt.paths import cache_dir
 from prefopt.world.config import WORLD_FORMAT_VERSION
 
 SUMMARY = "summary.json"
+
+
+#: Settings added to the recipe after stages were first cached, at the value that does what
+#: every stage did before they existed: left out of the identity at that value, so adding an
+#: option does not orphan every cached stage (a changed value is in the identity as usual).
+LATER_SETTINGS: dict[str, dict[str, Any]] = {
+    "eval": {"shifts": [], "best_of_n": 1, "embedding_model": None, "nli_model": None},
+}
 
 
 def stage_identity(recipe: Recipe) -> str:
@@ -39,9 +49,14 @@ def stage_identity(recipe: Recipe) -> str:
     where it runs and how it reports) and the world's format version."""
     learnt = replace(recipe, output_dir=None, resume=None)
     learnt.trainer = replace(recipe.trainer, device="auto", progress_bar=True)
+    node = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt)))
+    for section, defaults in LATER_SETTINGS.items():
+        for key, value in defaults.items():
+            if node[section][key] == value:
+                del node[section][key]
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
-    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{to_yaml(learnt)}"
+    payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"
     return hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
 
 
