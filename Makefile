@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 RECIPE ?= dpo
 ARGS ?=
 ABLATION ?=
+SIZE ?= tiny
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 TORCH := torch==2.13.0
@@ -70,7 +71,8 @@ bench: $(STAMP)
 	@echo "benchmarks against TRL arrive with the performance issue (see shared ROADMAP)"; exit 1
 
 ablate: $(STAMP)
-	@echo "the ablation runner arrives with the evaluation-suite issue (see shared ROADMAP)"; exit 1
+	@test -n "$(ABLATION)" || { echo "usage: make ablate ABLATION=<name> SIZE=tiny|full (ablations: $$(ls prefopt/recipes/ablations | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/prefopt ablate $(ABLATION) SIZE=$(SIZE) $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

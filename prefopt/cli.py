@@ -6,6 +6,8 @@
     prefopt eval-rm RM [RM ...]            RETA reliability curves of reward models
     prefopt compare-rm A B                 paired comparison of two reward models' accuracy
     prefopt compare A B                    paired comparison of two policies' gold reward
+    prefopt ablate NAME [SIZE=tiny|full]   run a sweep (recipes/ablations/NAME.yaml), resumable
+    prefopt plot DIR                       redraw an ablation's or a run's plots from its files
 
 A bad recipe exits with status 2 and the list of problems, without a traceback. The last line
 of `train` is ``run directory: <path>``; scripts rely on it.
@@ -105,6 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_expo.add_argument("--n-prompts", type=int, default=256, help="grid search: prompts")
     p_expo.add_argument("--samples", type=int, default=2, help="grid search: samples per prompt")
+    p_abl = sub.add_parser(
+        "ablate",
+        help="run an ablation (recipes/ablations/NAME.yaml or a YAML path): every run through "
+        "the stage cache, resumable; then results.csv, results.md and plots",
+    )
+    p_abl.add_argument("ablation", help="a shipped ablation name or a YAML path")
+    p_abl.add_argument(
+        "overrides", nargs="*", help="SIZE=tiny|full, and key=value overrides for every run"
+    )
+    p_abl.add_argument("--size", default=None, help="tiny (default) or full; as SIZE=")
+    p_abl.add_argument(
+        "--out", type=Path, default=None, help="default runs/ablations/<name>-<size>"
+    )
+    p_plot = sub.add_parser(
+        "plot", help="redraw the plots of an ablation folder or a run directory from its files"
+    )
+    p_plot.add_argument("dir", type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not sys.stderr.isatty():
@@ -127,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "expo":
             return _expo(args)
+        if args.command == "ablate":
+            return _ablate(args)
+        if args.command == "plot":
+            return _plot(args.dir)
     except ConfigError as exc:
         if is_main_process():  # every process of a launch reads the same recipe
             print(f"prefopt: {exc}", file=sys.stderr)
@@ -245,6 +268,77 @@ def _agreed_run_dir(run_dir: Path, device: str) -> Path:
 
 def _rank_tag() -> str:
     return "" if launched_processes() == 1 else f"[rank {os.environ.get('RANK', '0')}] "
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from prefopt.pipeline.ablate import default_out_dir, load_ablation, run_ablation
+
+    sizes = [o.split("=", 1)[1] for o in args.overrides if o.startswith("SIZE=")]
+    overrides = [o for o in args.overrides if not o.startswith("SIZE=")]
+    if len(sizes) > 1 or (sizes and args.size and sizes[0] != args.size):
+        raise ConfigError([f"SIZE given twice: {', '.join(sizes + [args.size or ''])}"])
+    size = args.size or (sizes[0] if sizes else "tiny")
+    ablation = load_ablation(args.ablation, size, overrides)  # every run validated first
+    out = args.out or default_out_dir(ablation)
+    print(
+        f"ablation {ablation.name} (size {size}): {len(ablation.runs)} runs of "
+        f"{ablation.base}, into {out}" + (f"; {ablation.note}" if ablation.note else ""),
+        flush=True,
+    )
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        result = run_ablation(ablation, out, log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(
+            f"prefopt: ablation interrupted; finished runs are kept. Resume with:\n"
+            f"  prefopt ablate {args.ablation} SIZE={size} {' '.join(overrides)}".rstrip()
+            + (f" --out {out}" if args.out else ""),
+            file=sys.stderr,
+        )
+        print(f"ablation directory: {out}")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(
+        f"runs: {len(result['ran'])} run, {len(result['skipped'])} finished earlier, "
+        f"{len(result['failed'])} failed"
+    )
+    for path in result["files"]:
+        print(f"wrote {path}")
+    print(f"ablation directory: {out}")
+    return 1 if result["failed"] else 0
+
+
+def _plot(folder: Path) -> int:
+    if (folder / "ablation.json").exists() and (folder / "results.csv").exists():
+        from prefopt.pipeline.results import redraw
+
+        drawn = redraw(folder)
+    elif (folder / "metrics.jsonl").exists() or (folder / "comparison.json").exists():
+        import json
+
+        from prefopt.eval.plots import overoptimisation_plot
+        from prefopt.pipeline.report import plot_report
+
+        drawn = []
+        over = overoptimisation_plot(folder / "metrics.jsonl", folder)
+        if over is not None:
+            drawn.append(over)
+        if (folder / "comparison.json").exists():
+            result = json.loads((folder / "comparison.json").read_text())
+            plot_report(result, list(result["test"]), folder / "comparison.png")
+            drawn.append(folder / "comparison.png")
+    else:
+        raise ConfigError(
+            [f"{folder}: neither an ablation folder (ablation.json, results.csv) nor a run "
+             "directory (metrics.jsonl or comparison.json)"]
+        )  # fmt: skip
+    if not drawn:
+        print(f"prefopt plot: nothing to draw in {folder} (no gold/KL or metric values)")
+        return 1
+    for path in drawn:
+        print(f"wrote {path}")
+    return 0
 
 
 def _expo(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import prefopt.losses  # noqa: F401  (registers the built-in losses)
 import prefopt.rl  # noqa: F401  (registers the built-in regularisers)
 from prefopt.registry import LOSSES, get_loss, get_regulariser
 from prefopt.world.config import WorldConfig
+from prefopt.world.data import SHIFTS
 
 DEFAULT_REGULARISER = "kl"
 
@@ -182,6 +183,17 @@ class EvalConfig:
     # V of EAD's n-grams: "power" (V = vocab ** n: no length confound with a small vocabulary,
     # the world's default) or "vocab" (one V for every n, Kirk et al.'s released code)
     ead_ngram_space: str = "power"
+    # graded distribution shifts evaluated besides test and ood, nearest first (world.data.SHIFTS:
+    # long, distractor, ood, ood_long); each reports gold, gain and the gap to test with SEs
+    shifts: list[str] = field(default_factory=list)
+    # best-of-n (Kirk et al.'s BoN): keep the completion reward.scorer prefers among n samples
+    # of the policy for each reported sample; 1: off. KL is then log n - (n-1)/n (analytic)
+    best_of_n: int = 1
+    # sentence-embedding diversity (Kirk et al.): a sentence-transformers model folder or name,
+    # or "minilm" (the packaged all-MiniLM-L6-v2, extra `diversity`); null: not measured
+    embedding_model: str | None = None
+    # NLI diversity (Kirk et al.): a local sequence-classification NLI model; null: not measured
+    nli_model: str | None = None
 
 
 @dataclass
@@ -601,18 +613,24 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         if value is not None and value not in choices:
             problems.append(f"{key}: {value!r} is not one of null, {', '.join(choices)}")
     t, e = recipe.trainer, recipe.eval
-    for name in ("batch_size", "grad_accum", "max_steps", "log_every", "keep_checkpoints"):
+    for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
         if getattr(t, name) < 1:
             problems.append(f"trainer.{name} must be >= 1, got {getattr(t, name)}")
-    for name in ("eval_every", "save_every", "warmup_steps"):
+    # max_steps 0: no update; the run saves and evaluates its initial policy (a baseline)
+    for name in ("max_steps", "eval_every", "save_every", "warmup_steps"):
         if getattr(t, name) < 0:
             problems.append(f"trainer.{name} must be >= 0, got {getattr(t, name)}")
     unknown_trackers = sorted(set(t.report_to) - {"tensorboard"})
     if unknown_trackers:
         problems.append(f"trainer.report_to: unknown {unknown_trackers}; supported: tensorboard")
-    for name in ("n_prompts", "samples_per_prompt", "max_new_tokens", "batch_size"):
+    for name in ("n_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "best_of_n"):
         if getattr(e, name) < 1:
             problems.append(f"eval.{name} must be >= 1, got {getattr(e, name)}")
+    problems += [
+        f"eval.shifts: {shift!r} is not one of {', '.join(SHIFTS)}"
+        for shift in e.shifts
+        if shift not in SHIFTS
+    ]
     if e.temperature <= 0 or not 0 < e.top_p <= 1 or e.top_k < 0:
         problems.append(
             f"eval sampling: need temperature > 0, 0 < top_p <= 1, top_k >= 0; got "

@@ -13,7 +13,8 @@ from tests.conftest import REPO
 
 
 def test_a_built_wheel_holds_every_shipped_recipe(tmp_path):
-    from prefopt.config import list_recipes
+    from prefopt.config import RECIPES_DIR, list_recipes
+    from prefopt.pipeline.ablate import list_ablations
 
     subprocess.run(
         [
@@ -32,12 +33,18 @@ def test_a_built_wheel_holds_every_shipped_recipe(tmp_path):
     )
     (wheel,) = tmp_path.glob("prefopt-*.whl")
     names = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("prefopt/recipes/")}
-    launch_configs = {
-        f"prefopt/recipes/accelerate/{p.name}"
-        for p in (REPO / "prefopt" / "recipes" / "accelerate").glob("*.yaml")
+    shipped = {f"prefopt/recipes/{r}.yaml" for r in list_recipes()}
+    shipped |= {f"prefopt/recipes/ablations/{a}.yaml" for a in list_ablations()}
+    shipped |= {
+        f"prefopt/recipes/ablations/stages/{p.name}"
+        for p in (RECIPES_DIR / "ablations" / "stages").glob("*.yaml")
     }
-    assert "prefopt/recipes/accelerate/fsdp.yaml" in launch_configs
-    assert {f"prefopt/recipes/{r}.yaml" for r in list_recipes()} | launch_configs == names
+    shipped |= {
+        f"prefopt/recipes/accelerate/{p.name}" for p in (RECIPES_DIR / "accelerate").glob("*.yaml")
+    }
+    assert "prefopt/recipes/accelerate/fsdp.yaml" in shipped
+    assert shipped == names
+    assert "prefopt/recipes/ablations/kl_coef.yaml" in names
     assert "dpo" in list_recipes() and "ppo" in list_recipes()
 
     # installed (not editable) into a fresh environment that borrows the dependencies, and run

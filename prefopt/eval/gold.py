@@ -12,7 +12,13 @@ from the policy and from the reference policy:
   of the reference for the same prompt; ties count one half);
 * mean completion length in words;
 * diversity (Kirk et al. 2023, arXiv 2310.06452): per-input (over the K samples of one prompt)
-  and across-input (one sample per prompt) distinct-n and EAD.
+  and across-input (one sample per prompt) distinct-n and EAD; sentence-embedding and NLI
+  diversity when ``eval.embedding_model`` / ``eval.nli_model`` name models
+  (:mod:`prefopt.eval.semantic`);
+* generalisation (Kirk et al.): the gap between in-distribution and OOD gold with its standard
+  error, and under ``eval.shifts`` a graded shift (``prefopt.world.data.SHIFTS``);
+* with ``eval.best_of_n`` > 1, the policy is best-of-n of the model (a scorer picks among n
+  samples), its KL the model's log-ratio plus ``log n - (n-1)/n``.
 
 Every figure comes with its standard error over prompts (the K samples of a prompt are not
 independent draws of the prompt distribution, so the prompt is the unit): the per-prompt means'
@@ -27,9 +33,10 @@ Keys of the returned dict are stable (other tools read them from summary.json), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -106,32 +113,54 @@ def gold_evaluation(
     reference_context: Callable[[], AbstractContextManager[Any]] | None = None,
     report_path: Path | None = None,
     max_prompt_length: int = 64,
+    best_of_scorer: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate `policy` against `reference` on the world. See the module docstring."""
+    """Evaluate `policy` against `reference` on the world. See the module docstring.
+    ``best_of_scorer`` scores the candidates when ``cfg.best_of_n`` > 1."""
     import contextlib
 
     ref_ctx = reference_context or contextlib.nullcontext
     vocab = len(world.tokenizer())
     space = cast(NgramSpace, getattr(cfg, "ead_ngram_space", "power"))
+    best_of = getattr(cfg, "best_of_n", 1)
+    if best_of > 1 and best_of_scorer is None:
+        raise ValueError("eval.best_of_n > 1 needs a scorer to choose with")
+    shifts = [s for s in getattr(cfg, "shifts", []) if s != "ood"]
     table: dict[str, dict[str, Any]] = {}
-    for split in ("test", "ood"):
-        prompts = world.eval_prompts(split)[: cfg.n_prompts]
-        pol = generate(policy, tokenizer, prompts, cfg, device, seed, max_prompt_length)
+    for split in ("test", "ood", *shifts):
+        if split in ("test", "ood"):
+            prompts = world.eval_prompts(split)[: cfg.n_prompts]
+        else:
+            prompts = world.shifted_prompts(split)[: cfg.n_prompts]
+        if best_of > 1:
+            many = generate(
+                policy, tokenizer, prompts, replace(cfg, samples_per_prompt=cfg.samples_per_prompt
+                * best_of), device, seed, max_prompt_length,
+            )  # fmt: skip
+            scores = best_of_scorer.score(many.flat_prompts, many.flat_completions)
+            pol = best_of_n(many, torch.as_tensor(scores), best_of)
+        else:
+            pol = generate(policy, tokenizer, prompts, cfg, device, seed, max_prompt_length)
         with ref_ctx():
             ref = generate(
                 reference, tokenizer, prompts, cfg, device, seed + 7919, max_prompt_length
             )
             ref_logp_of_pol = completion_logps(reference, pol, device)
-        pol_logp = completion_logps(policy, pol, device)
-        pol_stats = sample_stats(world, pol, vocab, space, pol_logp - ref_logp_of_pol)
+        log_ratio = completion_logps(policy, pol, device) - ref_logp_of_pol
+        if best_of > 1:  # the selection's own KL to the policy it filters (analytic)
+            log_ratio = log_ratio + best_of_n_kl(best_of)
+        pol_stats = sample_stats(world, pol, vocab, space, log_ratio)
         ref_stats = sample_stats(world, ref, vocab, space)
         table[split] = split_summary(pol_stats, ref_stats, world.objective_names)
         table[split]["example"] = (pol.prompts[0], pol.completions[0][0])
-        per_input = per_input_diversity(pol.completions, vocab, ngram_space=space)
-        across_input = across_input_diversity(pol.completions, vocab, ngram_space=space)
-        table[split].update(
-            per_input=per_input, across_input=across_input, ead_across=across_input["ead"]
-        )
+        if split in ("test", "ood"):
+            per_input = per_input_diversity(pol.completions, vocab, ngram_space=space)
+            across_input = across_input_diversity(pol.completions, vocab, ngram_space=space)
+            table[split].update(
+                per_input=per_input, across_input=across_input, ead_across=across_input["ead"]
+            )
+            if split == "test":
+                table[split]["semantic"] = semantic_diversity(pol.completions, cfg)
     test, ood = table["test"], table["ood"]
     results: dict[str, Any] = {}
     for key in SPLIT_KEYS:
@@ -145,18 +174,86 @@ def gold_evaluation(
         empty_rate=test["empty_rate"],
         reference_mean_length=test["reference_mean_length"],
         generalisation_gap=test["gold_reward"] - ood["gold_reward"],
+        # the two splits' prompts are drawn independently: the SEs add in quadrature
+        generalisation_gap_se=math.hypot(test["gold_reward_se"], ood["gold_reward_se"]),
+        shift=shift_table(table, ["ood", *shifts]),
         objectives=test["objectives"],
         ood_objectives=ood["objectives"],
-        diversity={"per_input": test["per_input"], "across_input": test["across_input"]},
+        diversity={
+            "per_input": test["per_input"],
+            "across_input": test["across_input"],
+            **test["semantic"],
+        },  # fmt: skip
         ead_ngram_space=space,
         samples_per_prompt=cfg.samples_per_prompt,
         n_prompts=len(world.eval_prompts("test")[: cfg.n_prompts]),
     )
     if cfg.temperature != 1.0 or cfg.top_k or cfg.top_p < 1.0:
         results["kl_note"] = "samples not drawn at temperature 1 without truncation: kl is biased"
+    if best_of > 1:
+        results["best_of_n"] = best_of
+        results["kl_note"] = (
+            f"best-of-{best_of}: kl adds the analytic KL of the selection to the policy it "
+            f"filters, log n - (n-1)/n = {best_of_n_kl(best_of):.3f} (an upper bound, Beirami "
+            "et al. 2024), to the policy's own log-ratio to the reference"
+        )
     if report_path is not None:
         report_path.write_text(render_report(results, table, world.objective_names))
     return results
+
+
+def shift_table(table: dict[str, dict[str, Any]], shifts: list[str]) -> dict[str, Any]:
+    """Per shift: gold reward, the reference's, the paired gain over it, KL (each with its SE
+    over prompts) and the gap ``test gold - shift gold`` with its SE (independent prompt sets:
+    ``sqrt(se_test^2 + se_shift^2)``)."""
+    test = table["test"]
+    out: dict[str, Any] = {}
+    for name in shifts:
+        row = table[name]
+        out[name] = {k: row[k] for k in ("gold_reward", "gold_reward_se",
+                     "reference_gold_reward", "reference_gold_reward_se", "gold_gain",
+                     "gold_gain_se", "kl", "kl_se")}  # fmt: skip
+        out[name]["gap"] = test["gold_reward"] - row["gold_reward"]
+        out[name]["gap_se"] = math.hypot(test["gold_reward_se"], row["gold_reward_se"])
+    return out
+
+
+def best_of_n(samples: Samples, scores: Tensor, n: int) -> Samples:
+    """Best-of-n selection (Stiennon et al. 2020; Kirk et al. 2024's BoN policy): of each
+    consecutive group of ``n`` completions of a prompt, keep the one with the highest score.
+
+    ``samples`` holds ``K * n`` completions per prompt (rows grouped by prompt), ``scores``
+    ``[P * K * n]``; returns ``K`` completions per prompt (the first of tied maxima)."""
+    p, kn = len(samples.prompts), len(samples.completions[0])
+    if kn % n:
+        raise ValueError(f"{kn} samples per prompt are not a multiple of n = {n}")
+    k = kn // n
+    best = torch.as_tensor(scores).reshape(p, k, n).argmax(dim=-1)  # [P, K]
+    rows = (torch.arange(p)[:, None] * kn + torch.arange(k)[None, :] * n + best).reshape(-1)
+    completions = [
+        [samples.completions[i][j * n + int(best[i, j])] for j in range(k)] for i in range(p)
+    ]
+    return Samples(
+        samples.prompts, completions, samples.sequences[rows], samples.attention_mask[rows],
+        samples.completion_mask[rows], samples.prompt_width,
+    )  # fmt: skip
+
+
+def best_of_n_kl(n: int) -> float:
+    """``log n - (n - 1) / n``: the KL of best-of-n to the policy it samples from, exact for
+    continuous scores without ties and an upper bound otherwise (Beirami et al. 2024, arXiv
+    2401.01879; Stiennon et al. 2020)."""
+    return math.log(n) - (n - 1) / n
+
+
+def semantic_diversity(completions: list[list[str]], cfg: Any) -> dict[str, Any]:
+    """Sentence-embedding and NLI diversity of the completions, per input and across inputs,
+    for the models ``cfg`` names (:mod:`prefopt.eval.semantic`); empty when none is named."""
+    from prefopt.eval.semantic import semantic_diversity as measure
+
+    return measure(
+        completions, getattr(cfg, "embedding_model", None), getattr(cfg, "nli_model", None)
+    )
 
 
 #: Figures reported per split with a standard error over prompts (``<key>_se``), test split

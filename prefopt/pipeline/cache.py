@@ -39,6 +39,14 @@ SUMMARY = "summary.json"
 RUNTIME_ONLY_KEYS = ("rollout.gather_zero3_weights", "data.max_unknown_fraction")
 
 
+#: Settings added to the recipe after stages were first cached, at the value that does what
+#: every stage did before they existed: left out of the identity at that value, so adding an
+#: option does not orphan every cached stage (a changed value is in the identity as usual).
+LATER_SETTINGS: dict[str, dict[str, Any]] = {
+    "eval": {"shifts": [], "best_of_n": 1, "embedding_model": None, "nli_model": None},
+}
+
+
 def stage_identity(recipe: Recipe) -> str:
     """12 hex digits of the hash of what a stage learns from: its resolved recipe (without
     where it runs, how it reports and `RUNTIME_ONLY_KEYS`) and the world's format version."""
@@ -48,6 +56,10 @@ def stage_identity(recipe: Recipe) -> str:
     for key in RUNTIME_ONLY_KEYS:  # left out, so that adding such a setting keeps old caches
         section, name = key.split(".")
         cast(DictConfig, cast(DictConfig, node)[section]).pop(name)
+    for section, defaults in LATER_SETTINGS.items():
+        for key, value in defaults.items():
+            if node[section][key] == value:
+                del node[section][key]
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"

@@ -110,13 +110,19 @@ def _named(recipe: Recipe, train: bool) -> Recipe:
         value = getattr(getattr(out, section), key)
         if isinstance(value, str):
             setattr(getattr(out, section), key, _resolve(value, recipe, train))
-    if get_loss(recipe.loss.name).kind == "online" and recipe.reward.scorer:
+    if uses_scorer(recipe):
         out.reward.scorer = _resolve(recipe.reward.scorer, recipe, train)
     return out
 
 
+def uses_scorer(recipe: Recipe) -> bool:
+    """Whether ``reward.scorer`` is used: by online training, or by a best-of-n evaluation."""
+    online = get_loss(recipe.loss.name).kind == "online"
+    return bool(recipe.reward.scorer) and (online or recipe.eval.best_of_n > 1)
+
+
 def has_world_models(recipe: Recipe) -> bool:
     names = [recipe.model.name_or_path, recipe.model.tokenizer, recipe.reference.name_or_path]
-    if get_loss(recipe.loss.name).kind == "online":
+    if uses_scorer(recipe):
         names += (recipe.reward.scorer or "").split(",")
     return any(isinstance(n, str) and n.strip().startswith("world:") for n in names)

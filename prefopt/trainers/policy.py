@@ -252,9 +252,15 @@ class PolicyTrainer(Trainer):
             return {}
         from prefopt.eval.gold import gold_evaluation
 
+        chooser = None
+        if self.recipe.eval.best_of_n > 1:  # best-of-n: reward.scorer picks among n samples
+            from prefopt.rewards.scorers import load_scorer
+
+            spec = self.recipe.reward.scorer
+            chooser = self.world if spec == "world" else load_scorer(spec, device=str(self.device))
         # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
         with engines.full_weights_for_generation(self.unwrapped()):
-            return gold_evaluation(
+            results = gold_evaluation(
                 policy=self.unwrapped(),
                 reference=self.reference_model(),
                 reference_context=self.reference_forward,
@@ -265,7 +271,9 @@ class PolicyTrainer(Trainer):
                 seed=self.recipe.seed,
                 report_path=self.run_dir / "eval_report.md",
                 max_prompt_length=self.recipe.data.max_prompt_length,
+                best_of_scorer=chooser,
             )
+        return results
 
 
 def held_out_split(data: Any) -> str:

@@ -89,6 +89,38 @@ def eval_prompts(lang: Language, split: str, n: int) -> list[str]:
     return list(seen)
 
 
+#: Graded distribution shifts of the evaluation prompts, nearest first (Kirk et al. 2024, arXiv
+#: 2310.06452, find RLHF's advantage over SFT grows with the shift): ``long``, prompts of four
+#: topic words instead of two (in-distribution topics); ``distractor``, two words of an
+#: in-distribution topic and one of a held-out topic; ``ood``, held-out topics (the ``ood``
+#: split); ``ood_long``, held-out topics and four words.
+SHIFTS = ("long", "distractor", "ood", "ood_long")
+
+
+def shifted_prompts(lang: Language, shift: str, n: int) -> list[str]:
+    """``n`` distinct evaluation prompts under ``shift`` (one of :data:`SHIFTS`); each shift
+    draws from its own random stream, so the other datasets do not change."""
+    if shift == "ood":
+        return eval_prompts(lang, "ood", n)
+    if shift not in SHIFTS:
+        raise ValueError(f"unknown shift {shift!r}; shifts: {', '.join(SHIFTS)}")
+    rng = make_rng(lang.config.seed, f"eval_shift_{shift}")
+    topics = lang.ood_topics if shift == "ood_long" else lang.in_distribution_topics
+    seen: dict[str, None] = {}
+    for _ in range(50 * n):
+        if len(seen) >= n:
+            break
+        word = rng.choice(lang.instruction_words[rng.randrange(len(INSTRUCTIONS))])
+        content = lang.topic_content(rng.choice(topics))
+        if shift == "distractor":
+            unseen = lang.topic_content(rng.choice(lang.ood_topics))
+            words = [*rng.sample(content, 2), rng.choice(unseen)]
+        else:
+            words = rng.sample(content, 4)
+        seen.setdefault(lang.format_prompt(word, words), None)
+    return list(seen)
+
+
 def prompt_fields(lang: Language, info: PromptInfo) -> dict[str, str]:
     instr = "unknown" if info.instruction is None else INSTRUCTIONS[info.instruction].name
     return {"instruction": instr, "topic": lang.topic_name(info.topic)}

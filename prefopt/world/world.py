@@ -199,6 +199,13 @@ class World:
         records = self._memo(f"eval_prompts_{split}", lambda: self._eval_prompt_records(split))
         return [r["prompt"] for r in records]
 
+    def shifted_prompts(self, shift: str) -> list[str]:
+        """``n_eval_prompts`` evaluation prompts under a graded shift (:data:`data.SHIFTS`)."""
+        return self._memo(
+            f"shift_prompts_{shift}",
+            lambda: data.shifted_prompts(self.language, shift, self.config.n_eval_prompts),
+        )
+
     def _eval_prompt_records(self, split: str) -> list[dict[str, Any]]:
         prompts = data.eval_prompts(self.language, split, self.config.n_eval_prompts)
         return [

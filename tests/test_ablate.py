@@ -1,0 +1,277 @@
+"""The ablation runner: validation before anything runs, resume, aggregation, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from prefopt.config import ConfigError
+from prefopt.pipeline.ablate import list_ablations, load_ablation, run_ablation
+from prefopt.pipeline.results import aggregate, group_stats, read_csv, redraw
+from tests.conftest import TINY
+
+
+def write_ablation(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+TINY_SWEEP = """
+description: "a tiny sweep of beta"
+base: dpo
+overrides: {{{tiny}}}
+grid:
+  loss.beta: [0.1, 0.2]
+seeds: [0]
+metrics: [eval.gold_reward, eval.kl]
+sizes:
+  tiny: {{overrides: {{trainer.max_steps: 2}}}}
+  full: {{}}
+""".format(tiny=", ".join(f"{o.split('=')[0]}: {o.split('=')[1]}" for o in TINY))
+
+
+SHIPPED = {
+    "accuracy_paradox", "rlhf_vs_sft", "mpo_tau", "pm_beta_alpha", "expo_alpha", "ids_beta",
+    "dpo_variants", "kl_coef",
+}  # fmt: skip
+
+
+def test_every_shipped_ablation_file_loads_at_both_sizes_and_its_tiny_runs_validate():
+    """The recipes of every tiny run are validated (a pipeline's take seconds each); those of
+    the full sizes in the slow test below."""
+    assert set(list_ablations()) >= SHIPPED
+    for name in list_ablations():
+        tiny = load_ablation(name, "tiny")
+        full = load_ablation(name, "full", validate=False)
+        assert tiny.runs and full.runs, name
+        assert tiny.note and full.note, f"{name}: each size documents what it is"
+        assert len(tiny.runs) <= len(full.runs), name
+        assert set(tiny.metrics) == set(full.metrics), name
+
+
+@pytest.mark.slow
+def test_every_shipped_ablations_full_runs_validate():
+    for name in list_ablations():
+        assert load_ablation(name, "full").runs, name
+
+
+def test_a_typo_is_an_error_naming_the_key_before_anything_runs(tmp_path):
+    path = write_ablation(tmp_path, TINY_SWEEP.replace("loss.beta:", "loss.betta:"))
+    with pytest.raises(ConfigError) as exc:
+        load_ablation(path, "tiny")
+    (problem,) = exc.value.problems
+    assert "unknown key 'loss.betta'" in problem and "(every run)" in problem
+    path = write_ablation(tmp_path, TINY_SWEEP + "seedz: [1]\n")
+    with pytest.raises(ConfigError, match="unknown key 'seedz' in an ablation"):
+        load_ablation(path, "tiny")
+    path = write_ablation(tmp_path, TINY_SWEEP.replace("tiny: {", "tiny: {stepz: 1, "))
+    with pytest.raises(ConfigError, match="sizes.tiny: unknown key 'stepz'"):
+        load_ablation(path, "tiny")
+    with pytest.raises(ConfigError, match="size 'huge': not defined"):
+        load_ablation(write_ablation(tmp_path, TINY_SWEEP), "huge")
+    # a bad value in one run only names that run
+    path = write_ablation(tmp_path, TINY_SWEEP.replace("[0.1, 0.2]", "[0.1, -1.0]"))
+    with pytest.raises(ConfigError, match=r"loss.beta.*\(run loss.beta=-1,seed=0\)"):
+        load_ablation(path, "tiny")
+
+
+def test_runs_are_the_grid_crossed_with_seeds_with_size_overrides_last(tmp_path):
+    text = TINY_SWEEP.replace("seeds: [0]", "seeds: [0, 1]")
+    ablation = load_ablation(write_ablation(tmp_path, text), "tiny", ["loss.beta=0.5"])
+    assert [r.id for r in ablation.runs] == [
+        "loss.beta=0.1,seed=0", "loss.beta=0.1,seed=1", "loss.beta=0.2,seed=0",
+        "loss.beta=0.2,seed=1",
+    ]  # fmt: skip
+    run = ablation.runs[2]
+    assert run.params == {"loss.beta": 0.2} and run.seed == 0
+    # the file's overrides, the size's, the swept value, the command line's, the seed
+    assert run.overrides[-4:] == ["trainer.max_steps=2", "loss.beta=0.2", "loss.beta=0.5",
+                                  "seed=0"]  # fmt: skip
+    assert ablation.x == "loss.beta"
+
+
+def fake_summary(gold: float, kl: float) -> dict:
+    return {"eval": {"gold_reward": gold, "gold_reward_se": 0.1, "kl": kl, "kl_se": 0.05}}
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    ablation = load_ablation(write_ablation(tmp_path, TINY_SWEEP), "tiny")
+    out = tmp_path / "out"
+    calls: list[str] = []
+
+    def execute(ablation, run, run_dir):
+        calls.append(run.id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated Ctrl-C in the second run")
+        run_dir.mkdir(parents=True)
+        summary = fake_summary(1.0 + len(calls), 0.5)
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(ablation, out, execute=execute, log=lambda _: None)
+    assert calls == ["loss.beta=0.1,seed=0", "loss.beta=0.2,seed=0"]
+    first = out / "runs" / "loss.beta=0.1,seed=0" / "summary.json"
+    before = first.read_text()
+    lines: list[str] = []
+    result = run_ablation(ablation, out, execute=execute, log=lines.append)
+    assert calls[2:] == ["loss.beta=0.2,seed=0"]  # only the unfinished run
+    assert result["skipped"] == ["loss.beta=0.1,seed=0"]
+    assert result["ran"] == ["loss.beta=0.2,seed=0"]
+    assert first.read_text() == before
+    assert lines[0] == "[1/2] loss.beta=0.1,seed=0: finished earlier, skipped"
+    assert lines[1].startswith("[2/2] loss.beta=0.2,seed=0: done in ")
+    assert "elapsed" in lines[1] and "left)" in lines[1]
+    rows = read_csv(out / "results.csv")
+    assert [r["eval.gold_reward"] for r in rows] == [2.0, 4.0]
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    from prefopt.trainers.base import TrainingError
+
+    ablation = load_ablation(write_ablation(tmp_path, TINY_SWEEP), "tiny")
+
+    def execute(ablation, run, run_dir):
+        if run.params["loss.beta"] == 0.1:
+            raise TrainingError("loss is NaN at step 1")
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps(fake_summary(2.0, 1.0)))
+        return {}
+
+    result = run_ablation(ablation, tmp_path / "out", execute=execute, log=lambda _: None)
+    assert result["failed"] == {"loss.beta=0.1,seed=0": "TrainingError: loss is NaN at step 1"}
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert [r["status"] for r in rows] == ["failed", "done"]
+    assert "Failed runs" in (tmp_path / "out" / "results.md").read_text()
+
+
+def hand_made_ablation(out: Path) -> None:
+    """Two settings of beta x three seeds, with hand-chosen gold and KL."""
+    golds = {0.1: [1.0, 2.0, 4.0], 0.2: [3.0, 3.0, 6.0]}
+    gold_ses = {0.1: [0.3, 0.4, 0.0], 0.2: [0.1, 0.2, 0.2]}
+    runs = []
+    for beta, values in golds.items():
+        for seed, gold in enumerate(values):
+            run_id = f"loss.beta={beta},seed={seed}"
+            runs.append({"id": run_id, "params": {"loss.beta": beta}, "seed": seed,
+                         "overrides": [], "base": "dpo", "staged": False})  # fmt: skip
+            folder = out / "runs" / run_id
+            folder.mkdir(parents=True)
+            summary = {
+                "recipe": "dpo",
+                "eval": {"gold_reward": gold, "gold_reward_se": gold_ses[beta][seed],
+                         "kl": 2 * beta + seed, "kl_se": 0.1, "objectives": {"safety": 1.0}},
+                "curve": [1, 2, 3],
+            }  # fmt: skip
+            (folder / "summary.json").write_text(json.dumps(summary))
+    description = {
+        "name": "handmade", "size": "tiny", "description": "hand-made summaries",
+        "base": "dpo", "swept": ["loss.beta"], "metrics": ["eval.gold_reward", "eval.kl"],
+        "x": "loss.beta", "note": "", "seeds": [0, 1, 2], "runs": runs,
+    }  # fmt: skip
+    (out / "ablation.json").write_text(json.dumps(description))
+
+
+def test_aggregation_of_hand_made_summaries_matches_hand_computed_statistics(tmp_path):
+    hand_made_ablation(tmp_path)
+    files = aggregate(tmp_path)
+    assert {f.name for f in files} == {
+        "results.csv", "results.md", "gold_vs_kl.png", "eval.gold_reward.png", "eval.kl.png"
+    }  # fmt: skip
+    with open(tmp_path / "results.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:4] == ["run", "loss.beta", "seed", "status"]
+    # every scalar of the summary, flattened; lists left out
+    assert "eval.objectives.safety" in header and "recipe" in header and "curve" not in header
+    rows = read_csv(tmp_path / "results.csv")
+    assert len(rows) == 6 and rows[1]["eval.gold_reward"] == 2.0 and rows[1]["seed"] == 1
+
+    stats = group_stats(rows, ["loss.beta"], ["eval.gold_reward"])
+    first, second = (g["eval.gold_reward"] for g in stats)
+    # beta 0.1: gold 1, 2, 4: mean 7/3; sd^2 = ((4/3)^2 + (1/3)^2 + (5/3)^2) / 2 = 7/3;
+    # SE = sd / sqrt(3) = sqrt(7/9); SE over prompts = sqrt(0.3^2 + 0.4^2 + 0) / 3 = 0.5 / 3
+    assert first["n"] == 3
+    assert first["mean"] == pytest.approx(7 / 3, abs=1e-12)
+    assert first["sd"] == pytest.approx(math.sqrt(7 / 3), abs=1e-12)
+    assert first["se"] == pytest.approx(math.sqrt(7 / 9), abs=1e-12)
+    assert first["se_prompts"] == pytest.approx(0.5 / 3, abs=1e-12)
+    # beta 0.2: gold 3, 3, 6: mean 4; sd^2 = (1 + 1 + 4) / 2 = 3; SE = 1
+    # SE over prompts = sqrt(0.01 + 0.04 + 0.04) / 3 = 0.1
+    assert second["mean"] == pytest.approx(4.0, abs=1e-12)
+    assert second["sd"] == pytest.approx(math.sqrt(3), abs=1e-12)
+    assert second["se"] == pytest.approx(1.0, abs=1e-12)
+    assert second["se_prompts"] == pytest.approx(0.1, abs=1e-12)
+    table = (tmp_path / "results.md").read_text()
+    assert "| 0.1 | 3 | 2.333 (sd 1.528, SE 0.882; SE prompts 0.167) |" in table
+    assert "| 0.2 | 3 | 4.000 (sd 1.732, SE 1.000; SE prompts 0.100) |" in table
+
+
+def test_plot_redraws_an_ablations_plots_from_its_files_alone(tmp_path, capsys):
+    from prefopt.cli import main
+
+    hand_made_ablation(tmp_path)
+    aggregate(tmp_path)
+    for run in (tmp_path / "runs").iterdir():  # the summaries are not needed any more
+        (run / "summary.json").unlink()
+    for png in tmp_path.glob("*.png"):
+        png.unlink()
+    assert main(["plot", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "eval.gold_reward.png", "eval.kl.png", "gold_vs_kl.png"
+    ]  # fmt: skip
+    assert sorted(p.name for p in redraw(tmp_path)) == [
+        "eval.gold_reward.png", "eval.kl.png", "gold_vs_kl.png"
+    ]  # fmt: skip
+    assert main(["plot", str(tmp_path / "runs")]) == 2  # not an ablation nor a run
+    assert "neither an ablation folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains a tiny SFT policy and two DPO runs: minutes on a busy machine
+def test_a_real_sweep_runs_through_the_stage_cache_and_resumes(tmp_path):
+    """Two tiny DPO runs really trained; the second invocation trains nothing."""
+    sweep = TINY_SWEEP.replace("eval.enabled: false", "eval.enabled: true").replace(
+        "trainer.max_steps: 2", "trainer.max_steps: 2, eval.n_prompts: 4, "
+        "eval.samples_per_prompt: 2, eval.max_new_tokens: 8"
+    )  # fmt: skip
+    ablation = load_ablation(write_ablation(tmp_path, sweep), "tiny")
+    out = tmp_path / "out"
+    first = run_ablation(ablation, out, log=lambda _: None)
+    assert first["ran"] == [r.id for r in ablation.runs] and not first["failed"]
+    for run in ablation.runs:  # each run is a stage of the cache, linked from the ablation
+        assert (out / "runs" / run.id).is_symlink()
+    rows = read_csv(out / "results.csv")
+    assert [r["loss.beta"] for r in rows] == [0.1, 0.2]
+    assert all(isinstance(r["eval.gold_reward"], float) for r in rows)
+    summaries = {r.id: out / "runs" / r.id / "summary.json" for r in ablation.runs}
+    stamps = {run: path.stat().st_mtime_ns for run, path in summaries.items()}
+    again = run_ablation(ablation, tmp_path / "elsewhere", log=lambda _: None)
+    # another folder, same settings: the cached stages are reused, nothing trains again
+    assert again["ran"] == [r.id for r in ablation.runs]
+    for run in ablation.runs:
+        linked = tmp_path / "elsewhere" / "runs" / run.id
+        assert linked.resolve() == (out / "runs" / run.id).resolve()
+        assert (linked / "summary.json").stat().st_mtime_ns == stamps[run.id]
+    assert (
+        read_csv(tmp_path / "elsewhere" / "results.csv")[0]["eval.gold_reward"]
+        == rows[0]["eval.gold_reward"]
+    )
+    assert run_ablation(ablation, out, log=lambda _: None)["skipped"] == first["ran"]
+
+
+def test_the_cli_rejects_a_typo_with_status_2_before_running(tmp_path, capsys):
+    from prefopt.cli import main
+
+    path = write_ablation(tmp_path, TINY_SWEEP)
+    assert main(["ablate", str(path), "SIZE=tiny", "trainer.max_stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'trainer.max_stepz'" in err and "(every run)" in err
+    assert main(["ablate", str(path), "SIZE=tiny", "--size", "full"]) == 2
+    assert "SIZE given twice" in capsys.readouterr().err
+    assert main(["ablate", "no_such_ablation"]) == 2
+    assert "no ablation 'no_such_ablation' (shipped: accuracy_paradox" in capsys.readouterr().err
+    assert not (Path("runs") / "ablations" / "sweep-tiny").exists()  # nothing ran
