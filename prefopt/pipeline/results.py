@@ -129,9 +129,10 @@ def group_stats(
                 continue
             stats = seed_stats(values)
             ses = [_number(r.get(f"{metric}_se")) for r in members]
+            known = [s for s in ses if s is not None]
             stats["se_prompts"] = (
-                math.sqrt(sum(s * s for s in ses)) / len(ses)  # type: ignore[operator]
-                if ses and all(s is not None for s in ses)
+                math.sqrt(sum(s * s for s in known)) / len(ses)
+                if ses and len(known) == len(ses)
                 else float("nan")
             )
             entry[metric] = stats
