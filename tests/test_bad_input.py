@@ -101,8 +101,16 @@ def _invalid_override():
         WORD,
     )
     not_int = st.builds(lambda key, word: (f"{key}={word}", key), st.sampled_from(INTS), WORD)
-    not_positive = st.builds(
-        lambda key, n: (f"{key}={n}", key), st.sampled_from(INTS), st.integers(-(10**6), 0)
+    # trainer.max_steps may be 0 (evaluate the initial policy, a baseline); the others not
+    not_positive = st.one_of(
+        st.builds(
+            lambda key, n: (f"{key}={n}", key),
+            st.sampled_from([k for k in INTS if k != "trainer.max_steps"]),
+            st.integers(-(10**6), 0),
+        ),
+        st.builds(
+            lambda n: (f"trainer.max_steps={n}", "trainer.max_steps"), st.integers(-(10**6), -1)
+        ),
     )
     not_finite = st.builds(
         lambda key, v: (f"{key}={v}", key),
