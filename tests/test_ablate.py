@@ -275,3 +275,14 @@ def test_the_cli_rejects_a_typo_with_status_2_before_running(tmp_path, capsys):
     assert main(["ablate", "no_such_ablation"]) == 2
     assert "no ablation 'no_such_ablation' (shipped: accuracy_paradox" in capsys.readouterr().err
     assert not (Path("runs") / "ablations" / "sweep-tiny").exists()  # nothing ran
+
+
+def test_a_paired_difference_takes_its_standard_error_from_its_sibling_se():
+    # the report's comparisons hold ``...vs.<b>.diff`` beside ``...vs.<b>.se`` (paired SE)
+    rows = [
+        {"status": "done", "tau": 1.0, "cmp.a.vs.b.diff": 0.2, "cmp.a.vs.b.se": 0.03},
+        {"status": "done", "tau": 1.0, "cmp.a.vs.b.diff": 0.4, "cmp.a.vs.b.se": 0.04},
+    ]
+    (group,) = group_stats(rows, ["tau"], ["cmp.a.vs.b.diff"])
+    assert group["cmp.a.vs.b.diff"]["mean"] == pytest.approx(0.3)
+    assert group["cmp.a.vs.b.diff"]["se_prompts"] == pytest.approx(0.05 / 2)  # sqrt(.03²+.04²)/2

@@ -29,6 +29,8 @@ def test_reward_metrics_hand_computed():
     # ECE: p = sig(1), sig(-1), sig(0) -> confidences .731, .731, .5; accuracies 1, 0, .5
     # one bin (0.7, 0.8] holds two pairs: |0.5 - 0.731| * 2/3; the tie adds nothing
     assert m["ece"] == pytest.approx(abs(0.5 - 0.7310585786) * 2 / 3, abs=1e-6)
+    # held-out cross-entropy: -log sig(1), -log sig(-1), -log 2 = 0.3133, 1.3133, 0.6931
+    assert m["loss"] == pytest.approx((0.3132617 + 1.3132617 + 0.6931472) / 3, abs=1e-6)
 
 
 def test_reward_model_trains_and_loads_with_plain_transformers(tmp_path):

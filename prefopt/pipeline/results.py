@@ -106,6 +106,12 @@ def seed_stats(values: list[float]) -> dict[str, float]:
     return {"n": n, "mean": float(tensor.mean()), "sd": sd, "se": standard_error(tensor)}
 
 
+def se_key(metric: str) -> str:
+    """The key of a metric's standard error over prompts: ``<metric>_se``, or for a paired
+    difference of the report (``...vs.<b>.diff``) its sibling ``...vs.<b>.se``."""
+    return metric[: -len("diff")] + "se" if metric.endswith(".diff") else f"{metric}_se"
+
+
 def group_stats(
     rows: list[dict[str, Any]], swept: list[str], metrics: list[str]
 ) -> list[dict[str, Any]]:
@@ -128,7 +134,7 @@ def group_stats(
                 entry[metric] = None
                 continue
             stats = seed_stats(values)
-            ses = [_number(r.get(f"{metric}_se")) for r in members]
+            ses = [_number(r.get(se_key(metric))) for r in members]
             known = [s for s in ses if s is not None]
             stats["se_prompts"] = (
                 math.sqrt(sum(s * s for s in known)) / len(ses)
@@ -321,8 +327,8 @@ def plot_metric(
             members = [r for r in members if _number(r.get(x)) is not None]
             ax.errorbar(
                 [float(r[x]) for r in members], [float(r[metric]) for r in members],
-                xerr=[_number(r.get(f"{x}_se")) or 0.0 for r in members],
-                yerr=[_number(r.get(f"{metric}_se")) or 0.0 for r in members],
+                xerr=[_number(r.get(se_key(x))) or 0.0 for r in members],
+                yerr=[_number(r.get(se_key(metric))) or 0.0 for r in members],
                 fmt="o", capsize=3, label=setting,
             )  # fmt: skip
         bars = "one point per run; SE over prompts"

@@ -101,7 +101,12 @@ def reward_metrics(chosen: Tensor, rejected: Tensor) -> dict[str, float]:
     margin = chosen - rejected
     both = torch.cat([chosen, rejected])
     probs = torch.sigmoid(margin)
+    # held-out Bradley-Terry cross-entropy against the data's labels (chosen preferred): the
+    # quantity IDS is about (MLE's rises once once-compared pairs are overfitted)
+    nll = torch.nn.functional.softplus(-margin.float())
     return {
+        "loss": nll.mean().item(),
+        "loss_se": (nll.std() / nll.numel() ** 0.5).item() if nll.numel() > 1 else 0.0,
         # a tie (margin exactly 0) counts as wrong; how many there were is reported beside it
         "accuracy": (margin > 0).float().mean().item(),
         "ties": int((margin == 0).sum()),
