@@ -36,7 +36,13 @@ from prefopt.world.config import WORLD_FORMAT_VERSION
 SUMMARY = "summary.json"
 
 #: settings that change how a stage runs (speed, memory) or what it checks, never what it learns
-RUNTIME_ONLY_KEYS = ("rollout.gather_zero3_weights", "data.max_unknown_fraction")
+RUNTIME_ONLY_KEYS = (
+    "rollout.gather_zero3_weights",
+    "data.max_unknown_fraction",
+    # the packed and padded layouts compute the same log-probs (up to float rounding)
+    "data.layout",
+    "data.pack_length",
+)
 
 
 #: Settings added to the recipe after stages were first cached, at the value that does what
