@@ -71,17 +71,15 @@ def attention_layout(model: nn.Module, mask: Tensor) -> Tensor:
 
 
 def _takes_logits_to_keep(model: nn.Module) -> bool:
-    inner: nn.Module | None = model
-    for _ in range(4):  # through DDP / PEFT wrappers to the model whose forward names its args
-        if inner is None:
-            return False
-        try:
-            if "logits_to_keep" in inspect.signature(inner.forward).parameters:
-                return True
-        except (TypeError, ValueError):
-            return False
-        inner = getattr(inner, "module", None) or getattr(inner, "base_model", None)
-    return False
+    """Whether the model under any DDP / PEFT wrapper names ``logits_to_keep`` (the wrappers
+    pass keyword arguments through)."""
+    inner: Any = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def packed_pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
