@@ -154,3 +154,18 @@ def test_packed_training_follows_the_padded_trajectory(tmp_path, recipe):
     assert_close(torch.tensor(runs["packed"]), torch.tensor(runs["padded"]), atol=1e-5, rtol=1e-5)
     # not a trajectory that stands still: the model learnt something in 6 steps
     assert abs(runs["packed"][-1] - runs["packed"][0]) > 1e-3
+
+
+def test_fused_gelu_is_gpt2s_gelu_new_in_one_kernel():
+    from transformers.activations import NewGELUActivation
+
+    from prefopt.models.loading import fuse_activations
+
+    model = GPT2LMHeadModel(config()).eval()
+    ids = torch.randint(1, 50, (2, 9))
+    before = model(input_ids=ids).logits
+    assert any(type(m) is NewGELUActivation for m in model.modules())
+    fuse_activations(model)
+    assert not any(type(m) is NewGELUActivation for m in model.modules())
+    assert_close(model(input_ids=ids).logits, before, atol=1e-5, rtol=0)
+    assert model.config.activation_function == "gelu_new"  # the saved model is the same model
