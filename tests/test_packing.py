@@ -169,3 +169,17 @@ def test_fused_gelu_is_gpt2s_gelu_new_in_one_kernel():
     assert not any(type(m) is NewGELUActivation for m in model.modules())
     assert_close(model(input_ids=ids).logits, before, atol=1e-5, rtol=0)
     assert model.config.activation_function == "gelu_new"  # the saved model is the same model
+
+
+def test_rollout_log_probs_from_the_first_completion_column_equal_the_full_ones():
+    from prefopt.models.generation import rollout_token_logps
+
+    model = GPT2LMHeadModel(config()).eval()
+    ids = torch.randint(2, 50, (3, 12))
+    attn = torch.ones_like(ids)
+    attn[0, :3] = 0  # left padding of a shorter prompt
+    full = rollout_token_logps(model, ids, attn, temperature=0.7)
+    part = rollout_token_logps(model, ids, attn, temperature=0.7, first=5)
+    assert part.shape == full.shape
+    assert_close(part[:, 5:], full[:, 5:], atol=1e-5, rtol=0)
+    assert (part[:, :5] == 0).all()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
-from prefopt.models.logps import token_logps
+from prefopt.models.logps import takes_logits_to_keep, token_logps
 from prefopt.models.quiet import without_log_messages
 
 
@@ -219,25 +219,49 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 def forward_logits(
-    model: nn.Module, sequences: Tensor, attention_mask: Tensor, temperature: float = 1.0
+    model: nn.Module,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    temperature: float = 1.0,
+    first: int = 0,
 ) -> Tensor:
-    """[R, T-1, V] logits predicting tokens 1..T-1, divided by the sampling temperature."""
-    logits = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-    ).logits[:, :-1]
+    """[R, T-1-first, V] logits predicting tokens first+1..T-1, divided by the sampling
+    temperature. With ``first`` > 0 (the prompt block's last column: completions start after
+    it) only those positions are projected onto the vocabulary (``logits_to_keep``), so the
+    prompt's positions never cost a full-vocabulary tensor."""
+    kwargs: dict[str, Any] = {
+        "input_ids": sequences,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids(attention_mask),
+        "use_cache": False,
+    }
+    if first > 0 and takes_logits_to_keep(model):
+        logits = model(**kwargs, logits_to_keep=sequences.shape[1] - first).logits[:, :-1]
+    else:
+        logits = model(**kwargs).logits[:, first:-1]
     return logits / temperature if temperature != 1.0 else logits
 
 
+def pad_columns(per_token: Tensor, first: int) -> Tensor:
+    """[R, T-1-first] per-token values back to the [R, T-1] convention (0 before ``first``)."""
+    if not first:
+        return per_token
+    return torch.cat([per_token.new_zeros(per_token.shape[0], first), per_token], dim=1)
+
+
 def rollout_token_logps(
-    model: nn.Module, sequences: Tensor, attention_mask: Tensor, temperature: float = 1.0
+    model: nn.Module,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    temperature: float = 1.0,
+    first: int = 0,
 ) -> Tensor:
     """[R, T-1] log-prob of token t+1 given the tokens up to t, at ``temperature`` (fp32).
-    Column j scores ``sequences[:, j + 1]``; mask it with ``completion_mask[:, 1:]``."""
-    logits = forward_logits(model, sequences, attention_mask, temperature)
-    return token_logps(logits, sequences[:, 1:])
+    Column j scores ``sequences[:, j + 1]``; mask it with ``completion_mask[:, 1:]``. Columns
+    before ``first`` (prompt positions, when the caller says where completions start) are 0
+    and never computed."""
+    logits = forward_logits(model, sequences, attention_mask, temperature, first)
+    return pad_columns(token_logps(logits, sequences[:, first + 1 :]), first)
 
 
 @torch.no_grad()

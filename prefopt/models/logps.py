@@ -70,7 +70,7 @@ def attention_layout(model: nn.Module, mask: Tensor) -> Tensor:
     )
 
 
-def _takes_logits_to_keep(model: nn.Module) -> bool:
+def takes_logits_to_keep(model: nn.Module) -> bool:
     """Whether the model under any DDP / PEFT wrapper names ``logits_to_keep`` (the wrappers
     pass keyword arguments through)."""
     inner: Any = getattr(model, "module", model)  # DDP
@@ -96,7 +96,7 @@ def packed_pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
         "attention_mask": attention_layout(model, batch["attention_mask"]),
         "use_cache": False,
     }
-    if _takes_logits_to_keep(model):
+    if takes_logits_to_keep(model):
         logits = model(**kwargs, logits_to_keep=mask).logits
         logits = logits.reshape(-1, logits.shape[-1])  # [N kept, V]
     else:

@@ -42,11 +42,12 @@ from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.models.generation import (
     Samples,
     check_special_tokens,
-    forward_logits,
     generate,
+    pad_columns,
     position_ids,
+    rollout_token_logps,
 )
-from prefopt.models.logps import token_logps
+from prefopt.models.logps import takes_logits_to_keep, token_logps
 from prefopt.models.value import (
     SharedValueHead,
     ValueModel,
@@ -302,13 +303,14 @@ class OnlineTrainer(PolicyTrainer):
         seq = samples.sequences.to(device)
         attn = samples.attention_mask.to(device)
         mask = samples.completion_mask.to(device)[:, 1:].float()  # [R, T-1]: token t+1's mask
-        old_logps, old_values = self.policy_forward(seq, attn, grad=False)
+        # completions start after the prompt block: no logits at the prompt's positions
+        first = max(samples.prompt_width - 1, 0)
+        old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
         with self.reference_forward(), self.accelerator.autocast():
-            ref_logps = token_logps(
-                forward_logits(self.reference_model(), seq, attn, cfg.rollout.temperature),
-                seq[:, 1:],
+            ref_logps = rollout_token_logps(
+                self.reference_model(), seq, attn, cfg.rollout.temperature, first
             )
         if self.critic is not None:
             with self.accelerator.autocast():
@@ -353,31 +355,38 @@ class OnlineTrainer(PolicyTrainer):
             token_rewards=token_rewards,
             last_column=last,
             kl=kl,
+            first=first,
         )
         return rollout, samples, metrics
 
     def policy_forward(
-        self, seq: Tensor, attn: Tensor, grad: bool = True
+        self, seq: Tensor, attn: Tensor, grad: bool = True, first: int = 0
     ) -> tuple[Tensor, Tensor | None]:
-        """[R, T-1] log-probs at the sampling temperature and, with a shared head, values."""
+        """[R, T-1] log-probs at the sampling temperature (0 before column ``first``, whose
+        logits are never computed) and, with a shared head, values."""
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx, self.accelerator.autocast():
+            kwargs: dict[str, Any] = {}
+            if first > 0 and takes_logits_to_keep(self.model):
+                kwargs["logits_to_keep"] = seq.shape[1] - first
             out = self.model(
                 input_ids=seq,
                 attention_mask=attn,
                 position_ids=position_ids(attn),
                 use_cache=False,
                 output_hidden_states=self.value_head is not None,
+                **kwargs,
             )
-            logits = out.logits[:, :-1]
+            logits = out.logits[:, :-1] if kwargs else out.logits[:, first:-1]
             temperature = self.recipe.rollout.temperature
             if temperature != 1.0:
                 logits = logits / temperature
-            logps = token_logps(logits, seq[:, 1:])
+            logps = pad_columns(token_logps(logits, seq[:, first + 1 :]), first)
             values = None
             if self.value_head is not None:
                 values = self.value_head(out.hidden_states[-1])[:, :-1]
         self._last_logits = logits if grad else None
+        self._last_first = first
         return logps, values
 
     def advantages(
@@ -425,7 +434,7 @@ class OnlineTrainer(PolicyTrainer):
     def update(self, rollout: Rollout, idx: Tensor) -> dict[str, float]:
         """One optimiser step on the minibatch ``idx`` of ``rollout``; returns its metrics."""
         seq, attn, mask = rollout.sequences[idx], rollout.attention_mask[idx], rollout.mask[idx]
-        logps, values = self.policy_forward(seq, attn, grad=True)
+        logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
         out = self.loss_fn(logps, rollout.old_logps[idx], rollout.advantages[idx], mask)
         loss = out.loss
         metrics = {k: float(v) for k, v in out.metrics.items()}
@@ -459,7 +468,7 @@ class OnlineTrainer(PolicyTrainer):
         with torch.no_grad():
             assert self._last_logits is not None
             entropy = entropy_from_logits(self._last_logits.detach())
-            metrics["objective/entropy"] = float(masked_mean(entropy, mask))
+            metrics["objective/entropy"] = float(masked_mean(entropy, mask[:, self._last_first :]))
         norm = self._optimizer_step(schedule=False)
         if norm is not None:
             metrics["grad_norm"] = norm
