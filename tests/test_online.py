@@ -250,3 +250,26 @@ def test_online_recipes_refuse_inconsistent_settings():
         load_recipe("ppo", ["regulariser.name=entropy"])
     with pytest.raises(ConfigError, match="regulariser.alpha"):
         load_recipe("ppo_cpm", ["regulariser.alpha=2"])
+
+
+def test_at_a_fixed_coefficient_0_no_reference_is_kept_or_run_and_training_is_unchanged(
+    tmp_path, tiny_pretrained, monkeypatch
+):
+    common = ["trainer.max_steps=2", "trainer.batch_size=4", "regulariser.coef=0.0"]
+    trainer = online_trainer(tmp_path / "none", tiny_pretrained, *common, recipe="grpo")
+    assert not trainer.penalised and trainer.reference is None  # tiny recipes: eval disabled
+    trainer.train()
+    without = read_metrics(tmp_path / "none" / "run")
+    assert all("objective/kl" not in r for r in without if "loss" in r)
+
+    # the same run forced through the reference forward: the same losses (the penalty is 0)
+    monkeypatch.setattr(OnlineTrainer, "penalised", property(lambda self: True))
+    forced = online_trainer(tmp_path / "ref", tiny_pretrained, *common, recipe="grpo")
+    assert forced.reference is not None
+    forced.train()
+    with_ref = read_metrics(tmp_path / "ref" / "run")
+    assert [r["loss"] for r in with_ref if "loss" in r] == [
+        r["loss"] for r in without if "loss" in r
+    ]
+    kls = [r["objective/kl"] for r in with_ref if "loss" in r]
+    assert abs(kls[0]) < 1e-6 and kls[1] != 0.0  # measured: 0 before the first update only

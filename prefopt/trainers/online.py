@@ -137,16 +137,29 @@ class OnlineTrainer(PolicyTrainer):
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         return {"prompts": [e["prompt"] for e in examples]}
 
+    @property
+    def penalised(self) -> bool:
+        """Whether the rollouts need the reference: a regulariser with a coefficient that is not
+        a fixed 0 (GRPO / RLOO at beta 0, as Dr. GRPO and DAPO run, need none)."""
+        return not (isinstance(self.kl_ctl, FixedKLController) and self.kl_ctl.value == 0)
+
     def build_reference(self) -> None:
         """The policy's start: the adapter-disabled base with LoRA (one copy of the weights),
-        else a frozen copy (or `reference.name_or_path`, e.g. MPO's DPO model)."""
+        else a frozen copy (or `reference.name_or_path`, e.g. MPO's DPO model). At a fixed
+        coefficient 0 no copy is kept unless the world's evaluation (its KL to the start) or
+        reward normalisation (the reference's samples) needs one."""
         super().build_reference()
+        needed = (
+            self.penalised
+            or self.recipe.reward.normalise
+            or (self.world is not None and self.recipe.eval.enabled)
+        )
         if self.recipe.model.lora is not None and not self.recipe.reference.name_or_path:
             self.reference_uses_adapter = True
-        else:
+        elif needed:
             self.reference = self.load_reference_weights()
         self.summary["reference"] = {
-            "mode": "adapter" if self.reference_uses_adapter else "copy",
+            "mode": "adapter" if self.reference_uses_adapter else "copy" if needed else "none",
             "name_or_path": self.recipe.reference.name_or_path or self.init_path,
         }
 
@@ -308,10 +321,13 @@ class OnlineTrainer(PolicyTrainer):
         old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
-        with self.reference_forward(), self.accelerator.autocast():
-            ref_logps = rollout_token_logps(
-                self.reference_model(), seq, attn, cfg.rollout.temperature, first
-            )
+        if self.penalised:
+            with self.reference_forward(), self.accelerator.autocast():
+                ref_logps = rollout_token_logps(
+                    self.reference_model(), seq, attn, cfg.rollout.temperature, first
+                )
+        else:  # coefficient 0: no reference forward; the penalty is 0 and the KL not measured
+            ref_logps = old_logps
         if self.critic is not None:
             with self.accelerator.autocast():
                 old_values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
@@ -328,7 +344,6 @@ class OnlineTrainer(PolicyTrainer):
         advantages, returns = self.advantages(scores, token_rewards, old_values, mask)
         kl = (kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1)  # [R] sequence KL (k1)
         metrics = {
-            "objective/kl": float(kl.mean()),
             "objective/kl_coef": float(coef),
             "objective/penalty": float((penalty.sum(-1)).mean()),
             "objective/scores": float(raw.mean()),  # the scorer's own, as the proxy reward
@@ -338,6 +353,8 @@ class OnlineTrainer(PolicyTrainer):
             ),
             "objective/length": float(mask.sum(-1).mean()),
         }
+        if self.penalised:  # without a reference forward there is no KL to report
+            metrics["objective/kl"] = float(kl.mean())
         if self.world is not None:
             gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
             metrics["objective/gold"] = float(gold.mean())
