@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,9 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 class ModelShape:
     """The issue's model: GPT-2, 6 layers, hidden 512, 8 heads, vocabulary 8,192 (23.6M)."""
 
-    layers: int = 6
-    hidden: int = 512
-    heads: int = 8
+    layers: int = int(os.environ.get("BENCH_LAYERS", "6"))
+    hidden: int = int(os.environ.get("BENCH_HIDDEN", "512"))
+    heads: int = int(os.environ.get("BENCH_HEADS", "8"))
     vocab: int = 8192
     positions: int = 1024
 

@@ -45,7 +45,7 @@ def overrides(job: dict[str, Any]) -> list[str]:
         "trainer.warmup_steps=0",
         "trainer.log_every=1",
         "trainer.progress_bar=false",
-        "trainer.device=cpu",
+        f"trainer.device={S.DEVICE}",
         "eval.enabled=false",
     ]
     if algo in ("dpo", "rm"):

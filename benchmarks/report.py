@@ -30,6 +30,28 @@ NOTES = {
 }
 
 
+NOT_COMPARABLE = """\
+- PPO runs against TRL 0.29.1 (the last release with a PPOTrainer), installed by `make bench`
+  with `--no-deps` into `.bench/trl029` and put first on `PYTHONPATH` of that one process only:
+  it imports and trains with the venv's transformers 5 and torch, so no second transformers is
+  needed. TRL 1.16 stays the one in the venv.
+- Online losses are each library's own: prefopt's PPO/GRPO/RLOO recipes (its token aggregation,
+  advantage whitening, GRPO's group std) against TRL's defaults for GRPOTrainer/RLOOTrainer
+  (their `loss_type` and `scale_rewards` defaults); the comparison is of speed at the same
+  rollout shape (prompts, group, new tokens, one pass over each rollout), not of identical
+  updates. No first-batch agreement check is made online: sampling differs between the two
+  codebases even with the same seed.
+- Completions end at EOS on both sides (prefopt has no option to force a length; TRL 0.29 PPO is
+  given `stop_token="eos"`, GRPO/RLOO stop at EOS by default); with a random-init model of
+  8,192 tokens EOS is rare, so nearly every completion has 48 new tokens. The episodes and
+  tokens each side really generated are counted and reported (`timed_tokens`).
+- prefopt's online trainer always builds and runs a frozen reference copy, even at
+  `regulariser.coef=0` (GRPO/RLOO here); TRL skips the reference at `beta=0`.
+- Data order online: TRL 0.29 PPO shuffles its prompts itself (its dataloader has
+  `shuffle=True`), so its 8 prompts per step are other prompts of the same 64 than prefopt's.
+"""
+
+
 def entry(algo: str, ours: dict[str, float], theirs: dict[str, float]) -> dict[str, Any]:
     return {
         "unit": UNITS[algo],
@@ -176,6 +198,10 @@ reward-model scores), or the run stops before any speed is reported.
 | algorithm | prefopt loss | TRL loss | largest difference |
 |---|---|---|---|
 {chr(10).join(checks)}
+
+## What is not the same on both sides
+
+{NOT_COMPARABLE}
 
 ## How to rerun
 

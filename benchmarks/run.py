@@ -30,8 +30,8 @@ from benchmarks.measure import AgreementError, check_agreement, check_same_ids, 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".bench"
 TRL029 = WORK / "trl029"
-RESULTS = ROOT / "benchmarks" / "results.json"
-DOC = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / os.environ.get("BENCH_RESULTS", "benchmarks/results.json")
+DOC = ROOT / os.environ.get("BENCH_DOC", "docs/benchmarks.md")
 
 
 def data_order(n: int, seed: int = S.SEED) -> list[int]:

@@ -7,7 +7,13 @@ config fields chosen as TRL's fastest on this machine (see docs/benchmarks.md fo
 
 from __future__ import annotations
 
-BATCH = 8  # pairs per step (offline) or completions per step (online)
+import os
+
+# benchmarks/gpu.sh overrides these through the environment (CUDA, bf16, larger batch and model)
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
+
+# pairs per step (offline) or completions per step (online)
+BATCH = int(os.environ.get("BENCH_BATCH", "8"))
 MAX_LENGTH = 256
 LR = 1e-5
 SEED = 0

@@ -76,7 +76,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         save_strategy="no",
         report_to=[],
         seed=S.SEED,
-        use_cpu=True,
+        use_cpu=S.DEVICE == "cpu",
         bf16=False,
         disable_tqdm=True,
     )

@@ -40,7 +40,7 @@ def common_args(job: dict[str, Any], steps: int) -> dict[str, Any]:
         save_strategy="no",
         report_to=[],
         seed=S.SEED,
-        use_cpu=True,
+        use_cpu=S.DEVICE == "cpu",
         dataloader_num_workers=0,
         disable_tqdm=True,
         bf16=False,
