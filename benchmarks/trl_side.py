@@ -142,6 +142,8 @@ def build_online(job: dict[str, Any]) -> tuple[Any, Counter]:
     model = AutoModelForCausalLM.from_pretrained(a["policy"], dtype=torch.float32)
     prompts = [{"prompt": r["prompt"]} for r in rows(a["prompts_file"], job["order"])]
     reward = Counter(tokenizer)
+    reward_funcs: Any = reward  # a callable object; TRL types it as a function
+    trainer: Any
     args = common_args(job, S.ONLINE_STEPS)
     args.update(
         num_generations=S.GROUP,
@@ -160,14 +162,14 @@ def build_online(job: dict[str, Any]) -> tuple[Any, Counter]:
         from trl import GRPOConfig, GRPOTrainer
 
         trainer = GRPOTrainer(
-            model=model, reward_funcs=reward, args=GRPOConfig(**args),
+            model=model, reward_funcs=reward_funcs, args=GRPOConfig(**args),
             train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
         )  # fmt: skip
     else:
         from trl import RLOOConfig, RLOOTrainer
 
         trainer = RLOOTrainer(
-            model=model, reward_funcs=reward, args=RLOOConfig(**args),
+            model=model, reward_funcs=reward_funcs, args=RLOOConfig(**args),
             train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
         )  # fmt: skip
     return trainer, reward
