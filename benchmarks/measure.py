@@ -45,15 +45,17 @@ def counted_params(model) -> int:  # type: ignore[no-untyped-def]
 
 
 def check_agreement(
-    name: str, ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-4
+    name: str, ours: Sequence[float], theirs: Sequence[float], tol: float = 1e-4, rtol: float = 0.0
 ) -> float:
-    """The largest absolute difference of two equal-length lists; AgreementError above `tol`."""
+    """The largest absolute difference of two equal-length lists; AgreementError where a
+    difference exceeds ``tol + rtol * |TRL's value|``."""
     if len(ours) != len(theirs):
         raise AgreementError(f"{name}: {len(ours)} values against {len(theirs)}")
-    worst = max((abs(a - b) for a, b in zip(ours, theirs, strict=True)), default=0.0)
-    if not worst <= tol:  # also catches NaN
+    pairs = list(zip(ours, theirs, strict=True))
+    worst = max((abs(a - b) for a, b in pairs), default=0.0)
+    if not all(abs(a - b) <= tol + rtol * abs(b) for a, b in pairs):  # also catches NaN
         raise AgreementError(
-            f"{name}: prefopt and TRL differ by {worst:.3g} > {tol:g}\n"
+            f"{name}: prefopt and TRL differ by {worst:.3g} > {tol:g} + {rtol:g} x |value|\n"
             f"  prefopt: {[round(v, 6) for v in ours]}\n  TRL:     {[round(v, 6) for v in theirs]}"
         )
     return worst

@@ -121,10 +121,12 @@ def first_batch(trainer: Any, algo: str) -> dict[str, Any]:
     from prefopt.models.logps import pair_logps
     from prefopt.trainers.reward import pair_rewards
 
-    _, batch = trainer.micro_batch(0)
-    ids = [
-        row[mask.bool()].tolist()
-        for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    _, batch = trainer.micro_batch(0)  # in the run's own layout (data.layout: packed or not)
+    # the sequences' ids from the examples, whatever the layout: prompt+chosen rows, then
+    # prompt+rejected rows (TRL's order)
+    examples = [trainer.train_examples[i] for i in trainer.epoch_permutation(0)[: S.BATCH]]
+    ids = [e["prompt_ids"] + e["chosen_ids"] for e in examples] + [
+        e["prompt_ids"] + e["rejected_ids"] for e in examples
     ]
     model = trainer.model
     with torch.no_grad():

@@ -26,12 +26,13 @@ GROUP = 4  # completions per prompt for GRPO and RLOO
 DPO_BETA = 0.1
 RM_CENTER = 0.01  # the centring term c (r_c + r_r)^2 on both sides (prefopt's rm recipe value)
 TOLERANCE = 1e-4
+SUM_RTOL = 1e-6  # per-sequence summed log-probs and rewards: TOLERANCE + SUM_RTOL x |value|
 
 ALGORITHMS = ("dpo", "rm", "ppo", "grpo", "rloo")
 SETTINGS = ("fp32", "fastest")
 
 PREFOPT_FAST: dict[str, list[str]] = {
-    "dpo": ["trainer.precision=bf16", "reference.mode=cached"],
+    "dpo": ["trainer.precision=bf16"],
     "rm": ["trainer.precision=bf16"],
     "ppo": ["trainer.precision=bf16"],
     "grpo": ["trainer.precision=bf16"],

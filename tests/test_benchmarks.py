@@ -63,6 +63,10 @@ def test_agreement_raises_with_the_numbers_on_a_mismatch():
         check_agreement("dpo chosen_logps", [-10.0, -20.0], [-10.0, -20.001])
     with pytest.raises(AgreementError, match="differ by nan"):
         check_agreement("loss", [float("nan")], [0.5])
+    # a relative part for sums: 1.2e-4 at -741 passes at rtol 1e-6 (1e-4 + 7.4e-4), not without
+    assert check_agreement("s", [-741.2025], [-741.20238], 1e-4, rtol=1e-6) < 2e-4
+    with pytest.raises(AgreementError):
+        check_agreement("s", [-741.2025], [-741.20238], 1e-4)
     with pytest.raises(AgreementError, match="2 values against 1"):
         check_agreement("loss", [1.0, 2.0], [1.0])
 

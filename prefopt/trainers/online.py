@@ -229,12 +229,14 @@ class OnlineTrainer(PolicyTrainer):
         self.critic_optimizer: torch.optim.Optimizer | None = None
         if self.critic is not None:
             lr = self.recipe.value.lr or self.cfg.lr
+            critic_params = list(self.critic.parameters())
             optimizer = torch.optim.AdamW(
-                self.critic.parameters(),
+                critic_params,
                 lr=lr,
                 betas=tuple(self.cfg.adam_betas),  # type: ignore[arg-type]
                 eps=self.cfg.adam_eps,
                 weight_decay=0.0,
+                **engines.adamw_kernel(self.accelerator, critic_params),
             )
             self.critic, self.critic_optimizer = self.accelerator.prepare(self.critic, optimizer)
 
