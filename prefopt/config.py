@@ -219,6 +219,12 @@ class RolloutConfig:
     # the full model must fit on one device); false: ZeRO-3 gathers layer by layer at every
     # generated token, far slower (DeepSpeed issue #4354). FSDP always gathers once.
     gather_zero3_weights: bool = True
+    # the sampling policy's log-probs (PPO's "old" log-probs) from the logits `generate`
+    # already computed (as TRL's PPOTrainer does) instead of a second, full forward: one
+    # forward fewer per rollout; equal up to float rounding (the cached incremental forward
+    # against the full one), so the first minibatch's ratio is 1 up to that rounding. Not with
+    # a shared value head (its values need the full forward anyway)
+    logps_from_generation: bool = False
 
 
 @dataclass

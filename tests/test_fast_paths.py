@@ -213,3 +213,30 @@ def test_fused_adamw_makes_the_per_tensor_loops_updates():
         assert_close(a, b, atol=1e-4, rtol=1e-5)
     start = GPT2LMHeadModel(config()).transformer.wte.weight
     assert not torch.equal(plain.transformer.wte.weight, start)  # the updates did something
+
+
+def test_log_probs_from_generation_equal_the_full_forwards():
+    from types import SimpleNamespace
+
+    from prefopt.models.generation import generate, rollout_token_logps
+
+    class Tok:  # the least of a tokenizer that generate needs
+        pad_token_id, eos_token_id = PAD, 1
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[int(w) for w in t.split()] for t in texts]}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    model = GPT2LMHeadModel(config(eos_token_id=1, bos_token_id=1)).eval()
+    cfg = SimpleNamespace(
+        samples_per_prompt=2, batch_size=4, temperature=0.8, top_k=0, top_p=1.0, max_new_tokens=6
+    )
+    prompts = ["5 6 7", "8 9", "10 11 12 13"]
+    samples = generate(model, Tok(), prompts, cfg, torch.device("cpu"), seed=3, with_logps=True)
+    full = rollout_token_logps(model, samples.sequences, samples.attention_mask, temperature=0.8)
+    mask = samples.completion_mask[:, 1:].float()
+    assert samples.logps is not None and mask.sum() > 6
+    assert_close(samples.logps * mask, full * mask, atol=1e-4, rtol=0)
+    assert (samples.logps[mask == 0] == 0).all()

@@ -83,13 +83,22 @@ def test_the_missing_eos_penalty_fires_only_on_completions_that_never_stopped(
     assert_close(scores, base - 3.0 * (~ended).float())
 
 
-def test_before_the_first_update_the_ratio_is_one(tmp_path, tiny_pretrained):
-    trainer = online_trainer(tmp_path, tiny_pretrained)
-    rollout, _, _ = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+@pytest.mark.parametrize("from_generation", [False, True])
+def test_before_the_first_update_the_ratio_is_one(tmp_path, tiny_pretrained, from_generation):
+    trainer = online_trainer(
+        tmp_path, tiny_pretrained, f"rollout.logps_from_generation={from_generation}"
+    )
+    rollout, samples, _ = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+    assert (samples.logps is not None) == from_generation
     metrics = trainer.update(rollout, torch.arange(4))
     assert metrics["policy/clipfrac"] == 0.0
-    assert metrics["policy/approxkl"] == pytest.approx(0.0, abs=1e-10)
-    assert metrics["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    # the old log-probs of generate's own logits: equal to the full forward's up to rounding
+    assert metrics["policy/approxkl"] == pytest.approx(
+        0.0, abs=1e-10 if not from_generation else 1e-8
+    )
+    assert metrics["policy/ratio_mean"] == pytest.approx(
+        1.0, abs=1e-6 if not from_generation else 1e-5
+    )
     # and the update moved the policy: the next minibatch's ratio is no longer 1
     again = trainer.update(rollout, torch.arange(4))
     assert again["policy/approxkl"] > 1e-10

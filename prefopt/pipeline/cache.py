@@ -50,6 +50,7 @@ RUNTIME_ONLY_KEYS = (
 #: option does not orphan every cached stage (a changed value is in the identity as usual).
 LATER_SETTINGS: dict[str, dict[str, Any]] = {
     "eval": {"shifts": [], "best_of_n": 1, "embedding_model": None, "nli_model": None},
+    "rollout": {"logps_from_generation": False},
 }
 
 

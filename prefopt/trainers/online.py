@@ -261,7 +261,9 @@ class OnlineTrainer(PolicyTrainer):
             raise TrainingError("reward.normalise: the reference's samples all score the same")
         return 1.0 / std, -float(raw.mean()) / std
 
-    def sample(self, model: nn.Module, prompts: list[str], seed: int) -> Samples:
+    def sample(
+        self, model: nn.Module, prompts: list[str], seed: int, with_logps: bool = False
+    ) -> Samples:
         r = self.recipe.rollout
         return generate(
             model,
@@ -271,6 +273,7 @@ class OnlineTrainer(PolicyTrainer):
             self.device,
             seed=seed,
             max_prompt_length=self.recipe.data.max_prompt_length,
+            with_logps=with_logps,
         )
 
     def scorer_scores(self, samples: Samples) -> Tensor:
@@ -312,15 +315,25 @@ class OnlineTrainer(PolicyTrainer):
         cfg = self.recipe
         policy = self.unwrapped()
         # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
-        with engines.full_weights_for_generation(policy, cfg.rollout.gather_zero3_weights):
-            samples = self.sample(policy, prompts, seed=cfg.seed * 1_000_003 + self.step)
+        # the sampling log-probs from generate's own logits (rollout.logps_from_generation)
+        from_generation = cfg.rollout.logps_from_generation and self.value_head is None
+        with (
+            engines.full_weights_for_generation(policy, cfg.rollout.gather_zero3_weights),
+            self.accelerator.autocast(),
+        ):
+            samples = self.sample(
+                policy, prompts, seed=cfg.seed * 1_000_003 + self.step, with_logps=from_generation
+            )
         device = self.device
         seq = samples.sequences.to(device)
         attn = samples.attention_mask.to(device)
         mask = samples.completion_mask.to(device)[:, 1:].float()  # [R, T-1]: token t+1's mask
         # completions start after the prompt block: no logits at the prompt's positions
         first = max(samples.prompt_width - 1, 0)
-        old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
+        if samples.logps is not None:
+            old_logps, old_values = samples.logps.to(device), None
+        else:
+            old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
         if self.penalised:
