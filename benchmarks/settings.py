@@ -34,9 +34,9 @@ SETTINGS = ("fp32", "fastest")
 PREFOPT_FAST: dict[str, list[str]] = {
     "dpo": ["trainer.precision=bf16"],
     "rm": ["trainer.precision=bf16"],
-    "ppo": ["trainer.precision=bf16"],
-    "grpo": ["trainer.precision=bf16"],
-    "rloo": ["trainer.precision=bf16"],
+    "ppo": ["trainer.precision=bf16", "rollout.logps_from_generation=true"],
+    "grpo": ["trainer.precision=bf16", "rollout.logps_from_generation=true"],
+    "rloo": ["trainer.precision=bf16", "rollout.logps_from_generation=true"],
 }
 
 TRL_FAST: dict[str, dict[str, object]] = {
