@@ -67,8 +67,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy prefopt
 
+# `make bench`: prefopt against TRL 1.16 (the `bench` extra) on DPO, reward modelling, GRPO and
+# RLOO, and against TRL 0.29.1's PPOTrainer (the last TRL with one), installed without its
+# dependencies into its own folder so that it never replaces TRL 1.16 in the venv: it imports and
+# runs with the venv's transformers 5 (docs/benchmarks.md). Writes benchmarks/results.json and
+# docs/benchmarks.md; under 20 minutes on 2 cores.
+BENCH_TRL029 := .bench/trl029
 bench: $(STAMP)
-	@echo "benchmarks against TRL arrive with the performance issue (see shared ROADMAP)"; exit 1
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[bench]'
+	test -d $(BENCH_TRL029)/trl || $(PY) -m pip install --quiet --no-deps --target $(BENCH_TRL029) 'trl==0.29.1'
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m benchmarks.run $(ARGS)
 
 ablate: $(STAMP)
 	@test -n "$(ABLATION)" || { echo "usage: make ablate ABLATION=<name> SIZE=tiny|full (ablations: $$(ls prefopt/recipes/ablations | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }

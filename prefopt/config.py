@@ -120,6 +120,14 @@ class DataConfig:
     # refuse data whose tokens (of the first 1000 rows) are more than this share unknown to the
     # tokenizer: English text with the world's tokenizer would train on nothing but <unk>
     max_unknown_fraction: float = 0.2
+    # how preference pairs reach the model (pairwise losses and reward models): "packed" puts
+    # each pair's prompt once, its chosen and rejected after it (the rejected tokens never see
+    # the chosen ones), several pairs per row and logits only where a completion token is
+    # scored -- the same log-probs as "padded" up to float rounding, in a fraction of the
+    # compute (docs/performance.md); "padded": prompt+chosen and prompt+rejected as their own
+    # right-padded rows (TRL's layout; needed for attention kernels without custom masks)
+    layout: str = "packed"
+    pack_length: int | None = None  # tokens per packed row; null: 2 x max_length
 
 
 @dataclass
@@ -211,6 +219,12 @@ class RolloutConfig:
     # the full model must fit on one device); false: ZeRO-3 gathers layer by layer at every
     # generated token, far slower (DeepSpeed issue #4354). FSDP always gathers once.
     gather_zero3_weights: bool = True
+    # the sampling policy's log-probs (PPO's "old" log-probs) from the logits `generate`
+    # already computed (as TRL's PPOTrainer does) instead of a second, full forward: one
+    # forward fewer per rollout; equal up to float rounding (the cached incremental forward
+    # against the full one), so the first minibatch's ratio is 1 up to that rounding. Not with
+    # a shared value head (its values need the full forward anyway)
+    logps_from_generation: bool = False
 
 
 @dataclass
@@ -280,6 +294,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "reference.mode": ("auto", "copy", "adapter", "cached", "none"),
     "data.format": ("auto", "preference", "hh", "tldr", "conversation", "sft"),
     "data.on_bad_row": ("skip", "error"),
+    "data.layout": ("packed", "padded"),
     "trainer.scheduler": ("constant", "linear", "cosine"),
     "smoothing.method": ("none", "ids"),
     "trainer.precision": ("fp32", "bf16", "fp16"),
@@ -681,6 +696,8 @@ def _check_ranges(recipe: Recipe) -> list[str]:
             "reference.name_or_path is set but reference.mode is adapter (the policy's own base "
             "with the adapter disabled): use mode copy or cached for a separate reference"
         )
+    if recipe.data.pack_length is not None and recipe.data.pack_length < 1:
+        problems.append(f"data.pack_length must be >= 1 or null, got {recipe.data.pack_length}")
     if recipe.data.max_prompt_length >= recipe.data.max_length:
         problems.append(
             f"data.max_prompt_length ({recipe.data.max_prompt_length}) must be smaller than "

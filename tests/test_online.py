@@ -83,13 +83,22 @@ def test_the_missing_eos_penalty_fires_only_on_completions_that_never_stopped(
     assert_close(scores, base - 3.0 * (~ended).float())
 
 
-def test_before_the_first_update_the_ratio_is_one(tmp_path, tiny_pretrained):
-    trainer = online_trainer(tmp_path, tiny_pretrained)
-    rollout, _, _ = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+@pytest.mark.parametrize("from_generation", [False, True])
+def test_before_the_first_update_the_ratio_is_one(tmp_path, tiny_pretrained, from_generation):
+    trainer = online_trainer(
+        tmp_path, tiny_pretrained, f"rollout.logps_from_generation={from_generation}"
+    )
+    rollout, samples, _ = trainer.make_rollout([e["prompt"] for e in trainer.train_examples[:8]])
+    assert (samples.logps is not None) == from_generation
     metrics = trainer.update(rollout, torch.arange(4))
     assert metrics["policy/clipfrac"] == 0.0
-    assert metrics["policy/approxkl"] == pytest.approx(0.0, abs=1e-10)
-    assert metrics["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    # the old log-probs of generate's own logits: equal to the full forward's up to rounding
+    assert metrics["policy/approxkl"] == pytest.approx(
+        0.0, abs=1e-10 if not from_generation else 1e-8
+    )
+    assert metrics["policy/ratio_mean"] == pytest.approx(
+        1.0, abs=1e-6 if not from_generation else 1e-5
+    )
     # and the update moved the policy: the next minibatch's ratio is no longer 1
     again = trainer.update(rollout, torch.arange(4))
     assert again["policy/approxkl"] > 1e-10
@@ -250,3 +259,26 @@ def test_online_recipes_refuse_inconsistent_settings():
         load_recipe("ppo", ["regulariser.name=entropy"])
     with pytest.raises(ConfigError, match="regulariser.alpha"):
         load_recipe("ppo_cpm", ["regulariser.alpha=2"])
+
+
+def test_at_a_fixed_coefficient_0_no_reference_is_kept_or_run_and_training_is_unchanged(
+    tmp_path, tiny_pretrained, monkeypatch
+):
+    common = ["trainer.max_steps=2", "trainer.batch_size=4", "regulariser.coef=0.0"]
+    trainer = online_trainer(tmp_path / "none", tiny_pretrained, *common, recipe="grpo")
+    assert not trainer.penalised and trainer.reference is None  # tiny recipes: eval disabled
+    trainer.train()
+    without = read_metrics(tmp_path / "none" / "run")
+    assert all("objective/kl" not in r for r in without if "loss" in r)
+
+    # the same run forced through the reference forward: the same losses (the penalty is 0)
+    monkeypatch.setattr(OnlineTrainer, "penalised", property(lambda self: True))
+    forced = online_trainer(tmp_path / "ref", tiny_pretrained, *common, recipe="grpo")
+    assert forced.reference is not None
+    forced.train()
+    with_ref = read_metrics(tmp_path / "ref" / "run")
+    assert [r["loss"] for r in with_ref if "loss" in r] == [
+        r["loss"] for r in without if "loss" in r
+    ]
+    kls = [r["objective/kl"] for r in with_ref if "loss" in r]
+    assert abs(kls[0]) < 1e-6 and kls[1] != 0.0  # measured: 0 before the first update only

@@ -5,7 +5,13 @@ The pipeline is ``load_records`` (file/folder/hub -> normalised records + `BadRo
 boundary), then a collator (ids -> padded tensors). See docs/data.md.
 """
 
-from prefopt.data.collate import PreferenceCollator, PromptCollator, SFTCollator, to_device
+from prefopt.data.collate import (
+    PackedPairCollator,
+    PreferenceCollator,
+    PromptCollator,
+    SFTCollator,
+    to_device,
+)
 from prefopt.data.loaders import FORMATS, KINDS, detect_format, load_records, normalize_rows
 from prefopt.data.records import BadRows, DataError, render_conversation
 from prefopt.data.tokenize import tokenize_preference, tokenize_prompts, tokenize_sft
@@ -16,6 +22,7 @@ __all__ = [
     "KINDS",
     "BadRows",
     "DataError",
+    "PackedPairCollator",
     "PreferenceCollator",
     "PromptCollator",
     "SFTCollator",

@@ -105,3 +105,127 @@ class PromptCollator(_Padder):
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """A collated batch on ``device`` (tensors moved, other values as they are)."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class PackedPairCollator:
+    """Pairs packed with a shared prompt: each pair is ONE segment ``prompt | chosen |
+    rejected`` and several segments share a row, so the prompt is computed once per pair (not
+    twice, as in :class:`PreferenceCollator`) and no row is padded to the batch's longest pair.
+
+    Inside a segment the chosen tokens attend causally to the prompt and to themselves; the
+    rejected tokens attend to the prompt and to themselves, never to the chosen ones, and their
+    positions restart where the prompt ends -- so every completion sees exactly the context it
+    sees in its own padded row, and its log-probabilities are the same up to float rounding
+    (tests/test_packing.py). Segments are placed first-fit-decreasing into rows of at most
+    ``row_length`` tokens (a longer segment gets a row of its own); rows are right-padded to the
+    longest row, and a padding position attends only to itself (no softmax over nothing).
+
+    Returns ``input_ids``, ``position_ids`` [R, L]; ``attention_mask`` [R, 1, L, L] (bool, True:
+    may attend); ``logits_mask`` [R, L] (bool: the positions whose next-token prediction scores
+    a completion token -- the only positions that need logits); for the flattened kept
+    positions ``target_index`` [N] (which kept position predicts), ``target_ids`` [N] and
+    ``target_segment`` [N] (0..B-1 chosen of pair j, B..2B-1 rejected of pair j);
+    ``last_index`` [2B] (flat index into R*L of the last non-pad token of prompt+chosen /
+    prompt+rejected: where a sequence-classification model pools its score); ``margin`` [B]
+    and ``index`` [B] as the padded collator.
+    """
+
+    def __init__(self, pad_token_id: int, row_length: int) -> None:
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is None; set a pad token on the tokenizer")
+        if row_length < 1:
+            raise ValueError(f"row_length must be >= 1, got {row_length}")
+        self.pad_token_id = int(pad_token_id)
+        self.row_length = int(row_length)
+
+    def _rows(self, lengths: list[int]) -> list[list[int]]:
+        """First-fit-decreasing: the pair indices of each row (row order, then pair order,
+        deterministic)."""
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for pair in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+            for r, free in enumerate(room):
+                if lengths[pair] <= free:
+                    rows[r].append(pair)
+                    room[r] -= lengths[pair]
+                    break
+            else:
+                rows.append([pair])
+                room.append(self.row_length - lengths[pair])
+        return rows
+
+    def _last_real(self, prompt: list[int], completion: list[int], default: int) -> int:
+        """Index in prompt+completion of the last non-pad token (`default` if none)."""
+        sequence = [*prompt, *completion]
+        for i in range(len(sequence) - 1, -1, -1):
+            if sequence[i] != self.pad_token_id:
+                return i
+        return default
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        b = len(examples)
+        parts = [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples]
+        lengths = [len(p) + len(c) + len(r) for p, c, r in parts]
+        rows = self._rows(lengths)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        n_rows = len(rows)
+        input_ids = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+        allowed = torch.zeros((n_rows, width, width), dtype=torch.bool)
+        logits_mask = torch.zeros((n_rows, width), dtype=torch.bool)
+        last_index = torch.zeros(2 * b, dtype=torch.long)
+        # (flat position that predicts, target id, segment) per scored completion token
+        scored: list[tuple[int, int, int]] = []
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        for r, row in enumerate(rows):
+            start = 0
+            for pair in row:
+                prompt, chosen, rejected = parts[pair]
+                p, c, k = len(prompt), len(chosen), len(rejected)
+                end = start + p + c + k
+                input_ids[r, start:end] = torch.tensor([*prompt, *chosen, *rejected])
+                position_ids[r, start : start + p + c] = torch.arange(p + c)
+                position_ids[r, start + p + c : end] = torch.arange(p, p + k)
+                # prompt + chosen: causal; rejected: the prompt, then causal among itself
+                pc = slice(start, start + p + c)
+                rj = slice(start + p + c, end)
+                allowed[r, pc, pc] = causal[: p + c, : p + c]
+                allowed[r, rj, start : start + p] = True
+                allowed[r, rj, rj] = causal[:k, :k]
+                flat = r * width
+                # token t of a completion is predicted at the position before it; the first
+                # rejected token is predicted at the prompt's last position (shared with chosen)
+                # (with an empty prompt a completion's first token has no context: unscored,
+                # as in the padded layout)
+                first = 0 if p else 1
+                for j in range(first, c):
+                    scored.append((flat + start + p - 1 + j, chosen[j], pair))
+                for j in range(first, k):
+                    at = start + p - 1 if j == 0 else start + p + c + j - 1
+                    scored.append((flat + at, rejected[j], b + pair))
+                # where a sequence-classification model pools: the last token that is not the
+                # pad token (with pad = EOS, the token before the closing EOS)
+                last_index[pair] = flat + start + self._last_real(prompt, chosen, p + c - 1)
+                at = self._last_real(prompt, rejected, p + k - 1)
+                last_index[b + pair] = flat + start + (at if at < p else at + c)
+                start = end
+            pad = torch.arange(start, width)
+            allowed[r, pad, pad] = True  # padding attends to itself only: no empty softmax
+        flat_positions = torch.tensor([s[0] for s in scored], dtype=torch.long)
+        logits_mask.view(-1)[flat_positions] = True
+        # index of each scored position among the kept (True) positions, in row-major order
+        rank = torch.cumsum(logits_mask.view(-1).long(), 0) - 1
+        batch = {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "attention_mask": allowed.unsqueeze(1),
+            "logits_mask": logits_mask,
+            "target_index": rank[flat_positions],
+            "target_ids": torch.tensor([s[1] for s in scored], dtype=torch.long),
+            "target_segment": torch.tensor([s[2] for s in scored], dtype=torch.long),
+            "last_index": last_index,
+            "margin": torch.tensor(
+                [float(e.get("margin") or 0.0) for e in examples], dtype=torch.float32
+            ),
+        }
+        return {**batch, **_index(examples)}

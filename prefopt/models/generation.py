@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
-from prefopt.models.logps import token_logps
+from prefopt.models.logps import takes_logits_to_keep, token_logps
 from prefopt.models.quiet import without_log_messages
 
 
@@ -38,6 +38,9 @@ class Samples:
     attention_mask: [R, T] long, 1 on real prompt tokens and on completion tokens.
     completion_mask: [R, T] long, 1 on completion tokens up to and including the first EOS.
     prompt_width: P, the column where every completion starts.
+    logps: [R, T-1] float32 (the rollout convention: column j scores sequence column j+1) the
+        sampled tokens' log-probs at the sampling temperature from the logits of `generate`
+        itself, 0 off the completions; None unless asked for (``logps_from_generation``).
     """
 
     prompts: list[str]
@@ -46,6 +49,7 @@ class Samples:
     attention_mask: Tensor
     completion_mask: Tensor
     prompt_width: int = 0
+    logps: Tensor | None = None
 
     @property
     def flat_prompts(self) -> list[str]:
@@ -96,6 +100,7 @@ def generate(
     device: torch.device,
     seed: int,
     max_prompt_length: int = 64,
+    with_logps: bool = False,
 ) -> Samples:
     """Sample ``cfg.samples_per_prompt`` completions per prompt in batches of
     ``cfg.batch_size`` sequences (``temperature``, ``top_k``, ``top_p``, ``max_new_tokens``;
@@ -107,7 +112,7 @@ def generate(
     collate = PromptCollator(pad_token_id=tokenizer.pad_token_id)
     k = cfg.samples_per_prompt
     per_batch = max(1, cfg.batch_size // k)
-    pieces: list[tuple[Tensor, Tensor, int]] = []
+    pieces: list[tuple[Tensor, Tensor, int, Tensor | None]] = []
     was_training = model.training
     if not is_kbit(model):
         # a k-bit model stays in training mode: on CPUs with AVX512-BF16, bitsandbytes repacks
@@ -123,14 +128,23 @@ def generate(
     ):
         for start in range(0, len(examples), per_batch):
             batch = collate(examples[start : start + per_batch])
-            pieces.append(_generate_batch(model, batch, cfg, k, tokenizer, device, seed + start))
+            pieces.append(
+                _generate_batch(model, batch, cfg, k, tokenizer, device, seed + start, with_logps)
+            )
     model.train(was_training)
     return _assemble(prompts, pieces, tokenizer, k)
 
 
 def _generate_batch(
-    model: nn.Module, batch: dict[str, Tensor], cfg: Any, k: int, tokenizer: Any, device, seed: int
-) -> tuple[Tensor, Tensor, int]:
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    cfg: Any,
+    k: int,
+    tokenizer: Any,
+    device,
+    seed: int,
+    with_logps: bool = False,
+) -> tuple[Tensor, Tensor, int, Tensor | None]:
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     torch.manual_seed(seed)
     # a transformers model or a PeftModel: both have generate(), which nn.Module lacks
@@ -145,8 +159,17 @@ def _generate_batch(
         num_return_sequences=k,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        return_dict_in_generate=True,
+        output_logits=with_logps,
     )
-    return out, mask.repeat_interleave(k, dim=0), ids.shape[1]
+    sequences = out.sequences
+    logps = None
+    if with_logps:
+        # the raw logits of every generated position (before temperature and top-k / top-p),
+        # divided by the temperature as the full forward's log-probs are
+        logits = torch.stack(out.logits, dim=1).float() / cfg.temperature  # [R, G, V]
+        logps = token_logps(logits, sequences[:, ids.shape[1] :])
+    return sequences, mask.repeat_interleave(k, dim=0), ids.shape[1], logps
 
 
 @contextlib.contextmanager
@@ -179,12 +202,12 @@ def neutral_generation_config(model: nn.Module) -> Iterator[None]:
 def _assemble(prompts: list[str], pieces, tokenizer: Any, k: int) -> Samples:
     """Batches of different widths -> one Samples with a common prompt block: each batch's
     prompt is left-padded to the widest prompt, its generation right-padded to the longest."""
-    prompt_width = max(prompt_len for _, _, prompt_len in pieces)
-    gen_width = max(out.shape[1] - prompt_len for out, _, prompt_len in pieces)
+    prompt_width = max(prompt_len for _, _, prompt_len, _ in pieces)
+    gen_width = max(out.shape[1] - prompt_len for out, _, prompt_len, _ in pieces)
     pad_id = tokenizer.pad_token_id
     pad = torch.nn.functional.pad
-    sequences, attention, completion, texts = [], [], [], []
-    for out, prompt_mask, prompt_len in pieces:
+    sequences, attention, completion, texts, logps = [], [], [], [], []
+    for out, prompt_mask, prompt_len, gen_logps in pieces:
         out, prompt_mask = out.cpu(), prompt_mask.cpu()
         gen = out[:, prompt_len:]
         # completion tokens: everything up to and including the first EOS
@@ -199,6 +222,12 @@ def _assemble(prompts: list[str], pieces, tokenizer: Any, k: int) -> Samples:
         sequences.append(torch.cat([prompt_ids, gen_ids], dim=1))
         attention.append(torch.cat([prompt_mask, gen_mask_padded], dim=1))
         completion.append(torch.cat([torch.zeros_like(prompt_mask), gen_mask_padded], dim=1))
+        if gen_logps is not None:  # column prompt_width - 1 + j scores generated token j
+            kept = pad(gen_logps.cpu() * gen_mask, (0, right))
+            if prompt_width == 0:  # an empty prompt block: the first token has no context
+                kept = kept[:, 1:]
+            before = torch.zeros(kept.shape[0], max(prompt_width - 1, 0))
+            logps.append(torch.cat([before, kept], dim=1))
         for row, row_mask in zip(gen, gen_mask, strict=True):
             kept = row[row_mask.bool()].tolist()
             texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
@@ -210,6 +239,7 @@ def _assemble(prompts: list[str], pieces, tokenizer: Any, k: int) -> Samples:
         torch.cat(attention),
         torch.cat(completion),
         prompt_width,
+        torch.cat(logps) if logps else None,
     )
 
 
@@ -219,25 +249,49 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 def forward_logits(
-    model: nn.Module, sequences: Tensor, attention_mask: Tensor, temperature: float = 1.0
+    model: nn.Module,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    temperature: float = 1.0,
+    first: int = 0,
 ) -> Tensor:
-    """[R, T-1, V] logits predicting tokens 1..T-1, divided by the sampling temperature."""
-    logits = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-    ).logits[:, :-1]
+    """[R, T-1-first, V] logits predicting tokens first+1..T-1, divided by the sampling
+    temperature. With ``first`` > 0 (the prompt block's last column: completions start after
+    it) only those positions are projected onto the vocabulary (``logits_to_keep``), so the
+    prompt's positions never cost a full-vocabulary tensor."""
+    kwargs: dict[str, Any] = {
+        "input_ids": sequences,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids(attention_mask),
+        "use_cache": False,
+    }
+    if first > 0 and takes_logits_to_keep(model):
+        logits = model(**kwargs, logits_to_keep=sequences.shape[1] - first).logits[:, :-1]
+    else:
+        logits = model(**kwargs).logits[:, first:-1]
     return logits / temperature if temperature != 1.0 else logits
 
 
+def pad_columns(per_token: Tensor, first: int) -> Tensor:
+    """[R, T-1-first] per-token values back to the [R, T-1] convention (0 before ``first``)."""
+    if not first:
+        return per_token
+    return torch.cat([per_token.new_zeros(per_token.shape[0], first), per_token], dim=1)
+
+
 def rollout_token_logps(
-    model: nn.Module, sequences: Tensor, attention_mask: Tensor, temperature: float = 1.0
+    model: nn.Module,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    temperature: float = 1.0,
+    first: int = 0,
 ) -> Tensor:
     """[R, T-1] log-prob of token t+1 given the tokens up to t, at ``temperature`` (fp32).
-    Column j scores ``sequences[:, j + 1]``; mask it with ``completion_mask[:, 1:]``."""
-    logits = forward_logits(model, sequences, attention_mask, temperature)
-    return token_logps(logits, sequences[:, 1:])
+    Column j scores ``sequences[:, j + 1]``; mask it with ``completion_mask[:, 1:]``. Columns
+    before ``first`` (prompt positions, when the caller says where completions start) are 0
+    and never computed."""
+    logits = forward_logits(model, sequences, attention_mask, temperature, first)
+    return pad_columns(token_logps(logits, sequences[:, first + 1 :]), first)
 
 
 @torch.no_grad()

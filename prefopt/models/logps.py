@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +36,14 @@ def sequence_logps(
 
 
 def pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
+    """Chosen and rejected log-probs of a pair batch of either layout: packed (its
+    ``logits_mask``; :func:`packed_pair_logps`) or padded (:func:`padded_pair_logps`)."""
+    if "logits_mask" in batch:
+        return packed_pair_logps(model, batch)
+    return padded_pair_logps(model, batch)
+
+
+def padded_pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
     """Chosen and rejected log-probs of a concatenated pair batch (rows 0..B-1 chosen,
     B..2B-1 rejected) from one forward pass."""
     logps, n = sequence_logps(
@@ -40,3 +51,62 @@ def pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
     )
     b = logps.shape[0] // 2
     return PairLogps(logps[:b], logps[b:], n[:b], n[b:])
+
+
+def attention_layout(model: nn.Module, mask: Tensor) -> Tensor:
+    """A packed batch's boolean [R, 1, L, L] mask in the form the model's attention takes: as
+    it is for SDPA, additive (0 / most negative) for eager attention. Kernels that take no
+    arbitrary mask (flash attention) cannot run the packed layout."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") or "sdpa"
+    if impl == "sdpa":
+        return mask
+    if impl == "eager":
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(
+            ~mask, torch.finfo(torch.float32).min
+        )
+    raise ValueError(
+        f"data.layout packed needs attention that takes a custom mask (sdpa or eager); the "
+        f"model uses {impl!r}: set data.layout padded"
+    )
+
+
+def takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the model under any DDP / PEFT wrapper names ``logits_to_keep`` (the wrappers
+    pass keyword arguments through)."""
+    inner: Any = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    try:
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def packed_pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
+    """Chosen and rejected log-probs of a packed batch (:class:`prefopt.data.collate.
+    PackedPairCollator`): one forward over the shared-prompt segments, logits only at the
+    positions that predict a completion token (``logits_to_keep``; the full-vocabulary tensor
+    exists for those positions only), the log-softmax normaliser computed once per kept
+    position (the prompt's last position serves the first chosen and the first rejected token),
+    and per-token log-probs summed per completion."""
+    mask = batch["logits_mask"]
+    kwargs: dict[str, Any] = {
+        "input_ids": batch["input_ids"],
+        "position_ids": batch["position_ids"],
+        "attention_mask": attention_layout(model, batch["attention_mask"]),
+        "use_cache": False,
+    }
+    if takes_logits_to_keep(model):
+        logits = model(**kwargs, logits_to_keep=mask).logits
+        logits = logits.reshape(-1, logits.shape[-1])  # [N kept, V]
+    else:
+        logits = model(**kwargs).logits[mask]
+    logits = logits.float()
+    index, targets = batch["target_index"], batch["target_ids"]
+    per_token = logits[index, targets] - torch.logsumexp(logits, dim=-1)[index]
+    segments = batch["target_segment"]
+    n = batch["last_index"].shape[0]
+    sums = per_token.new_zeros(n).index_add(0, segments, per_token)
+    counts = torch.bincount(segments, minlength=n).to(per_token.dtype)
+    b = n // 2
+    return PairLogps(sums[:b], sums[b:], counts[:b], counts[b:])

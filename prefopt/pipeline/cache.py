@@ -36,7 +36,13 @@ from prefopt.world.config import WORLD_FORMAT_VERSION
 SUMMARY = "summary.json"
 
 #: settings that change how a stage runs (speed, memory) or what it checks, never what it learns
-RUNTIME_ONLY_KEYS = ("rollout.gather_zero3_weights", "data.max_unknown_fraction")
+RUNTIME_ONLY_KEYS = (
+    "rollout.gather_zero3_weights",
+    "data.max_unknown_fraction",
+    # the packed and padded layouts compute the same log-probs (up to float rounding)
+    "data.layout",
+    "data.pack_length",
+)
 
 
 #: Settings added to the recipe after stages were first cached, at the value that does what
@@ -44,6 +50,7 @@ RUNTIME_ONLY_KEYS = ("rollout.gather_zero3_weights", "data.max_unknown_fraction"
 #: option does not orphan every cached stage (a changed value is in the identity as usual).
 LATER_SETTINGS: dict[str, dict[str, Any]] = {
     "eval": {"shifts": [], "best_of_n": 1, "embedding_model": None, "nli_model": None},
+    "rollout": {"logps_from_generation": False},
 }
 
 

@@ -32,6 +32,8 @@ class Rollout:
         score at the last completion token.
     last_column: [R] the column (in the T-1 convention) of each completion's last token.
     kl: [R] summed k1 KL ``sum_t (old_logp - ref_logp)`` of each completion.
+    first: the first column (T-1 convention) that can hold a completion token (the prompt
+        block's last column): per-token log-probs are computed from there on, 0 before.
     """
 
     sequences: Tensor
@@ -47,6 +49,7 @@ class Rollout:
     token_rewards: Tensor
     last_column: Tensor
     kl: Tensor
+    first: int = 0
 
     @property
     def size(self) -> int:

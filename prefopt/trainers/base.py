@@ -174,6 +174,7 @@ class Trainer:
             lr=self.cfg.lr,
             betas=tuple(self.cfg.adam_betas),  # type: ignore[arg-type]
             eps=self.cfg.adam_eps,
+            **engines.adamw_kernel(self.accelerator, params),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         if engines.is_sharded(self.model):  # sharded above (FSDP on CPU): no DDP wrapper

@@ -42,11 +42,12 @@ from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.models.generation import (
     Samples,
     check_special_tokens,
-    forward_logits,
     generate,
+    pad_columns,
     position_ids,
+    rollout_token_logps,
 )
-from prefopt.models.logps import token_logps
+from prefopt.models.logps import takes_logits_to_keep, token_logps
 from prefopt.models.value import (
     SharedValueHead,
     ValueModel,
@@ -136,16 +137,29 @@ class OnlineTrainer(PolicyTrainer):
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         return {"prompts": [e["prompt"] for e in examples]}
 
+    @property
+    def penalised(self) -> bool:
+        """Whether the rollouts need the reference: a regulariser with a coefficient that is not
+        a fixed 0 (GRPO / RLOO at beta 0, as Dr. GRPO and DAPO run, need none)."""
+        return not (isinstance(self.kl_ctl, FixedKLController) and self.kl_ctl.value == 0)
+
     def build_reference(self) -> None:
         """The policy's start: the adapter-disabled base with LoRA (one copy of the weights),
-        else a frozen copy (or `reference.name_or_path`, e.g. MPO's DPO model)."""
+        else a frozen copy (or `reference.name_or_path`, e.g. MPO's DPO model). At a fixed
+        coefficient 0 no copy is kept unless the world's evaluation (its KL to the start) or
+        reward normalisation (the reference's samples) needs one."""
         super().build_reference()
+        needed = (
+            self.penalised
+            or self.recipe.reward.normalise
+            or (self.world is not None and self.recipe.eval.enabled)
+        )
         if self.recipe.model.lora is not None and not self.recipe.reference.name_or_path:
             self.reference_uses_adapter = True
-        else:
+        elif needed:
             self.reference = self.load_reference_weights()
         self.summary["reference"] = {
-            "mode": "adapter" if self.reference_uses_adapter else "copy",
+            "mode": "adapter" if self.reference_uses_adapter else "copy" if needed else "none",
             "name_or_path": self.recipe.reference.name_or_path or self.init_path,
         }
 
@@ -215,12 +229,14 @@ class OnlineTrainer(PolicyTrainer):
         self.critic_optimizer: torch.optim.Optimizer | None = None
         if self.critic is not None:
             lr = self.recipe.value.lr or self.cfg.lr
+            critic_params = list(self.critic.parameters())
             optimizer = torch.optim.AdamW(
-                self.critic.parameters(),
+                critic_params,
                 lr=lr,
                 betas=tuple(self.cfg.adam_betas),  # type: ignore[arg-type]
                 eps=self.cfg.adam_eps,
                 weight_decay=0.0,
+                **engines.adamw_kernel(self.accelerator, critic_params),
             )
             self.critic, self.critic_optimizer = self.accelerator.prepare(self.critic, optimizer)
 
@@ -245,7 +261,9 @@ class OnlineTrainer(PolicyTrainer):
             raise TrainingError("reward.normalise: the reference's samples all score the same")
         return 1.0 / std, -float(raw.mean()) / std
 
-    def sample(self, model: nn.Module, prompts: list[str], seed: int) -> Samples:
+    def sample(
+        self, model: nn.Module, prompts: list[str], seed: int, with_logps: bool = False
+    ) -> Samples:
         r = self.recipe.rollout
         return generate(
             model,
@@ -255,6 +273,7 @@ class OnlineTrainer(PolicyTrainer):
             self.device,
             seed=seed,
             max_prompt_length=self.recipe.data.max_prompt_length,
+            with_logps=with_logps,
         )
 
     def scorer_scores(self, samples: Samples) -> Tensor:
@@ -296,20 +315,34 @@ class OnlineTrainer(PolicyTrainer):
         cfg = self.recipe
         policy = self.unwrapped()
         # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
-        with engines.full_weights_for_generation(policy, cfg.rollout.gather_zero3_weights):
-            samples = self.sample(policy, prompts, seed=cfg.seed * 1_000_003 + self.step)
+        # the sampling log-probs from generate's own logits (rollout.logps_from_generation)
+        from_generation = cfg.rollout.logps_from_generation and self.value_head is None
+        with (
+            engines.full_weights_for_generation(policy, cfg.rollout.gather_zero3_weights),
+            self.accelerator.autocast(),
+        ):
+            samples = self.sample(
+                policy, prompts, seed=cfg.seed * 1_000_003 + self.step, with_logps=from_generation
+            )
         device = self.device
         seq = samples.sequences.to(device)
         attn = samples.attention_mask.to(device)
         mask = samples.completion_mask.to(device)[:, 1:].float()  # [R, T-1]: token t+1's mask
-        old_logps, old_values = self.policy_forward(seq, attn, grad=False)
+        # completions start after the prompt block: no logits at the prompt's positions
+        first = max(samples.prompt_width - 1, 0)
+        if samples.logps is not None:
+            old_logps, old_values = samples.logps.to(device), None
+        else:
+            old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
-        with self.reference_forward(), self.accelerator.autocast():
-            ref_logps = token_logps(
-                forward_logits(self.reference_model(), seq, attn, cfg.rollout.temperature),
-                seq[:, 1:],
-            )
+        if self.penalised:
+            with self.reference_forward(), self.accelerator.autocast():
+                ref_logps = rollout_token_logps(
+                    self.reference_model(), seq, attn, cfg.rollout.temperature, first
+                )
+        else:  # coefficient 0: no reference forward; the penalty is 0 and the KL not measured
+            ref_logps = old_logps
         if self.critic is not None:
             with self.accelerator.autocast():
                 old_values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
@@ -326,7 +359,6 @@ class OnlineTrainer(PolicyTrainer):
         advantages, returns = self.advantages(scores, token_rewards, old_values, mask)
         kl = (kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1)  # [R] sequence KL (k1)
         metrics = {
-            "objective/kl": float(kl.mean()),
             "objective/kl_coef": float(coef),
             "objective/penalty": float((penalty.sum(-1)).mean()),
             "objective/scores": float(raw.mean()),  # the scorer's own, as the proxy reward
@@ -336,6 +368,8 @@ class OnlineTrainer(PolicyTrainer):
             ),
             "objective/length": float(mask.sum(-1).mean()),
         }
+        if self.penalised:  # without a reference forward there is no KL to report
+            metrics["objective/kl"] = float(kl.mean())
         if self.world is not None:
             gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
             metrics["objective/gold"] = float(gold.mean())
@@ -353,31 +387,38 @@ class OnlineTrainer(PolicyTrainer):
             token_rewards=token_rewards,
             last_column=last,
             kl=kl,
+            first=first,
         )
         return rollout, samples, metrics
 
     def policy_forward(
-        self, seq: Tensor, attn: Tensor, grad: bool = True
+        self, seq: Tensor, attn: Tensor, grad: bool = True, first: int = 0
     ) -> tuple[Tensor, Tensor | None]:
-        """[R, T-1] log-probs at the sampling temperature and, with a shared head, values."""
+        """[R, T-1] log-probs at the sampling temperature (0 before column ``first``, whose
+        logits are never computed) and, with a shared head, values."""
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx, self.accelerator.autocast():
+            kwargs: dict[str, Any] = {}
+            if first > 0 and takes_logits_to_keep(self.model):
+                kwargs["logits_to_keep"] = seq.shape[1] - first
             out = self.model(
                 input_ids=seq,
                 attention_mask=attn,
                 position_ids=position_ids(attn),
                 use_cache=False,
                 output_hidden_states=self.value_head is not None,
+                **kwargs,
             )
-            logits = out.logits[:, :-1]
+            logits = out.logits[:, :-1] if kwargs else out.logits[:, first:-1]
             temperature = self.recipe.rollout.temperature
             if temperature != 1.0:
                 logits = logits / temperature
-            logps = token_logps(logits, seq[:, 1:])
+            logps = pad_columns(token_logps(logits, seq[:, first + 1 :]), first)
             values = None
             if self.value_head is not None:
                 values = self.value_head(out.hidden_states[-1])[:, :-1]
         self._last_logits = logits if grad else None
+        self._last_first = first
         return logps, values
 
     def advantages(
@@ -425,7 +466,7 @@ class OnlineTrainer(PolicyTrainer):
     def update(self, rollout: Rollout, idx: Tensor) -> dict[str, float]:
         """One optimiser step on the minibatch ``idx`` of ``rollout``; returns its metrics."""
         seq, attn, mask = rollout.sequences[idx], rollout.attention_mask[idx], rollout.mask[idx]
-        logps, values = self.policy_forward(seq, attn, grad=True)
+        logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
         out = self.loss_fn(logps, rollout.old_logps[idx], rollout.advantages[idx], mask)
         loss = out.loss
         metrics = {k: float(v) for k, v in out.metrics.items()}
@@ -459,7 +500,7 @@ class OnlineTrainer(PolicyTrainer):
         with torch.no_grad():
             assert self._last_logits is not None
             entropy = entropy_from_logits(self._last_logits.detach())
-            metrics["objective/entropy"] = float(masked_mean(entropy, mask))
+            metrics["objective/entropy"] = float(masked_mean(entropy, mask[:, self._last_first :]))
         norm = self._optimizer_step(schedule=False)
         if norm is not None:
             metrics["grad_norm"] = norm

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefopt.data import PreferenceCollator, tokenize_preference
+from prefopt.data import PackedPairCollator, PreferenceCollator, tokenize_preference
 from prefopt.losses.base import LossOutput, PairLogps
 from prefopt.models.logps import pair_logps  # noqa: F401  (re-exported: tests and users import it here)
 from prefopt.registry import get_loss
@@ -33,7 +33,13 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
         super()._prepare_optimisation()
         self.check_soft_label_schedule()
 
-    def make_collator(self) -> PreferenceCollator:
+    def make_collator(self) -> PreferenceCollator | PackedPairCollator:
+        d = self.recipe.data
+        if d.layout == "packed":
+            return PackedPairCollator(
+                pad_token_id=self.tokenizer.pad_token_id,
+                row_length=d.pack_length or 2 * d.max_length,
+            )
         return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

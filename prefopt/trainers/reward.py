@@ -19,16 +19,61 @@ from torch import Tensor, nn
 from prefopt.eval.calibration import expected_calibration_error
 from prefopt.losses.base import LossOutput
 from prefopt.models.loading import load_reward_backbone
+from prefopt.models.logps import attention_layout
 from prefopt.trainers.policy import to_device
 from prefopt.trainers.preference import PreferenceTrainer
 
 
 def pair_rewards(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Chosen and rejected rewards of a pair batch, packed or padded (``data.layout``)."""
+    if "last_index" in batch:
+        return packed_pair_rewards(model, batch)
     scores = (
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         .logits[:, 0]
         .float()
     )
+    b = scores.shape[0] // 2
+    return scores[:b], scores[b:]
+
+
+def score_head(model: nn.Module) -> nn.Module:
+    """The scalar head of a sequence-classification model (``score``, as every decoder model in
+    transformers names it), through DDP and PEFT wrappers; the shallowest one if several."""
+    heads = [
+        (name.count("."), module)
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] == "score"
+    ]
+    if not heads:
+        raise ValueError(
+            "data.layout packed reads rewards from the model's `score` head, and this model has "
+            "none: set data.layout padded"
+        )
+    return min(heads, key=lambda h: h[0])[1]
+
+
+def packed_pair_rewards(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Rewards of a packed batch (:class:`prefopt.data.collate.PackedPairCollator`): one
+    forward over the shared-prompt segments; the head's per-position scores are read at the
+    last token of each chosen and each rejected completion (where the padded layout's pooling
+    reads them), captured from the head's output so the forward still goes through the model
+    (and any DDP wrapper) as a whole."""
+    captured: list[Tensor] = []
+    handle = score_head(model).register_forward_hook(
+        lambda _module, _inputs, output: captured.append(output)
+    )
+    try:
+        model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=attention_layout(model, batch["attention_mask"]),
+            use_cache=False,
+        )
+    finally:
+        handle.remove()
+    per_position = captured[-1]
+    scores = per_position.reshape(-1, per_position.shape[-1])[batch["last_index"], 0].float()
     b = scores.shape[0] // 2
     return scores[:b], scores[b:]
 

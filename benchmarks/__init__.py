@@ -1,0 +1,1 @@
+"""prefopt against TRL on one CPU-sized model: `make bench` (docs/benchmarks.md)."""

@@ -1,0 +1,214 @@
+"""results.json entries and docs/benchmarks.md from the measured figures."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from typing import Any
+
+from benchmarks import settings as S
+from benchmarks.measure import FLOPS_PER_TOKEN
+
+UNITS = {"dpo": "pairs", "rm": "pairs", "ppo": "episodes", "grpo": "episodes", "rloo": "episodes"}
+AGAINST = {
+    "dpo": "TRL 1.16 DPOTrainer",
+    "rm": "TRL 1.16 RewardTrainer",
+    "ppo": "TRL 0.29.1 trl.experimental.ppo.PPOTrainer",
+    "grpo": "TRL 1.16 GRPOTrainer",
+    "rloo": "TRL 1.16 RLOOTrainer",
+}
+NOTES = {
+    "dpo": "sigmoid loss, beta 0.1, reference = a differently seeded GPT-2 folder",
+    "rm": "Bradley-Terry with centring 0.01 on both sides, one GPT2ForSequenceClassification "
+    "folder",
+    "ppo": "8 prompts x 1 completion per step, 1 PPO epoch, 1 minibatch of 8, KL 0.05 (k1), "
+    "separate reward model and critic (both from the RM folder); both stop at EOS",
+    "grpo": "2 prompts x 4 completions per step, beta 0 (no reference), Python reward "
+    "(distinct words / 10); neither side keeps or runs a reference",
+    "rloo": "2 prompts x 4 completions per step, beta 0, Python reward (distinct words / 10)",
+}
+
+
+NOT_COMPARABLE = """\
+- PPO runs against TRL 0.29.1 (the last release with a PPOTrainer), installed by `make bench`
+  with `--no-deps` into `.bench/trl029` and put first on `PYTHONPATH` of that one process only:
+  it imports and trains with the venv's transformers 5 and torch, so no second transformers is
+  needed. TRL 1.16 stays the one in the venv.
+- Online losses are each library's own: prefopt's PPO/GRPO/RLOO recipes (its token aggregation,
+  advantage whitening, GRPO's group std) against TRL's defaults for GRPOTrainer/RLOOTrainer
+  (their `loss_type` and `scale_rewards` defaults); the comparison is of speed at the same
+  rollout shape (prompts, group, new tokens, one pass over each rollout), not of identical
+  updates. No first-batch agreement check is made online: sampling differs between the two
+  codebases even with the same seed.
+- Completions end at EOS on both sides (prefopt has no option to force a length; TRL 0.29 PPO is
+  given `stop_token="eos"`, GRPO/RLOO stop at EOS by default); with a random-init model of
+  8,192 tokens EOS is rare, so nearly every completion has 48 new tokens. The episodes and
+  tokens each side really generated are counted and reported (`timed_tokens`).
+- At `regulariser.coef=0` (GRPO/RLOO here) prefopt keeps and runs no reference, as TRL at
+  `beta=0`; prefopt then logs no `objective/kl`.
+- Data order online: TRL 0.29 PPO shuffles its prompts itself (its dataloader has
+  `shuffle=True`), so its 8 prompts per step are other prompts of the same 64 than prefopt's.
+"""
+
+
+def entry(algo: str, ours: dict[str, float], theirs: dict[str, float]) -> dict[str, Any]:
+    return {
+        "unit": UNITS[algo],
+        "against": AGAINST[algo],
+        "prefopt_per_s": ours["per_s"],
+        "trl_per_s": theirs["per_s"],
+        "ratio": ours["per_s"] / theirs["per_s"] if theirs["per_s"] else float("nan"),
+        "prefopt_tokens_per_s": ours["tokens_per_s"],
+        "trl_tokens_per_s": theirs["tokens_per_s"],
+        "prefopt_gflops": ours["gflops"],
+        "trl_gflops": theirs["gflops"],
+        "prefopt_peak_mb": ours["peak_mb"],
+        "trl_peak_mb": theirs["peak_mb"],
+        "timed_items": {"prefopt": ours["items"], "trl": theirs["items"]},
+        "timed_tokens": {"prefopt": ours["tokens"], "trl": theirs["tokens"]},
+    }
+
+
+def line(algo: str, setting: str, e: dict[str, Any]) -> str:
+    return (
+        f"{algo} {setting}: prefopt {e['prefopt_per_s']:.2f} {e['unit']}/s, "
+        f"TRL {e['trl_per_s']:.2f} {e['unit']}/s, ratio {e['ratio']:.2f}; peak "
+        f"{e['prefopt_peak_mb']:.0f} / {e['trl_peak_mb']:.0f} MB"
+    )
+
+
+def _cpu() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for row in out.splitlines():
+            if row.startswith("Model name:"):
+                return row.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(peak: dict[str, float], assets: dict[str, Any], seconds: float) -> dict[str, Any]:
+    import os
+
+    import torch
+    import transformers
+
+    try:
+        import trl
+
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = "not installed"
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": _cpu(),
+        "cores": os.cpu_count(),
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "2")),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl_version,
+        "trl_ppo": "0.29.1 (.bench/trl029)",
+        "matmul_peak_gflops": peak,
+        "data": assets["source"],
+        "total_s": seconds,
+    }
+
+
+def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
+    rows = []
+    for algo, by_setting in results.items():
+        for setting, e in by_setting.items():
+            rows.append(
+                f"| {algo} | {setting} | {e['prefopt_per_s']:.2f} | {e['trl_per_s']:.2f} | "
+                f"{e['ratio']:.2f} | {e['prefopt_tokens_per_s']:.0f} / {e['trl_tokens_per_s']:.0f}"
+                f" | {e['prefopt_gflops']:.1f} / {e['trl_gflops']:.1f} | "
+                f"{e['prefopt_peak_mb']:.0f} / {e['trl_peak_mb']:.0f} |"
+            )
+    checks = [
+        f"| {algo} | {e['fp32']['agreement']['prefopt_loss']:.6f} | "
+        f"{e['fp32']['agreement']['trl_loss']:.6f} | {e['fp32']['agreement']['max_abs_diff']:.2e} |"
+        for algo, e in results.items()
+        if "agreement" in e.get("fp32", {})
+    ]
+    peak = meta["matmul_peak_gflops"]
+    fast_prefopt = "\n".join(f"  - {a}: `{' '.join(v)}`" for a, v in S.PREFOPT_FAST.items())
+    fast_trl = "\n".join(f"  - {a}: `{v}`" for a, v in S.TRL_FAST.items())
+    return f"""# Benchmarks: prefopt against TRL
+
+Written by `make bench` (`python -m benchmarks.run`) on {meta["date"]}; do not edit by hand.
+
+## Machine
+
+- CPU: {meta["cpu"]}, {meta["cores"]} cores, {meta["threads"]} threads per run
+  (`OMP_NUM_THREADS`); shared with other jobs, so absolute speeds are noisy and the ratios,
+  measured in the same invocation, are the figures to read.
+- Python {meta["python"]}, torch {meta["torch"]}, transformers {meta["transformers"]},
+  TRL {meta["trl"]} (PPO: TRL {meta["trl_ppo"]}).
+- `torch.matmul` peak measured in this run (2048 x 2048): fp32 {peak["fp32"]:.0f} GFLOP/s,
+  bf16 {peak["bf16"]:.0f} GFLOP/s.
+- Whole run: {meta["total_s"] / 60:.1f} minutes.
+
+## Set-up
+
+- Model: GPT-2, 6 layers, hidden 512, 8 heads, vocabulary 8,192 from a byte-level BPE
+  tokenizer trained on the data by the benchmark, random init (23.6M parameters); the DPO
+  reference is the same architecture with another seed (so the first-batch loss is not log 2);
+  the reward model (and PPO's critic start) a `GPT2ForSequenceClassification` folder.
+- Data: {meta["data"]}: the first {S.N_PAIRS} pairs whose chosen and rejected sequences fit in
+  {S.MAX_LENGTH} tokens and tokenize the same whole (TRL) or in pieces (prefopt); online: the
+  first {S.N_PAIRS} distinct prompts of at most {S.MAX_PROMPT_LENGTH} tokens,
+  {S.MAX_NEW_TOKENS} new tokens at temperature 1.
+- Batch {S.BATCH} (pairs, or completions online), lr {S.LR:g}, AdamW, grad-norm clip 1.0,
+  {S.OFFLINE_STEPS} steps offline, {S.ONLINE_STEPS} online; both sides see the same batches
+  (TRL gets the data in prefopt's order and reads it sequentially).
+- Timing (both sides): wall time from the end of optimiser step 1 (warm-up) to the end of the
+  last step, plus any one-time precomputation those steps use (prefopt's cached reference
+  log-probs, TRL's `precompute_ref_log_probs`). Each side runs in its own process; peak memory is
+  that process's `ru_maxrss`.
+- GFLOP/s on useful (non-padding) tokens, N = parameters without position embeddings, per
+  token: {", ".join(f"{a} {k} N" for a, k in FLOPS_PER_TOKEN.items())} (forward 2 N, forward
+  and backward 6 N; dpo = policy 6 N + reference 2 N; ppo = sampling, reward, reference and
+  critic forwards 2 N each + policy and critic training 6 N each; grpo/rloo = sampling 2 N +
+  policy training 6 N). Attention's T^2 term is left out.
+- "fastest": each side's fastest setting found on this machine.
+  prefopt (`benchmarks/settings.py`, `PREFOPT_FAST`):
+{fast_prefopt}
+  TRL (`TRL_FAST`):
+{fast_trl}
+
+## Results
+
+| algorithm | setting | prefopt /s | TRL /s | ratio | tokens/s (prefopt / TRL) \
+| GFLOP/s (prefopt / TRL) | peak MB (prefopt / TRL) |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Units: pairs per second (dpo, rm), episodes (completions generated and trained on) per second
+(ppo, grpo, rloo). Per algorithm: {"; ".join(f"{a}: {n}" for a, n in NOTES.items())}.
+
+## Agreement (fp32, first batch)
+
+Both sides see the same token ids, and compute the same loss (within {S.TOLERANCE:g}) and
+per-sequence numbers (log-probabilities of chosen and rejected summed over completion tokens,
+policy and reference; reward-model scores: within {S.TOLERANCE:g} + {S.SUM_RTOL:g} x |value|,
+because a sum of about -700 nats computed in another order in fp32 -- prefopt's packed layout --
+differs by about 1e-4), or the run stops before any speed is reported. prefopt's numbers come
+from its default (packed) layout, the one that is timed.
+
+| algorithm | prefopt loss | TRL loss | largest difference |
+|---|---|---|---|
+{chr(10).join(checks)}
+
+## What is not the same on both sides
+
+{NOT_COMPARABLE}
+
+## How to rerun
+
+    make bench                                          # everything (under 20 minutes)
+    .venv/bin/python -m benchmarks.run --only dpo --settings fp32
+    benchmarks/gpu.sh                                   # the CUDA variant (untested here)
+"""

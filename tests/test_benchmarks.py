@@ -1,0 +1,77 @@
+"""The benchmark harness's pure pieces (benchmarks/): FLOP counting, pair selection by length,
+the agreement checker. No TRL, no model: well under a second."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.assets import select_pairs, select_prompts
+from benchmarks.measure import (
+    AgreementError,
+    check_agreement,
+    check_same_ids,
+    rates,
+    useful_flops,
+)
+
+
+def test_useful_flops_counts_forward_and_backward_per_token():
+    # DPO: policy forward+backward (6 N T) + reference forward (2 N T); N=10, T=3 -> 240
+    assert useful_flops("dpo", 10, 3) == 240
+    assert useful_flops("rm", 10, 3) == 180  # 6 N T
+    assert useful_flops("ppo", 10, 3) == 600  # 20 N T
+    assert useful_flops("grpo", 10, 3) == 240  # sampling 2 N T + training 6 N T
+
+
+def test_rates_divide_the_timed_window():
+    # 14 pairs, 2,000 tokens in 7 s with N = 1e6: 2 pairs/s, 8 * 1e6 * 2000 / 7 / 1e9 GFLOP/s
+    out = rates("dpo", 14, 2000, 7.0, 1_000_000)
+    assert out["per_s"] == 2.0
+    assert out["tokens_per_s"] == pytest.approx(2000 / 7)
+    assert out["gflops"] == pytest.approx(16 / 7)
+
+
+def lengths(prompt: str, completion: str) -> int | None:
+    """Characters as tokens; a completion starting with '!' tokenizes differently (None)."""
+    return None if completion.startswith("!") else len(prompt) + len(completion)
+
+
+def test_select_pairs_keeps_the_first_that_fit():
+    pairs = [
+        {"prompt": "ab", "chosen": "cdefgh", "rejected": "c"},  # chosen 8 > 6: out
+        {"prompt": "ab", "chosen": "cd", "rejected": "!e"},  # differs between the sides: out
+        {"prompt": "ab", "chosen": "cd", "rejected": "efgh"},  # 4 and 6: in
+        {"prompt": "a", "chosen": "b", "rejected": "c"},  # in
+        {"prompt": "a", "chosen": "d", "rejected": "e"},  # not needed
+    ]
+    assert select_pairs(pairs, 2, 6, lengths) == [pairs[2], pairs[3]]
+    with pytest.raises(ValueError, match="only 2 pairs fit in 6 tokens; 3 needed"):
+        select_pairs(pairs[:4], 3, 6, lengths)
+
+
+def test_select_prompts_distinct_and_short():
+    pairs = [{"prompt": p} for p in ("abc", "abcdefg", "abc", "xy", "z")]
+    assert select_prompts(pairs, 3, 3, len) == ["abc", "xy", "z"]
+
+
+def test_agreement_within_tolerance_returns_the_largest_difference():
+    assert check_agreement("loss", [1.0, 2.0], [1.0 + 5e-5, 2.0]) == pytest.approx(5e-5)
+
+
+def test_agreement_raises_with_the_numbers_on_a_mismatch():
+    with pytest.raises(AgreementError, match=r"dpo chosen_logps: .* differ by 0.001 > 0.0001"):
+        check_agreement("dpo chosen_logps", [-10.0, -20.0], [-10.0, -20.001])
+    with pytest.raises(AgreementError, match="differ by nan"):
+        check_agreement("loss", [float("nan")], [0.5])
+    # a relative part for sums: 1.2e-4 at -741 passes at rtol 1e-6 (1e-4 + 7.4e-4), not without
+    assert check_agreement("s", [-741.2025], [-741.20238], 1e-4, rtol=1e-6) < 2e-4
+    with pytest.raises(AgreementError):
+        check_agreement("s", [-741.2025], [-741.20238], 1e-4)
+    with pytest.raises(AgreementError, match="2 values against 1"):
+        check_agreement("loss", [1.0, 2.0], [1.0])
+
+
+def test_same_ids_names_the_first_differing_position():
+    check_same_ids("ids", [[1, 2, 3]], [[1, 2, 3]])
+    with pytest.raises(AgreementError, match="row 0 tokenizes differently from position 2"):
+        check_same_ids("ids", [[1, 2, 3]], [[1, 2, 4]])
