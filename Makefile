@@ -61,8 +61,8 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m slow --durations=10
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check prefopt tests examples
-	$(VENV)/bin/ruff format --check prefopt tests examples
+	$(VENV)/bin/ruff check prefopt tests examples benchmarks
+	$(VENV)/bin/ruff format --check prefopt tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy prefopt
