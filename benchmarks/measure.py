@@ -15,10 +15,16 @@ useful tokens count (padding excluded). Per algorithm, per useful token of a seq
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
 
 FLOPS_PER_TOKEN = {"dpo": 8, "rm": 6, "ppo": 20, "grpo": 8, "rloo": 8}
 
@@ -114,3 +120,11 @@ def matmul_peak_gflops(dtype_name: str, size: int = 2048, seconds: float = 2.0) 
 
 def ratio(ours: Mapping[str, float], theirs: Mapping[str, float], key: str = "per_s") -> float:
     return ours[key] / theirs[key] if theirs.get(key) else float("nan")
+
+
+def job_main(run: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """One side's process: the job file (argv[1]) run with ``OMP_NUM_THREADS`` threads, its
+    result written as JSON to argv[2]."""
+    job = json.loads(Path(sys.argv[1]).read_text())
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    Path(sys.argv[2]).write_text(json.dumps(run(job)))

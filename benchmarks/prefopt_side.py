@@ -9,9 +9,6 @@ before training.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from typing import Any
 import torch
 
 from benchmarks import settings as S
-from benchmarks.measure import counted_params, peak_rss_mb
+from benchmarks.measure import counted_params, job_main, peak_rss_mb
 
 RECIPES = {"dpo": "dpo", "rm": "rm", "ppo": "ppo", "grpo": "grpo", "rloo": "rloo"}
 
@@ -218,11 +215,5 @@ def _count_online(trainer: Any) -> list[dict[str, int]]:
     return seen
 
 
-def main() -> None:
-    job = json.loads(Path(sys.argv[1]).read_text())
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    Path(sys.argv[2]).write_text(json.dumps(run(job)))
-
-
 if __name__ == "__main__":
-    main()
+    job_main(run)

@@ -10,8 +10,6 @@ sides train on the same batches.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import torch
 
 from benchmarks import settings as S
-from benchmarks.measure import counted_params, peak_rss_mb
+from benchmarks.measure import counted_params, job_main, peak_rss_mb
 
 
 def rows(path: str, order: list[int]) -> list[dict[str, str]]:
@@ -249,11 +247,5 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    job = json.loads(Path(sys.argv[1]).read_text())
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    Path(sys.argv[2]).write_text(json.dumps(run(job)))
-
-
 if __name__ == "__main__":
-    main()
+    job_main(run)
