@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
             entry["notes"] = report.NOTES.get(algo, "")
             results.setdefault(algo, {})[setting] = entry
             print(f"  {report.line(algo, setting, entry)}", flush=True)
+    for by_setting in results.values():
+        if all(setting in by_setting for setting in S.SETTINGS):
+            by_setting["best"] = report.best(by_setting)
     meta = report.machine(peak, assets, time.time() - began)
     RESULTS.write_text(json.dumps({"machine": meta, **results}, indent=2) + "\n")
     (WORK / "raw.json").write_text(json.dumps(raw, indent=1))

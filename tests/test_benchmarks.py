@@ -75,3 +75,27 @@ def test_same_ids_names_the_first_differing_position():
     check_same_ids("ids", [[1, 2, 3]], [[1, 2, 3]])
     with pytest.raises(AgreementError, match="row 0 tokenizes differently from position 2"):
         check_same_ids("ids", [[1, 2, 3]], [[1, 2, 4]])
+
+
+def test_best_against_best_takes_each_sides_fastest_setting():
+    from benchmarks.report import best
+
+    by_setting = {
+        "fp32": {
+            "prefopt_per_s": 2.0,
+            "trl_per_s": 1.5,
+            "prefopt_peak_mb": 900,
+            "trl_peak_mb": 2000,
+        },
+        "fastest": {
+            "prefopt_per_s": 4.0,
+            "trl_per_s": 1.0,
+            "prefopt_peak_mb": 1000,
+            "trl_peak_mb": 1800,
+        },
+    }
+    e = best(by_setting)
+    # TRL's fp32 (1.5/s) beat its own "fastest" (1.0/s): the ratio is 4.0 / 1.5, not 4.0 / 1.0
+    assert (e["prefopt_setting"], e["trl_setting"]) == ("fastest", "fp32")
+    assert e["ratio"] == pytest.approx(4.0 / 1.5)
+    assert (e["prefopt_peak_mb"], e["trl_peak_mb"]) == (1000, 2000)
