@@ -55,7 +55,7 @@ class RewardModelScorer:
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> RewardModelScorer:
         """A full model folder or a LoRA adapter folder (its base loads through peft). The
         length limits default to those of the run's recipe when `path` is a run directory."""
-        from prefopt.models.loading import load_tokenizer
+        from prefopt.models.loading import fuse_activations, load_tokenizer
 
         run_dir = Path(path)
         folder = _model_folder(run_dir)
@@ -76,7 +76,7 @@ class RewardModelScorer:
             data = load_recipe(run_dir / "recipe.yaml").data
             kwargs.setdefault("max_length", data.max_length)
             kwargs.setdefault("max_prompt_length", data.max_prompt_length)
-        return cls(model, load_tokenizer(str(folder)), **kwargs)
+        return cls(fuse_activations(model), load_tokenizer(str(folder)), **kwargs)
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str]) -> Tensor:

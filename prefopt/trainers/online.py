@@ -277,8 +277,10 @@ class OnlineTrainer(PolicyTrainer):
         )
 
     def scorer_scores(self, samples: Samples) -> Tensor:
-        """[R] the scorer's own scores of the decoded completions."""
-        scores = self.scorer.score(samples.flat_prompts, samples.flat_completions)
+        """[R] the scorer's own scores of the decoded completions (a reward model runs at the
+        run's precision, under the same autocast as the policy)."""
+        with self.accelerator.autocast():
+            scores = self.scorer.score(samples.flat_prompts, samples.flat_completions)
         return torch.as_tensor(scores, dtype=torch.float32).reshape(-1).cpu()
 
     def scores(self, samples: Samples, raw: Tensor | None = None) -> Tensor:
