@@ -208,13 +208,14 @@ def test_new_eval_settings_at_their_defaults_keep_cached_stage_identities():
     from omegaconf import OmegaConf
 
     from prefopt.config import load_recipe
-    from prefopt.pipeline.cache import RUNTIME_ONLY_KEYS, portable, stage_identity
+    from prefopt.pipeline.cache import LATER_SETTINGS, RUNTIME_ONLY_KEYS, portable, stage_identity
     from prefopt.world.config import WORLD_FORMAT_VERSION
 
     recipe = load_recipe("dpo")
     node = OmegaConf.to_container(OmegaConf.structured(recipe))
-    for key in ("shifts", "best_of_n", "embedding_model", "nli_model"):
-        del node["eval"][key]  # the recipe as it was before these settings existed
+    for section, later in LATER_SETTINGS.items():  # the recipe before these settings existed
+        for key in later:
+            del node[section][key]
     for key in RUNTIME_ONLY_KEYS:  # never part of an identity
         section, name = key.split(".")
         del node[section][name]

@@ -240,3 +240,26 @@ def test_log_probs_from_generation_equal_the_full_forwards():
     assert samples.logps is not None and mask.sum() > 6
     assert_close(samples.logps * mask, full * mask, atol=1e-4, rtol=0)
     assert (samples.logps[mask == 0] == 0).all()
+
+
+def test_a_group_of_samples_prefills_its_prompt_once_and_draws_the_same_samples():
+    from types import SimpleNamespace
+
+    from prefopt.models.generation import _generate_batch
+
+    model = GPT2LMHeadModel(config(eos_token_id=1, bos_token_id=1)).eval()
+    ids = torch.tensor([[PAD, PAD, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = (ids != PAD).long()
+    cfg = SimpleNamespace(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=7)
+    tok = SimpleNamespace(pad_token_id=PAD, eos_token_id=1)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        out, rows_mask, width, _ = _generate_batch(model, batch, cfg, 3, tok, "cpu", seed=11)
+        torch.manual_seed(11)
+        plain = model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=7,
+            num_return_sequences=3, pad_token_id=PAD, eos_token_id=1,
+        )  # fmt: skip
+    assert out.shape == plain.shape and width == 5
+    assert torch.equal(out, plain)  # the same samples, the prompt computed once per group
+    assert torch.equal(rows_mask, mask.repeat_interleave(3, 0))

@@ -146,17 +146,40 @@ def _generate_batch(
     with_logps: bool = False,
 ) -> tuple[Tensor, Tensor, int, Tensor | None]:
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    prefilled: dict[str, Any] = {}
+    if k > 1 and ids.shape[1] > 1:
+        # each prompt's keys and values computed once for its k samples (generate's own
+        # num_return_sequences would recompute the prompt k times): all but the last prompt
+        # token go into a cache that is then repeated k times; generate continues from it and
+        # draws exactly the samples it draws without it (tests/test_fast_paths.py)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate's own
+        model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            cache=cache,
+            use_cache=True,
+        )
+        cache.batch_repeat_interleave(k)
+        ids, mask, k_rows = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), 1
+        prefilled = {"cache": cache}
+    else:
+        k_rows = k
     torch.manual_seed(seed)
     # a transformers model or a PeftModel: both have generate(), which nn.Module lacks
     out = cast(Any, model).generate(
         input_ids=ids,
         attention_mask=mask,
+        **prefilled,
         do_sample=True,
         temperature=cfg.temperature,
         top_k=cfg.top_k or None,
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
-        num_return_sequences=k,
+        num_return_sequences=k_rows,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         return_dict_in_generate=True,
@@ -169,7 +192,7 @@ def _generate_batch(
         # divided by the temperature as the full forward's log-probs are
         logits = torch.stack(out.logits, dim=1).float() / cfg.temperature  # [R, G, V]
         logps = token_logps(logits, sequences[:, ids.shape[1] :])
-    return sequences, mask.repeat_interleave(k, dim=0), ids.shape[1], logps
+    return sequences, mask.repeat_interleave(k_rows, dim=0), ids.shape[1], logps
 
 
 @contextlib.contextmanager
