@@ -263,3 +263,43 @@ def test_a_group_of_samples_prefills_its_prompt_once_and_draws_the_same_samples(
     assert out.shape == plain.shape and width == 5
     assert torch.equal(out, plain)  # the same samples, the prompt computed once per group
     assert torch.equal(rows_mask, mask.repeat_interleave(3, 0))
+
+
+def test_a_groups_prompt_computed_once_gives_every_rows_log_probs():
+    from prefopt.models.generation import rollout_token_logps, shared_prompt_logits
+    from prefopt.models.logps import token_logps
+
+    model = GPT2LMHeadModel(config()).eval()
+    g = torch.Generator().manual_seed(4)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    rows, width = [], 4
+    for p in prompts:  # 3 samples of each prompt, left-padded to the prompt block's width
+        for _ in range(3):
+            completion = torch.randint(2, 50, (6,), generator=g).tolist()
+            rows.append([PAD] * (width - len(p)) + p + completion)
+    seq = torch.tensor(rows)
+    attn = (seq != PAD).long()
+    order = torch.randperm(len(rows), generator=g)  # a shuffled minibatch
+    seq, attn = seq[order], attn[order]
+    full = rollout_token_logps(model, seq, attn, temperature=0.7)
+    kept, index, targets = shared_prompt_logits(model, seq, attn, width)
+    assert kept.shape[0] == 3 * (1 + 3 * 5)  # per prompt: its last position + 5 per sample
+    per_token = token_logps((kept / 0.7)[index], targets)
+    assert_close(per_token, full[:, width - 1 :], atol=2e-5, rtol=0)
+
+
+def test_grpo_with_shared_prompts_follows_the_padded_trajectory(tmp_path, tiny_pretrained):
+    from tests.test_online import online_trainer
+
+    losses = {}
+    for layout in ("padded", "packed"):
+        trainer = online_trainer(
+            tmp_path / layout, tiny_pretrained, "trainer.max_steps=2", "trainer.batch_size=4",
+            f"data.layout={layout}", recipe="grpo",
+        )  # fmt: skip
+        trainer.train()
+        losses[layout] = [r["loss"] for r in read_metrics(tmp_path / layout / "run") if "loss" in r]
+    assert len(losses["packed"]) >= 2
+    assert_close(
+        torch.tensor(losses["packed"]), torch.tensor(losses["padded"]), atol=1e-5, rtol=1e-4
+    )

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
-from prefopt.models.logps import takes_logits_to_keep, token_logps
+from prefopt.models.logps import attention_layout, takes_logits_to_keep, token_logps
 from prefopt.models.quiet import without_log_messages
 
 
@@ -335,3 +335,72 @@ def completion_logps(
         comp = samples.completion_mask[sl].to(device)[:, 1:].to(per_token.dtype)
         out.append((per_token * comp).sum(-1).cpu())
     return torch.cat(out)
+
+
+def shared_prompt_logits(
+    model: nn.Module, sequences: Tensor, attention_mask: Tensor, prompt_width: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits of every completion position of a rollout batch with each distinct prompt computed
+    ONCE for all the rows that share it (a group of samples of one prompt): one segment per
+    prompt, ``prompt | completion_1 | ... | completion_n``, each completion attending to the
+    prompt and causally to itself (never to its siblings), its positions continuing the prompt's
+    -- the context every completion token has in its own row, so the same logits up to float
+    rounding (tests/test_fast_paths.py). The rows may come in any order (a shuffled minibatch).
+
+    sequences, attention_mask: [R, T], left-padded prompts in columns ``< prompt_width``, then
+    the generated tokens. Returns ``logits`` [N, V] (N kept positions), ``index`` [R, G] (the
+    kept position predicting each generated token, G = T - prompt_width) and ``targets`` [R, G]
+    (those tokens): ``logits[index[r, t]]`` predicts ``sequences[r, prompt_width + t]``.
+    """
+    rows, width = sequences.shape
+    g = width - prompt_width
+    device = sequences.device
+    prompts, group_of = torch.unique(sequences[:, :prompt_width], dim=0, return_inverse=True)
+    members = [torch.nonzero(group_of == u).flatten().tolist() for u in range(len(prompts))]
+    reals = [
+        sequences[m[0], :prompt_width][attention_mask[m[0], :prompt_width].bool()] for m in members
+    ]
+    lengths = [len(p) + len(m) * g for p, m in zip(reals, members, strict=True)]
+    span = max(lengths)
+    n = len(members)
+    ids = torch.zeros((n, span), dtype=sequences.dtype, device=device)
+    pos = torch.zeros((n, span), dtype=torch.long, device=device)
+    allowed = torch.zeros((n, span, span), dtype=torch.bool, device=device)
+    causal = torch.ones((max(span, 1), max(span, 1)), dtype=torch.bool, device=device).tril()
+    keep = torch.zeros((n, span), dtype=torch.bool, device=device)
+    at = torch.zeros((rows, g), dtype=torch.long, device=device)  # flat position into n * span
+    for u, (prompt, group) in enumerate(zip(reals, members, strict=True)):
+        lp = len(prompt)
+        if lp == 0:
+            raise ValueError("shared-prompt logits need a prompt of at least one token")
+        ids[u, :lp] = prompt
+        pos[u, :lp] = torch.arange(lp, device=device)
+        allowed[u, :lp, :lp] = causal[:lp, :lp]
+        for j, r in enumerate(group):
+            start = lp + j * g
+            block = slice(start, start + g)
+            ids[u, block] = sequences[r, prompt_width:]
+            pos[u, block] = torch.arange(lp, lp + g, device=device)
+            allowed[u, block, :lp] = True
+            allowed[u, block, block] = causal[:g, :g]
+            # generated token t is predicted at the prompt's last position (t = 0), else at
+            # the completion's own position t - 1
+            at[r, 0] = u * span + lp - 1
+            if g > 1:
+                at[r, 1:] = u * span + start + torch.arange(g - 1, device=device)
+        padding = torch.arange(lengths[u], span, device=device)
+        allowed[u, padding, padding] = True  # padding attends to itself only
+    keep.view(-1)[at.flatten()] = True
+    rank = torch.cumsum(keep.view(-1).long(), 0) - 1
+    kwargs: dict[str, Any] = {
+        "input_ids": ids,
+        "position_ids": pos,
+        "attention_mask": attention_layout(model, allowed.unsqueeze(1)),
+        "use_cache": False,
+    }
+    if takes_logits_to_keep(model):
+        logits = model(**kwargs, logits_to_keep=keep).logits
+        logits = logits.reshape(-1, logits.shape[-1])
+    else:
+        logits = model(**kwargs).logits[keep]
+    return logits, rank[at], sequences[:, prompt_width:]

@@ -46,6 +46,7 @@ from prefopt.models.generation import (
     pad_columns,
     position_ids,
     rollout_token_logps,
+    shared_prompt_logits,
 )
 from prefopt.models.logps import takes_logits_to_keep, token_logps
 from prefopt.models.value import (
@@ -397,30 +398,50 @@ class OnlineTrainer(PolicyTrainer):
         self, seq: Tensor, attn: Tensor, grad: bool = True, first: int = 0
     ) -> tuple[Tensor, Tensor | None]:
         """[R, T-1] log-probs at the sampling temperature (0 before column ``first``, whose
-        logits are never computed) and, with a shared head, values."""
+        logits are never computed) and, with a shared head, values. With several samples per
+        prompt and ``data.layout: packed`` each prompt is computed once for its group
+        (:func:`prefopt.models.generation.shared_prompt_logits`)."""
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        temperature = self.recipe.rollout.temperature
+        shared = (
+            self.recipe.data.layout == "packed"
+            and self.value_head is None
+            and self.recipe.rollout.samples_per_prompt > 1
+            and first > 0
+        )
         with ctx, self.accelerator.autocast():
-            kwargs: dict[str, Any] = {}
-            if first > 0 and takes_logits_to_keep(self.model):
-                kwargs["logits_to_keep"] = seq.shape[1] - first
-            out = self.model(
-                input_ids=seq,
-                attention_mask=attn,
-                position_ids=position_ids(attn),
-                use_cache=False,
-                output_hidden_states=self.value_head is not None,
-                **kwargs,
-            )
-            logits = out.logits[:, :-1] if kwargs else out.logits[:, first:-1]
-            temperature = self.recipe.rollout.temperature
-            if temperature != 1.0:
-                logits = logits / temperature
-            logps = pad_columns(token_logps(logits, seq[:, first + 1 :]), first)
             values = None
-            if self.value_head is not None:
-                values = self.value_head(out.hidden_states[-1])[:, :-1]
-        self._last_logits = logits if grad else None
-        self._last_first = first
+            if shared:
+                kept, index, targets = shared_prompt_logits(self.model, seq, attn, first + 1)
+                kept = kept.float() / temperature
+                flat = index.flatten()
+                picked = kept[flat, targets.flatten()] - torch.logsumexp(kept, dim=-1)[flat]
+                logps = pad_columns(picked.reshape(index.shape), first)
+            else:
+                kwargs: dict[str, Any] = {}
+                if first > 0 and takes_logits_to_keep(self.model):
+                    kwargs["logits_to_keep"] = seq.shape[1] - first
+                out = self.model(
+                    input_ids=seq,
+                    attention_mask=attn,
+                    position_ids=position_ids(attn),
+                    use_cache=False,
+                    output_hidden_states=self.value_head is not None,
+                    **kwargs,
+                )
+                logits = out.logits[:, :-1] if kwargs else out.logits[:, first:-1]
+                if temperature != 1.0:
+                    logits = logits / temperature
+                logps = pad_columns(token_logps(logits, seq[:, first + 1 :]), first)
+                if self.value_head is not None:
+                    values = self.value_head(out.hidden_states[-1])[:, :-1]
+        if grad:  # the policy's entropy at each completion position, for the metrics
+            with torch.no_grad():
+                if shared:
+                    entropy = entropy_from_logits(kept.detach())[index.flatten()]
+                    self._last_entropy = pad_columns(entropy.reshape(index.shape), first)
+                else:
+                    self._last_entropy = pad_columns(entropy_from_logits(logits.detach()), first)
         return logps, values
 
     def advantages(
@@ -499,10 +520,7 @@ class OnlineTrainer(PolicyTrainer):
                 loss = loss + self.recipe.loss.vf_coef * vout.loss
         self.check_finite(loss, "a PPO minibatch")
         self.accelerator.backward(loss)
-        with torch.no_grad():
-            assert self._last_logits is not None
-            entropy = entropy_from_logits(self._last_logits.detach())
-            metrics["objective/entropy"] = float(masked_mean(entropy, mask[:, self._last_first :]))
+        metrics["objective/entropy"] = float(masked_mean(self._last_entropy, mask))
         norm = self._optimizer_step(schedule=False)
         if norm is not None:
             metrics["grad_norm"] = norm
