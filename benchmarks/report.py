@@ -211,7 +211,10 @@ Written by `make bench` (`python -m benchmarks.run`) on {meta["date"]}; do not e
   token: {", ".join(f"{a} {k} N" for a, k in FLOPS_PER_TOKEN.items())} (forward 2 N, forward
   and backward 6 N; dpo = policy 6 N + reference 2 N; ppo = sampling, reward, reference and
   critic forwards 2 N each + policy and critic training 6 N each; grpo/rloo = sampling 2 N +
-  policy training 6 N). Attention's T^2 term is left out.
+  policy training 6 N). Attention's T^2 term is left out. The tokens are counted as if each
+  sequence (prompt + completion) were computed whole, as the padded layout does: prefopt's
+  packed layout computes a pair's or a group's prompt once, so its figure is work delivered per
+  second, which can exceed the work the hardware did (and the matmul peak).
 - "fastest": each side's fastest setting found on this machine.
   prefopt (`benchmarks/settings.py`, `PREFOPT_FAST`):
 {fast_prefopt}
