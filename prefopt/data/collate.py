@@ -107,6 +107,40 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def causal_mask(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """[n, n] bool, lower triangular: position i may attend to j <= i."""
+    return torch.ones((max(n, 1), max(n, 1)), dtype=torch.bool, device=device).tril()
+
+
+def lay_shared_prefix(
+    allowed: torch.Tensor,
+    positions: torch.Tensor,
+    start: int,
+    prompt_len: int,
+    blocks: Sequence[int],
+    causal: torch.Tensor,
+) -> list[int]:
+    """Mask and positions of one shared-prefix segment of a packed row, in place: a prompt of
+    ``prompt_len`` tokens at ``start`` (causal), then blocks of the given lengths, each
+    attending to the whole prompt and causally to itself (never to another block), its
+    positions continuing the prompt's. ``allowed`` [L, L] and ``positions`` [L] are one row's;
+    ``causal`` a :func:`causal_mask` at least as wide as the longest run. Returns each block's
+    first column. The packed pair layout (blocks: chosen, rejected) and the online groups
+    (blocks: a prompt's k completions, prefopt.models.generation) share it."""
+    prompt = slice(start, start + prompt_len)
+    allowed[prompt, prompt] = causal[:prompt_len, :prompt_len]
+    positions[prompt] = torch.arange(prompt_len, device=positions.device)
+    starts, at = [], start + prompt_len
+    for n in blocks:
+        block = slice(at, at + n)
+        allowed[block, prompt] = True
+        allowed[block, block] = causal[:n, :n]
+        positions[block] = torch.arange(prompt_len, prompt_len + n, device=positions.device)
+        starts.append(at)
+        at += n
+    return starts
+
+
 class PackedPairCollator:
     """Pairs packed with a shared prompt: each pair is ONE segment ``prompt | chosen |
     rejected`` and several segments share a row, so the prompt is computed once per pair (not
@@ -176,7 +210,7 @@ class PackedPairCollator:
         last_index = torch.zeros(2 * b, dtype=torch.long)
         # (flat position that predicts, target id, segment) per scored completion token
         scored: list[tuple[int, int, int]] = []
-        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        causal = causal_mask(width)
         for r, row in enumerate(rows):
             start = 0
             for pair in row:
@@ -184,14 +218,7 @@ class PackedPairCollator:
                 p, c, k = len(prompt), len(chosen), len(rejected)
                 end = start + p + c + k
                 input_ids[r, start:end] = torch.tensor([*prompt, *chosen, *rejected])
-                position_ids[r, start : start + p + c] = torch.arange(p + c)
-                position_ids[r, start + p + c : end] = torch.arange(p, p + k)
-                # prompt + chosen: causal; rejected: the prompt, then causal among itself
-                pc = slice(start, start + p + c)
-                rj = slice(start + p + c, end)
-                allowed[r, pc, pc] = causal[: p + c, : p + c]
-                allowed[r, rj, start : start + p] = True
-                allowed[r, rj, rj] = causal[:k, :k]
+                lay_shared_prefix(allowed[r], position_ids[r], start, p, [c, k], causal)
                 flat = r * width
                 # token t of a completion is predicted at the position before it; the first
                 # rejected token is predicted at the prompt's last position (shared with chosen)

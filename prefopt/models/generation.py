@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
+from prefopt.data.collate import causal_mask, lay_shared_prefix
 from prefopt.models.logps import attention_layout, takes_logits_to_keep, token_logps
 from prefopt.models.quiet import without_log_messages
 
@@ -366,7 +367,7 @@ def shared_prompt_logits(
     ids = torch.zeros((n, span), dtype=sequences.dtype, device=device)
     pos = torch.zeros((n, span), dtype=torch.long, device=device)
     allowed = torch.zeros((n, span, span), dtype=torch.bool, device=device)
-    causal = torch.ones((max(span, 1), max(span, 1)), dtype=torch.bool, device=device).tril()
+    causal = causal_mask(span, device)
     keep = torch.zeros((n, span), dtype=torch.bool, device=device)
     at = torch.zeros((rows, g), dtype=torch.long, device=device)  # flat position into n * span
     for u, (prompt, group) in enumerate(zip(reals, members, strict=True)):
@@ -374,15 +375,9 @@ def shared_prompt_logits(
         if lp == 0:
             raise ValueError("shared-prompt logits need a prompt of at least one token")
         ids[u, :lp] = prompt
-        pos[u, :lp] = torch.arange(lp, device=device)
-        allowed[u, :lp, :lp] = causal[:lp, :lp]
-        for j, r in enumerate(group):
-            start = lp + j * g
-            block = slice(start, start + g)
-            ids[u, block] = sequences[r, prompt_width:]
-            pos[u, block] = torch.arange(lp, lp + g, device=device)
-            allowed[u, block, :lp] = True
-            allowed[u, block, block] = causal[:g, :g]
+        starts = lay_shared_prefix(allowed[u], pos[u], 0, lp, [g] * len(group), causal)
+        for r, start in zip(group, starts, strict=True):
+            ids[u, start : start + g] = sequences[r, prompt_width:]
             # generated token t is predicted at the prompt's last position (t = 0), else at
             # the completion's own position t - 1
             at[r, 0] = u * span + lp - 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -72,13 +74,18 @@ def attention_layout(model: nn.Module, mask: Tensor) -> Tensor:
 
 def takes_logits_to_keep(model: nn.Module) -> bool:
     """Whether the model under any DDP / PEFT wrapper names ``logits_to_keep`` (the wrappers
-    pass keyword arguments through)."""
+    pass keyword arguments through). Asked at every forward: the answer is kept per class."""
     inner: Any = getattr(model, "module", model)  # DDP
     if hasattr(inner, "get_base_model"):  # PEFT
         inner = inner.get_base_model()
+    return _forward_names_logits_to_keep(cast(Hashable, type(inner)))
+
+
+@functools.cache
+def _forward_names_logits_to_keep(cls: Any) -> bool:
     try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
-    except (TypeError, ValueError):
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError, AttributeError):
         return False
 
 
