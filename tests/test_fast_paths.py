@@ -303,3 +303,63 @@ def test_grpo_with_shared_prompts_follows_the_padded_trajectory(tmp_path, tiny_p
     assert_close(
         torch.tensor(losses["packed"]), torch.tensor(losses["padded"]), atol=1e-5, rtol=1e-4
     )
+
+
+def test_train_attention_switches_only_for_the_duration_and_refuses_kernels_without_masks():
+    from prefopt.config import ConfigError, load_recipe
+    from prefopt.models.loading import attention_implementation
+    from prefopt.models.value import ValueModel, zero_head
+
+    policy = GPT2LMHeadModel(config())
+    critic = ValueModel(GPT2LMHeadModel(config()).transformer, zero_head(32))
+    assert policy.config._attn_implementation == "sdpa"
+    with attention_implementation([policy, critic, None], "eager"):
+        assert policy.config._attn_implementation == "eager"
+        assert critic.body.config._attn_implementation == "eager"
+    assert policy.config._attn_implementation == "sdpa"
+    assert critic.body.config._attn_implementation == "sdpa"
+    with attention_implementation([policy], None):  # null: the model's own
+        assert policy.config._attn_implementation == "sdpa"
+    with pytest.raises(ConfigError, match="model.train_attention"):
+        load_recipe("dpo", ["model.train_attention=flash_attention_2"])
+
+
+@pytest.mark.parametrize("recipe", ["dpo", "rm", "ppo", "grpo"])
+def test_eager_training_attention_follows_the_sdpa_trajectory(
+    tmp_path, tiny_pretrained, recipe, monkeypatch
+):
+    from prefopt.trainers.base import Trainer
+
+    seen: list[str] = []  # the attention each training forward ran with
+    step = Trainer.check_finite
+
+    def spy(self, loss, where):
+        seen.append(self.unwrapped().config._attn_implementation)
+        return step(self, loss, where)
+
+    monkeypatch.setattr(Trainer, "check_finite", spy)
+    if recipe in ("dpo", "rm"):
+        common = ["model.name_or_path=null", "trainer.max_steps=4", "trainer.lr=5e-3"]
+        run = {
+            impl: losses(
+                train(
+                    tiny_recipe(recipe, tmp_path / impl, *common, f"model.train_attention={impl}")
+                )[1]
+            )
+            for impl in ("sdpa", "eager")
+        }
+    else:
+        from tests.test_online import online_trainer
+
+        run = {}
+        for impl in ("sdpa", "eager"):
+            trainer = online_trainer(
+                tmp_path / impl, tiny_pretrained, "trainer.max_steps=2", "trainer.batch_size=4",
+                f"model.train_attention={impl}", recipe=recipe,
+            )  # fmt: skip
+            trainer.train()
+            assert trainer.unwrapped().config._attn_implementation == "sdpa"  # back after
+            run[impl] = losses(tmp_path / impl / "run")
+    assert "eager" in seen and "sdpa" in seen
+    assert len(run["eager"]) >= 2
+    assert_close(torch.tensor(run["eager"]), torch.tensor(run["sdpa"]), atol=1e-5, rtol=1e-4)

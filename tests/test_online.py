@@ -282,3 +282,41 @@ def test_at_a_fixed_coefficient_0_no_reference_is_kept_or_run_and_training_is_un
     ]
     kls = [r["objective/kl"] for r in with_ref if "loss" in r]
     assert abs(kls[0]) < 1e-6 and kls[1] != 0.0  # measured: 0 before the first update only
+
+
+def test_one_epoch_of_one_minibatch_takes_the_critics_values_from_its_update(
+    tmp_path, tiny_pretrained, monkeypatch
+):
+    # the critic's rollout forward is left out and its update's forward gives the values (and
+    # so the advantages): the same trajectory as with the rollout forward
+    common = ["trainer.max_steps=3", "loss.epochs=1", "loss.minibatch_size=8"]
+    trainer = online_trainer(tmp_path / "deferred", tiny_pretrained, *common)
+    assert trainer.values_deferred(8) and not trainer.values_deferred(9)
+    calls = []
+    forward = trainer.critic.forward
+    monkeypatch.setattr(
+        trainer.critic, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k)
+    )
+    trainer.train()
+    assert len(calls) == 3  # one critic forward per step: the update's
+    deferred = [r for r in read_metrics(tmp_path / "deferred" / "run") if "loss" in r]
+
+    monkeypatch.setattr(OnlineTrainer, "values_deferred", lambda self, rows: False)
+    plain_trainer = online_trainer(tmp_path / "plain", tiny_pretrained, *common)
+    plain_trainer.train()
+    plain = [r for r in read_metrics(tmp_path / "plain" / "run") if "loss" in r]
+    keys = ("loss", "loss/value", "val/explained_variance", "objective/scores", "objective/kl")
+    assert len(plain) == len(deferred) == 3
+    for a, b in zip(plain, deferred, strict=True):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert plain[-1]["loss/value"] != plain[0]["loss/value"]  # the critic trained
+
+
+def test_deferred_values_need_the_whole_rollout_in_one_minibatch(tmp_path, tiny_pretrained):
+    trainer = online_trainer(tmp_path, tiny_pretrained, "loss.epochs=1", "loss.minibatch_size=8")
+    prompts = [e["prompt"] for e in trainer.train_examples[:8]]
+    rollout, _, _ = trainer.make_rollout(prompts, values_in_update=True)
+    assert rollout.advantages is None and rollout.old_values is None
+    with pytest.raises(Exception, match="one minibatch of all rows"):
+        trainer.update(rollout, torch.arange(4))

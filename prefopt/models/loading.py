@@ -7,8 +7,10 @@ Everything a run saves loads back with plain `transformers` / `peft`: a full mod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -340,6 +342,37 @@ def fuse_activations(model: nn.Module) -> nn.Module:
             if type(child) is NewGELUActivation:
                 setattr(module, name, PytorchGELUTanh())
     return model
+
+
+@contextlib.contextmanager
+def attention_implementation(
+    models: Sequence[nn.Module | None], impl: str | None
+) -> Iterator[None]:
+    """The transformers models inside ``models`` (also under DDP, PEFT or a value model's
+    wrapper) run attention ``impl`` for the duration (transformers' ``set_attn_implementation``,
+    read at every forward), then what each had again. Nothing changes with ``impl`` None."""
+    if impl is None:
+        yield
+        return
+    from transformers import PreTrainedModel as Pretrained
+
+    changed: list[tuple[Any, str]] = []
+    seen: set[int] = set()
+    try:
+        for model in models:
+            for module in model.modules() if model is not None else ():
+                config = getattr(module, "config", None)
+                if not isinstance(module, Pretrained) or id(config) in seen:
+                    continue
+                seen.add(id(config))
+                before = cast(Any, config)._attn_implementation
+                if before != impl:
+                    module.set_attn_implementation(impl)
+                    changed.append((module, before))
+        yield
+    finally:
+        for module, before in reversed(changed):
+            module.set_attn_implementation(before)
 
 
 def disable_dropout(model: nn.Module) -> None:

@@ -59,7 +59,8 @@ def attention_layout(model: nn.Module, mask: Tensor) -> Tensor:
     """A packed batch's boolean [R, 1, L, L] mask in the form the model's attention takes: as
     it is for SDPA, additive (0 / most negative) for eager attention. Kernels that take no
     arbitrary mask (flash attention) cannot run the packed layout."""
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") or "sdpa"
+    inner: Any = getattr(model, "module", model)  # DDP: the wrapped model's config
+    impl = getattr(getattr(inner, "config", None), "_attn_implementation", "sdpa") or "sdpa"
     if impl == "sdpa":
         return mask
     if impl == "eager":

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.models.generation import position_ids
-from prefopt.models.loading import disable_dropout
+from prefopt.models.loading import disable_dropout, fuse_activations
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -75,6 +75,7 @@ def value_model_from_reward_model(path: str | Path) -> ValueModel:
         head.bias.copy_(score.bias.float() if score.bias is not None else torch.zeros(1))
     model = ValueModel(rm.base_model, head)
     disable_dropout(model)
+    fuse_activations(model)
     return model
 
 
@@ -85,6 +86,7 @@ def value_model_from_policy(path: str | Path) -> ValueModel:
     body = AutoModel.from_pretrained(str(path))
     model = ValueModel(body, zero_head(_hidden_size(body.config)))
     disable_dropout(model)
+    fuse_activations(model)
     return model
 
 

@@ -42,6 +42,7 @@ RUNTIME_ONLY_KEYS = (
     # the packed and padded layouts compute the same log-probs (up to float rounding)
     "data.layout",
     "data.pack_length",
+    "model.train_attention",
 )
 
 

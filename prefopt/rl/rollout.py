@@ -24,7 +24,9 @@ class Rollout:
         sampling temperature).
     ref_logps: [R, T-1] the same under the reference.
     old_values: [R, T-1] the critic's values at rollout time, or None (critic-free).
-    advantages: [R, T-1] per-token advantages (0 off the mask).
+    advantages: [R, T-1] per-token advantages (0 off the mask); None until the first update
+        when the critic's values are taken from that update's forward (``old_values`` None
+        too until then; OnlineTrainer.values_deferred).
     returns: [R, T-1] the critic's targets (GAE's A + V), or None (critic-free).
     scores: [R] the scorer's scores after the EOS penalty, clipping and normalisation.
     penalty: [R, T-1] the regulariser's per-token penalty.
@@ -42,7 +44,7 @@ class Rollout:
     old_logps: Tensor
     ref_logps: Tensor
     old_values: Tensor | None
-    advantages: Tensor
+    advantages: Tensor | None
     returns: Tensor | None
     scores: Tensor
     penalty: Tensor

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from prefopt.config import Recipe
 from prefopt.losses.base import LossOutput
+from prefopt.models.loading import attention_implementation
 from prefopt.trainers import engines
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -285,6 +286,15 @@ class Trainer:
         micro-batches of ``compute_loss``, then one optimiser step. The online trainer
         overrides it (a rollout, then several optimiser steps on it)."""
         epoch = self._last_epoch
+        with attention_implementation([self.model], self.recipe.model.train_attention):
+            epoch = self._accumulate(window, epoch)
+        grad_norm = self._optimizer_step()
+        if grad_norm is not None:
+            window["grad_norm"].append(grad_norm)
+        return epoch
+
+    def _accumulate(self, window: dict[str, list[float]], epoch: int) -> int:
+        """The ``grad_accum`` micro-batches of one step: losses and backward passes."""
         for micro in range(self.cfg.grad_accum):
             epoch, batch = self.micro_batch(self.step * self.cfg.grad_accum + micro)
             if epoch != self._last_epoch:
@@ -308,9 +318,6 @@ class Trainer:
             window["loss"].append(self._global_mean(loss.detach()))
             for name, value in out.metrics.items():
                 window[name].append(self._global_mean(value.float().mean()))
-        grad_norm = self._optimizer_step()
-        if grad_norm is not None:
-            window["grad_norm"].append(grad_norm)
         return epoch
 
     def check_finite(self, loss: Tensor, where: str) -> None:

@@ -48,6 +48,7 @@ from prefopt.models.generation import (
     rollout_token_logps,
     shared_prompt_logits,
 )
+from prefopt.models.loading import attention_implementation
 from prefopt.models.logps import takes_logits_to_keep, token_logps
 from prefopt.models.value import (
     SharedValueHead,
@@ -302,19 +303,42 @@ class OnlineTrainer(PolicyTrainer):
 
     def training_step(self, window: dict[str, list[float]]) -> int:
         epoch, batch = self.micro_batch(self.step)
-        rollout, _, metrics = self.make_rollout(cast(list[str], batch["prompts"]))
+        rollout, _, metrics = self.make_rollout(
+            cast(list[str], batch["prompts"]), values_in_update=True
+        )
         for name, value in metrics.items():
             window[name].append(value)
-        for name, values in self.optimise(rollout).items():
+        models = [self.model, self.critic]
+        with attention_implementation(models, self.recipe.model.train_attention):
+            optimised = self.optimise(rollout)
+        for name, values in optimised.items():
             window[name].extend(values)
         self.scheduler.step()
         self.kl_ctl.update(float(rollout.kl.mean()), n_steps=rollout.size)
         return epoch
 
+    def values_deferred(self, rows: int) -> bool:
+        """A separate critic, one epoch, one minibatch of all ``rows``: the critic's values
+        before its only update are those its rollout forward would compute, so that forward is
+        left out and the update's own forward gives them (:meth:`settle_advantages`); the same
+        numbers up to float rounding (tests/test_online.py)."""
+        loss = self.recipe.loss
+        return (
+            self.critic is not None
+            and self.recipe.advantage.name == "gae"
+            and loss.epochs == 1
+            and loss.minibatch_size >= rows
+        )
+
     @torch.no_grad()
-    def make_rollout(self, prompts: list[str]) -> tuple[Rollout, Samples, dict[str, float]]:
+    def make_rollout(
+        self, prompts: list[str], values_in_update: bool = False
+    ) -> tuple[Rollout, Samples, dict[str, float]]:
         """Sample, score and turn into advantages one batch of prompts; returns the rollout,
-        the samples it came from (text and ids) and its metrics."""
+        the samples it came from (text and ids) and its metrics. With ``values_in_update``
+        (the training loop, whose next update covers the whole rollout) and
+        :meth:`values_deferred`, the critic's values and the advantages are left to that update
+        (``advantages`` None)."""
         cfg = self.recipe
         policy = self.unwrapped()
         # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
@@ -346,9 +370,9 @@ class OnlineTrainer(PolicyTrainer):
                 )
         else:  # coefficient 0: no reference forward; the penalty is 0 and the KL not measured
             ref_logps = old_logps
-        if self.critic is not None:
-            with self.accelerator.autocast():
-                old_values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
+        deferred = values_in_update and self.values_deferred(seq.shape[0])
+        if self.critic is not None and not deferred:
+            old_values = self.critic_values(seq, attn)
         raw = self.scorer_scores(samples)
         scores = self.scores(samples, raw).to(device)
         raw = raw.to(device)
@@ -359,7 +383,9 @@ class OnlineTrainer(PolicyTrainer):
         rows = torch.arange(seq.shape[0], device=device)
         token_rewards = -coef * penalty if in_reward else torch.zeros_like(penalty)
         token_rewards[rows, last] += scores
-        advantages, returns = self.advantages(scores, token_rewards, old_values, mask)
+        advantages, returns = (
+            (None, None) if deferred else self.advantages(scores, token_rewards, old_values, mask)
+        )
         kl = (kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1)  # [R] sequence KL (k1)
         metrics = {
             "objective/kl_coef": float(coef),
@@ -444,6 +470,13 @@ class OnlineTrainer(PolicyTrainer):
                     self._last_entropy = pad_columns(entropy_from_logits(logits.detach()), first)
         return logps, values
 
+    def critic_values(self, seq: Tensor, attn: Tensor) -> Tensor:
+        """[R, T-1] the separate critic's values (column j: after token j), under the run's
+        autocast like the policy."""
+        assert self.critic is not None
+        with self.accelerator.autocast():
+            return self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
+
     def advantages(
         self, scores: Tensor, token_rewards: Tensor, values: Tensor | None, mask: Tensor
     ) -> tuple[Tensor, Tensor | None]:
@@ -489,6 +522,12 @@ class OnlineTrainer(PolicyTrainer):
     def update(self, rollout: Rollout, idx: Tensor) -> dict[str, float]:
         """One optimiser step on the minibatch ``idx`` of ``rollout``; returns its metrics."""
         seq, attn, mask = rollout.sequences[idx], rollout.attention_mask[idx], rollout.mask[idx]
+        critic_values = None
+        if rollout.advantages is None:  # deferred: this minibatch is the whole rollout
+            assert self.critic is not None
+            critic_values = self.critic_values(seq, attn)
+            self.settle_advantages(rollout, idx, critic_values.detach())
+        assert rollout.advantages is not None
         logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
         out = self.loss_fn(logps, rollout.old_logps[idx], rollout.advantages[idx], mask)
         loss = out.loss
@@ -502,9 +541,10 @@ class OnlineTrainer(PolicyTrainer):
         if rollout.returns is not None:
             assert rollout.old_values is not None
             returns, old_values = rollout.returns[idx], rollout.old_values[idx]
-            if self.critic is not None:
-                with self.accelerator.autocast():
-                    values = self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
+            if critic_values is not None:
+                values = critic_values
+            elif self.critic is not None:
+                values = self.critic_values(seq, attn)
             assert values is not None
             vout = self.loss_fn.value_loss(values, old_values, returns, mask)
             metrics["loss/value"] = float(vout.loss.detach())
@@ -526,6 +566,18 @@ class OnlineTrainer(PolicyTrainer):
             metrics["grad_norm"] = norm
         metrics["loss"] = float(loss.detach())
         return metrics
+
+    def settle_advantages(self, rollout: Rollout, idx: Tensor, values: Tensor) -> None:
+        """A deferred rollout's values (the critic's, on the rows ``idx``: all of them, in any
+        order) and its advantages and returns, filled in place."""
+        if not torch.equal(idx.sort().values.cpu(), torch.arange(rollout.size)):
+            raise TrainingError("a rollout with deferred values needs one minibatch of all rows")
+        full = torch.empty_like(rollout.mask)
+        full[idx] = values.to(full.dtype)
+        rollout.old_values = full
+        rollout.advantages, rollout.returns = self.advantages(
+            rollout.scores, rollout.token_rewards, full, rollout.mask
+        )
 
     def _critic_step(self, loss: Tensor) -> None:
         assert self.critic is not None and self.critic_optimizer is not None
