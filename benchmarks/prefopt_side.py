@@ -198,8 +198,8 @@ def _count_online(trainer: Any) -> list[dict[str, int]]:
     seen: list[dict[str, int]] = []
     make = trainer.make_rollout
 
-    def counted(prompts: list[str]) -> Any:
-        rollout, samples, metrics = make(prompts)
+    def counted(prompts: list[str], **kwargs: Any) -> Any:
+        rollout, samples, metrics = make(prompts, **kwargs)
         attention = samples.attention_mask if hasattr(samples, "attention_mask") else None
         completion = getattr(samples, "completion_mask", None)
         seen.append(

@@ -220,6 +220,8 @@ Written by `make bench` (`python -m benchmarks.run`) on {meta["date"]}; do not e
 {fast_prefopt}
   TRL (`TRL_FAST`):
 {fast_trl}
+  Measured and not taken:
+{chr(10).join(f"  - {x}" for x in S.NOT_TAKEN)}
 
 ## Best against best
 

@@ -42,12 +42,18 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     prompts = [lines[i]["prompt"] for i in job["order"]]
     data = Dataset.from_list([{"input_ids": tokenizer(p)["input_ids"]} for p in prompts])
 
+    fast = dict(S.TRL_FAST["ppo"]) if job["setting"] == "fastest" else {}
+    # the models' attention implementation ("attn_implementation" in TRL_FAST: not a PPOConfig
+    # field; TRL 0.29's PPO takes the models it is given)
+    attention = {"attn_implementation": fast.pop("attn_implementation")} if (
+        "attn_implementation" in fast) else {}  # fmt: skip
+
     def causal(path: str) -> Any:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **attention)
 
     def scalar(path: str) -> Any:
         return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=torch.float32
+            path, num_labels=1, dtype=torch.float32, **attention
         )
 
     args: dict[str, Any] = dict(
@@ -78,8 +84,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         bf16=False,
         disable_tqdm=True,
     )
-    if job["setting"] == "fastest":
-        args.update(S.TRL_FAST["ppo"])
+    args.update(fast)
     counts: list[dict[str, int]] = []
     original = ppo_module.get_reward
     reward_model = scalar(a["reward_model"])

@@ -89,9 +89,10 @@ class ModelConfig:
     # the attention implementation of the forwards that backpropagate (a DPO or reward-model
     # step, the policy's and the critic's PPO updates); every other forward (generation, the
     # reference, the scorer, the rollout's log-probs) keeps the model's own. "eager": on CPU
-    # the bf16 SDPA (flash) backward is the slowest kernel of a small model's step, eager
-    # attention trains ~15-20% faster per forward and backward (docs/performance.md), the same
-    # numbers up to float rounding. null: the model's own (sdpa) everywhere.
+    # the bf16 SDPA (flash) backward is the slowest kernel of PPO's padded updates, and eager
+    # attention trains them ~15-20% faster (not the packed rows of DPO / RM / GRPO: slower
+    # there, and more memory; docs/performance.md); the same numbers up to float rounding.
+    # null: the model's own (sdpa) everywhere.
     train_attention: str | None = None
 
 
