@@ -150,7 +150,7 @@ class PackedPairCollator:
     rejected tokens attend to the prompt and to themselves, never to the chosen ones, and their
     positions restart where the prompt ends -- so every completion sees exactly the context it
     sees in its own padded row, and its log-probabilities are the same up to float rounding
-    (tests/test_packing.py). Segments are placed first-fit-decreasing into rows of at most
+    (tests/test_fast_paths.py). Segments are placed first-fit-decreasing into rows of at most
     ``row_length`` tokens (a longer segment gets a row of its own); rows are right-padded to the
     longest row, and a padding position attends only to itself (no softmax over nothing).
 

@@ -59,8 +59,8 @@ def attention_layout(model: nn.Module, mask: Tensor) -> Tensor:
     """A packed batch's boolean [R, 1, L, L] mask in the form the model's attention takes: as
     it is for SDPA, additive (0 / most negative) for eager attention. Kernels that take no
     arbitrary mask (flash attention) cannot run the packed layout."""
-    inner: Any = getattr(model, "module", model)  # DDP: the wrapped model's config
-    impl = getattr(getattr(inner, "config", None), "_attn_implementation", "sdpa") or "sdpa"
+    config = getattr(_inner_model(model), "config", None)
+    impl = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
     if impl == "sdpa":
         return mask
     if impl == "eager":
@@ -76,10 +76,13 @@ def attention_layout(model: nn.Module, mask: Tensor) -> Tensor:
 def takes_logits_to_keep(model: nn.Module) -> bool:
     """Whether the model under any DDP / PEFT wrapper names ``logits_to_keep`` (the wrappers
     pass keyword arguments through). Asked at every forward: the answer is kept per class."""
+    return _forward_names_logits_to_keep(cast(Hashable, type(_inner_model(model))))
+
+
+def _inner_model(model: nn.Module) -> Any:
+    """The transformers model under a DDP and / or PEFT wrapper."""
     inner: Any = getattr(model, "module", model)  # DDP
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    return _forward_names_logits_to_keep(cast(Hashable, type(inner)))
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
 
 
 @functools.cache

@@ -72,7 +72,7 @@ def adamw_kernel(accelerator: Any, params: Sequence[Tensor]) -> dict[str, bool]:
     tensor, CPU and CUDA) where the engine leaves the parameters as plain tensors (single
     process or DDP); otherwise torch's default. On CPU torch's default is the per-tensor loop,
     which took about a fifth of a GPT-2 DPO step (docs/performance.md); fused computes the same
-    update up to float rounding (tests/test_packing.py)."""
+    update up to float rounding (tests/test_fast_paths.py)."""
     plain = engine_of(accelerator) in ("single", "ddp") and all(
         type(p) is torch.nn.Parameter and p.is_floating_point() and p.device.type in ("cpu", "cuda")
         for p in params

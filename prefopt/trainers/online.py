@@ -323,12 +323,7 @@ class OnlineTrainer(PolicyTrainer):
         left out and the update's own forward gives them (:meth:`settle_advantages`); the same
         numbers up to float rounding (tests/test_online.py)."""
         loss = self.recipe.loss
-        return (
-            self.critic is not None
-            and self.recipe.advantage.name == "gae"
-            and loss.epochs == 1
-            and loss.minibatch_size >= rows
-        )
+        return self.critic is not None and loss.epochs == 1 and loss.minibatch_size >= rows
 
     @torch.no_grad()
     def make_rollout(
@@ -522,10 +517,9 @@ class OnlineTrainer(PolicyTrainer):
     def update(self, rollout: Rollout, idx: Tensor) -> dict[str, float]:
         """One optimiser step on the minibatch ``idx`` of ``rollout``; returns its metrics."""
         seq, attn, mask = rollout.sequences[idx], rollout.attention_mask[idx], rollout.mask[idx]
-        critic_values = None
+        critic_values = self.critic_values(seq, attn) if self.critic is not None else None
         if rollout.advantages is None:  # deferred: this minibatch is the whole rollout
-            assert self.critic is not None
-            critic_values = self.critic_values(seq, attn)
+            assert critic_values is not None
             self.settle_advantages(rollout, idx, critic_values.detach())
         assert rollout.advantages is not None
         logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
@@ -541,10 +535,7 @@ class OnlineTrainer(PolicyTrainer):
         if rollout.returns is not None:
             assert rollout.old_values is not None
             returns, old_values = rollout.returns[idx], rollout.old_values[idx]
-            if critic_values is not None:
-                values = critic_values
-            elif self.critic is not None:
-                values = self.critic_values(seq, attn)
+            values = critic_values if critic_values is not None else values  # else: shared head
             assert values is not None
             vout = self.loss_fn.value_loss(values, old_values, returns, mask)
             metrics["loss/value"] = float(vout.loss.detach())
