@@ -17,6 +17,7 @@ import difflib
 import importlib
 import math
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,6 +322,67 @@ OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: settings that change how a run goes (speed, memory) or what it checks, never what it learns
+RUNTIME_ONLY_KEYS = (
+    "rollout.gather_zero3_weights",
+    "data.max_unknown_fraction",
+    # the packed and padded layouts compute the same log-probs (up to float rounding)
+    "data.layout",
+    "data.pack_length",
+    "model.train_attention",
+)
+
+#: what a resumed run may change against the recipe stored in its folder: how long it runs,
+#: where and how it reports and evaluates (``eval.*``), and RUNTIME_ONLY_KEYS; any other
+#: difference (the algorithm, the model, the data, a learning rate) would continue one run's
+#: checkpoint as another run, so ``resume`` refuses it
+RESUMABLE_CHANGES = (
+    "name",
+    "description",
+    "output_dir",
+    "resume",
+    "trainer.max_steps",
+    "trainer.log_every",
+    "trainer.eval_every",
+    "trainer.save_every",
+    "trainer.keep_checkpoints",
+    "trainer.report_to",
+    "trainer.progress_bar",
+    "trainer.device",
+    "eval.",
+    *RUNTIME_ONLY_KEYS,
+)
+
+
+def recipe_differences(stored: Recipe, new: Recipe, allowed: tuple[str, ...] = ()) -> list[str]:
+    """``key: stored -> new`` for every setting that differs between two recipes, except the
+    keys in ``allowed`` (a key ending in ``.`` allows its whole section)."""
+
+    def flat(recipe: Recipe) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        def walk(value: Any, prefix: str) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix.rstrip(".")] = value
+
+        walk(dataclasses.asdict(recipe), "")
+        return out
+
+    before, after = flat(stored), flat(new)
+
+    def free(key: str) -> bool:
+        return any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed)
+
+    return [
+        f"{key}: {before.get(key, '(absent)')!r} -> {after.get(key, '(absent)')!r}"
+        for key in sorted(before.keys() | after.keys(), key=lambda k: (k != "loss.name", k))
+        if not free(key) and before.get(key, "(absent)") != after.get(key, "(absent)")
+    ]
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -416,12 +478,73 @@ def validate_recipe(recipe: Any) -> Recipe:
     returns the validated copy. Raises ConfigError."""
     if not isinstance(recipe, Recipe):
         raise ConfigError([f"expected a Recipe (prefopt.load_recipe), got {type(recipe).__name__}"])
+    # what Python allows and YAML cannot express: an attribute no field declares (a typo such
+    # as ``recipe.loss.betta``, which ``asdict`` would drop) and a value of the wrong type
+    # (``max_steps = "3"``, which OmegaConf would quietly convert)
+    problems = _attribute_problems(recipe)
+    if problems:
+        raise ConfigError(problems)
     try:
         node = OmegaConf.create(dataclasses.asdict(recipe))
     except OmegaConfBaseException as exc:
         raise ConfigError([f"recipe: {exc}"]) from None
     assert isinstance(node, DictConfig)
     return recipe_from_node(node, recipe.name or "recipe")
+
+
+def _attribute_problems(obj: Any, prefix: str = "") -> list[str]:
+    """Attributes set in Python that no field of the section declares, and field values whose
+    Python type the field's annotation does not admit, by full key."""
+    problems: list[str] = []
+    names = [f.name for f in dataclasses.fields(obj)]
+    where = prefix.rstrip(".") or "the top level"
+    for attribute in vars(obj):
+        if attribute not in names:
+            close = difflib.get_close_matches(attribute, names, n=3, cutoff=0.6)
+            hint = (
+                f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+            )
+            problems.append(
+                f"unknown key {prefix + attribute!r}{hint} (valid keys under {where}: "
+                f"{', '.join(names)})"
+            )
+    hints = typing.get_type_hints(type(obj))
+    for name in names:
+        value, key = getattr(obj, name), prefix + name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            problems += _attribute_problems(value, key + ".")
+        elif not _admits(hints.get(name, Any), value):
+            expected = str(hints[name]).replace("typing.", "").replace("<class '", "")
+            expected = expected.replace("'>", "")
+            problems.append(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})")
+    return problems
+
+
+def _admits(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` has a Python type the annotation allows (an int where a float is
+    declared, as YAML and OmegaConf allow; never a bool for a number or a str for either)."""
+    if annotation is Any:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits(arg, value) for arg in args)
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if dataclasses.is_dataclass(annotation):
+        return dataclasses.is_dataclass(value)
+    return True  # annotations this check does not model are left to the schema merge
 
 
 def read_recipe_node(name_or_path: str | Path) -> DictConfig:
@@ -839,6 +962,9 @@ __all__ = [
     "read_recipe_node",
     "recipe_from_node",
     "validate_recipe",
+    "recipe_differences",
+    "RESUMABLE_CHANGES",
+    "RUNTIME_ONLY_KEYS",
     "Recipe",
     "load_recipe",
     "list_recipes",

@@ -8,8 +8,13 @@ the main process (rank 0), the only one that prints progress and writes shared f
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 RUNS_DIR = Path("runs")
@@ -90,3 +95,62 @@ def single_process_environment() -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in LAUNCH_VARIABLES and not k.startswith(LAUNCH_PREFIXES)
     }
+
+
+class FolderInUse(RuntimeError):
+    """Another process holds the lock of a folder; the message says which process."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path, on_busy: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold ``lock_file`` exclusively (an ``fcntl`` lock) for the ``with`` block.
+
+    When another process holds it: with ``on_busy`` unset, raise :class:`FolderInUse` at once
+    naming the holder; else call ``on_busy(holder)`` and wait. The kernel releases the lock of
+    a process that dies, however it dies, so a lock left by a crash is never stale: the file
+    may remain, but the next process takes it at once. The holder (pid, host, start time,
+    command) is written into the file for the message."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            if on_busy is None:
+                raise FolderInUse(holder) from None
+            on_busy(holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+        handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({command[:200]})\n"
+        )
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+RUN_LOCK = ".prefopt.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """A run folder belongs to one run: the main process of a run holds ``<run_dir>/.prefopt.lock``
+    while it trains, and a second run asking for the same folder fails at once (FolderInUse).
+    The other processes of a launch share their main process's folder and take no lock."""
+    if not is_main_process():
+        yield
+        return
+    try:
+        with exclusive_lock(run_dir / RUN_LOCK):
+            yield
+    except FolderInUse as exc:
+        raise FolderInUse(
+            f"{run_dir} is in use by another run ({exc}); wait for it to finish, or choose "
+            "another output_dir"
+        ) from None

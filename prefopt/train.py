@@ -6,8 +6,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prefopt.config import Recipe, save_recipe
-from prefopt.paths import run_dir_for
+from prefopt.config import (
+    RESUMABLE_CHANGES,
+    ConfigError,
+    Recipe,
+    load_recipe,
+    recipe_differences,
+    save_recipe,
+)
+from prefopt.paths import FolderInUse, run_dir_for, run_folder_lock
 from prefopt.registry import get_loss
 
 
@@ -47,19 +54,34 @@ def train(
     directory). Its model names must be folders or hub names: ``world:sft`` and the other
     pipeline names are resolved by :func:`prefopt.pipeline.run.train` (what ``prefopt.train``
     and ``prefopt train`` call); ``saved`` is the recipe written to ``recipe.yaml`` (default:
-    `recipe`), the unresolved one there. A fresh run (no `resume`) refuses a folder that
-    already holds checkpoints, so a later `resume: auto` can never pick up weights of another
-    run."""
-    from prefopt.trainers.base import TrainingError, list_checkpoints
+    `recipe`), the unresolved one there.
+
+    The folder belongs to one run: its lock makes a second run asking for it fail at once. A
+    fresh run (no `resume`) refuses a folder that already holds checkpoints, so a later
+    `resume: auto` can never pick up weights of another run; a resumed one must be the run
+    stored in the folder (:func:`check_same_run`). Both checks come before any model loads
+    and before anything in the folder is written."""
+    from prefopt.trainers.base import TrainingError
 
     run_dir = run_dir or run_directory(recipe)
+    created = not run_dir.exists()
+    try:
+        with run_folder_lock(run_dir):
+            return _train_locked(recipe, run_dir, saved or recipe, created), run_dir
+    except FolderInUse as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def _train_locked(recipe: Recipe, run_dir: Path, saved: Recipe, created: bool) -> dict[str, Any]:
+    from prefopt.trainers.base import TrainingError, list_checkpoints
+
     if recipe.resume is None and list_checkpoints(run_dir):
         raise TrainingError(
             f"{run_dir} already holds checkpoints of an earlier run: set resume=auto to continue "
             "it, or choose another output_dir"
         )
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if recipe.resume is not None:
+        check_same_run(run_dir, saved, recipe.resume)
     try:
         trainer = trainer_class(recipe)(recipe, run_dir)
         trainer.resume_checkpoint()  # a resume that cannot work fails before the recipe is written
@@ -67,5 +89,37 @@ def train(
         if created:  # nothing was trained: leave no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    save_recipe(saved or recipe, run_dir / "recipe.yaml")
-    return trainer.train(), run_dir
+    save_recipe(saved, run_dir / "recipe.yaml")
+    return trainer.train()
+
+
+def check_same_run(run_dir: Path, recipe: Recipe, resume: str) -> None:
+    """A resume continues the run stored beside its checkpoint: refuse a recipe that differs
+    from that run's ``recipe.yaml`` in anything but :data:`RESUMABLE_CHANGES` (naming each
+    difference). Without a stored recipe there is nothing to compare (the checkpoint checks
+    still apply)."""
+    from prefopt.trainers.base import TrainingError
+
+    source = run_dir if resume == "auto" else Path(resume)
+    stored_file = next(
+        (p / "recipe.yaml" for p in (source, source.parent) if (p / "recipe.yaml").is_file()),
+        None,
+    )
+    if stored_file is None:
+        return
+    try:
+        stored = load_recipe(stored_file)
+    except ConfigError as exc:
+        raise TrainingError(
+            f"resume: the run's stored recipe {stored_file} no longer loads ({exc.problems[0]}); "
+            "continue it with the prefopt version that wrote it, or start a new output_dir"
+        ) from None
+    differences = recipe_differences(stored, recipe, RESUMABLE_CHANGES)
+    if differences:
+        shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
+        raise TrainingError(
+            f"resume: {stored_file.parent} holds another run ({stored.name}): the recipe differs "
+            f"in {len(differences)} setting(s) a resume may not change ({shown}). Resume it with "
+            f"its own recipe (prefopt train {stored_file} resume=auto output_dir="
+            f"{stored_file.parent}), or train this one in another output_dir"
+        )

@@ -19,7 +19,6 @@ training it again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -29,22 +28,17 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.config import Recipe
-from prefopt.paths import cache_dir, launched_processes, say, single_process_environment
+from prefopt.config import RUNTIME_ONLY_KEYS, Recipe
+from prefopt.paths import (
+    cache_dir,
+    exclusive_lock,
+    launched_processes,
+    say,
+    single_process_environment,
+)
 from prefopt.world.config import WORLD_FORMAT_VERSION
 
 SUMMARY = "summary.json"
-
-#: settings that change how a stage runs (speed, memory) or what it checks, never what it learns
-RUNTIME_ONLY_KEYS = (
-    "rollout.gather_zero3_weights",
-    "data.max_unknown_fraction",
-    # the packed and padded layouts compute the same log-probs (up to float rounding)
-    "data.layout",
-    "data.pack_length",
-    "model.train_attention",
-)
-
 
 #: Settings added to the recipe after stages were first cached, at the value that does what
 #: every stage did before they existed: left out of the identity at that value, so adding an
@@ -97,17 +91,12 @@ def read_summary(folder: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def stage_lock(folder: Path, label: str) -> Iterator[None]:
     """Hold ``<folder>.lock`` exclusively; says so when another process holds it."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(folder.name + ".lock"), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for another process to finish {label} ({folder})")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def waiting(holder: str) -> None:
+        say(f"waiting for another process to finish {label} ({folder}; held by {holder})")
+
+    with exclusive_lock(folder.with_name(folder.name + ".lock"), on_busy=waiting):
+        yield
 
 
 def run_once(
