@@ -126,6 +126,12 @@ class DataConfig:
     max_length: int = 96
     max_prompt_length: int = 48
     on_bad_row: str = "skip"  # "skip": count and report; "error": stop naming the row
+    # a row with a field longer than this (characters, before tokenization) is a bad row:
+    # one huge row must not exhaust memory; far above any real row (HH-RLHF's longest ~14k)
+    max_field_chars: int = 1_000_000
+    # a row whose prompt is blank is a bad row (empty_prompt) unless this is true: in
+    # preference and SFT data a missing prompt is nearly always a column or parsing mistake
+    allow_empty_prompt: bool = False
     # refuse data whose tokens (of the first 1000 rows) are more than this share unknown to the
     # tokenizer: English text with the world's tokenizer would train on nothing but <unk>
     max_unknown_fraction: float = 0.2
@@ -831,6 +837,8 @@ def _check_ranges(recipe: Recipe) -> list[str]:
             "reference.name_or_path is set but reference.mode is adapter (the policy's own base "
             "with the adapter disabled): use mode copy or cached for a separate reference"
         )
+    if recipe.data.max_field_chars < 1:
+        problems.append(f"data.max_field_chars must be >= 1, got {recipe.data.max_field_chars}")
     if recipe.data.pack_length is not None and recipe.data.pack_length < 1:
         problems.append(f"data.pack_length must be >= 1 or null, got {recipe.data.pack_length}")
     if recipe.data.max_prompt_length >= recipe.data.max_length:

@@ -115,6 +115,8 @@ def evaluate_armorm(recipe: Any, model_dir: Path) -> dict[str, Any]:
             max_rows=data.max_eval_rows,
             on_bad_row=data.on_bad_row,
             tokenizer=scorer.features.tokenizer,
+            max_field_chars=data.max_field_chars,
+            allow_empty_prompt=data.allow_empty_prompt,
         )
     if not records:
         raise ConfigError(["no held-out pairs to evaluate (data.eval_split / data.eval_source)"])

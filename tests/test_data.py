@@ -515,6 +515,7 @@ def test_bad_rows_merge_dict_and_report():
         "total": 5,
         "by_reason": {"empty_chosen": 4, "hh_prompt_mismatch": 1},
         "examples": {"empty_chosen": [0, 1], "hh_prompt_mismatch": [11]},
+        "truncated": 0,
     }
     report = a.report("data.jsonl")
     assert "dropped 5 bad row(s) from data.jsonl" in report

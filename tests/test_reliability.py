@@ -12,7 +12,7 @@ import pytest
 from prefopt.config import ConfigError, load_recipe, validate_recipe
 from prefopt.pipeline.run import train
 from prefopt.trainers.base import TrainingError
-from tests.conftest import read_metrics, tiny_recipe
+from tests.conftest import REPO, TINY, read_metrics, tiny_recipe
 
 DPO = ["model.name_or_path=null", "trainer.max_steps=2"]
 
@@ -161,3 +161,144 @@ def test_max_steps_0_is_documented_as_the_baseline_it_is():
     assert load_recipe("dpo", ["trainer.max_steps=0"]).trainer.max_steps == 0
     with pytest.raises(ConfigError, match="trainer.max_steps must be >= 0"):
         load_recipe("dpo", ["trainer.max_steps=-1"])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _world_tokenizer():
+    from prefopt.config import load_recipe
+    from prefopt.world import build_world
+
+    return build_world(load_recipe("dpo", TINY).world).tokenizer()
+
+
+def _write_jsonl(path, rows) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+GOOD_ROW = {"prompt": "a question", "chosen": "a good answer", "rejected": "a bad one"}
+
+
+def test_a_200_mb_row_is_a_counted_bad_row_read_in_bounded_memory(tmp_path):
+    """The 200 MB row is never tokenized: its field is over data.max_field_chars. Measured in a
+    child process: its peak memory stays under 1.5 GB (the row itself is 200 MB; before the
+    bound a 10 MB row alone took 2.8 GB to tokenize, a 200 MB one got the process killed)."""
+    path = tmp_path / "pairs.jsonl"
+    with path.open("w") as f:
+        f.write('{"prompt": "p", "chosen": "' + "word " * 40_000_000 + '", "rejected": "no"}\n')
+        f.write('{"prompt": "p", "chosen": "yes", "rejected": "no"}\n')
+    code = (
+        "import resource, sys\n"
+        "from prefopt.data import load_records, tokenize_preference\n"
+        "from tests.test_reliability import _world_tokenizer\n"
+        "tok = _world_tokenizer()\n"
+        "records, bad = load_records(sys.argv[1], tokenizer=tok)\n"
+        "examples = tokenize_preference(records, tok, max_length=96, max_prompt_length=48)\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print(len(examples), bad.as_dict()['by_reason'], round(peak))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    head, _, peak = result.stdout.strip().rpartition(" ")
+    kept, _, reasons = head.partition(" ")
+    peak_mb = int(peak)
+    assert kept == "1" and reasons == "{'field_too_long:chosen': 1}", result.stdout
+    assert peak_mb < 1536, f"peak {peak_mb} MB"
+
+
+def test_max_field_chars_is_a_setting_and_counts_messages_too(tmp_path):
+    from prefopt.data import load_records
+
+    rows = [
+        GOOD_ROW,
+        {"prompt": "p", "chosen": "x" * 101, "rejected": "no"},
+        {"prompt": [{"role": "user", "content": "y" * 60}, {"role": "user", "content": "y" * 60}],
+         "chosen": "ok", "rejected": "no"},
+    ]  # fmt: skip
+    source = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    records, bad = load_records(source, max_field_chars=100)
+    assert [r["index"] for r in records] == [0]
+    assert bad.as_dict()["by_reason"] == {"field_too_long:chosen": 1, "field_too_long:prompt": 1}
+    records, bad = load_records(source, max_field_chars=200)
+    assert len(records) == 3 and bad.total == 0
+
+
+def test_every_row_truncated_is_counted_and_reported(tmp_path):
+    from prefopt.data import BadRows, load_records, tokenize_preference
+
+    tok = _world_tokenizer()
+    long_words = " ".join(["answer"] * 200)
+    rows = [{"prompt": "question", "chosen": long_words, "rejected": "no"}] * 3
+    records, bad = load_records(_write_jsonl(tmp_path / "long.jsonl", rows), tokenizer=tok)
+    examples = tokenize_preference(records, tok, max_length=16, max_prompt_length=8, bad_rows=bad)
+    assert len(examples) == 3 and bad.total == 0
+    assert (bad.truncated, bad.kept) == (3, 3) and bad.as_dict()["truncated"] == 3
+    assert "truncated 3 of 3 kept row(s)" in bad.report() and "every row" in bad.report()
+    # a row that fits is not counted
+    fresh = BadRows()
+    tokenize_preference(records[:1], tok, max_length=400, max_prompt_length=8, bad_rows=fresh)
+    assert (fresh.truncated, fresh.kept, fresh.noteworthy) == (0, 1, False)
+
+
+def test_empty_prompts_are_bad_rows_unless_allowed(tmp_path):
+    from prefopt.data import load_records
+
+    rows = [GOOD_ROW, {**GOOD_ROW, "prompt": ""}, {**GOOD_ROW, "prompt": "  \n"}]
+    source = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    records, bad = load_records(source)
+    assert len(records) == 1 and bad.as_dict()["examples"] == {"empty_prompt": [1, 2]}
+    records, bad = load_records(source, allow_empty_prompt=True)
+    assert len(records) == 3 and bad.total == 0
+
+
+def test_a_file_with_no_usable_row_stops_the_run_with_the_reasons(tmp_path):
+    rows = [{**GOOD_ROW, "prompt": ""}] * 20
+    source = _write_jsonl(tmp_path / "empty-prompts.jsonl", rows)
+    from tests.conftest import cli_train_dpo
+
+    result = subprocess.run(
+        cli_train_dpo(tmp_path / "run", f"data.source={source}", "data.eval_split=null"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"no usable training row in data.source={source}" in result.stderr
+    assert "empty_prompt: 20" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_chat_roles_and_template_refusals_are_counted_bad_rows(tmp_path):
+    from prefopt.data import DataError, load_records
+
+    tok = _world_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('this template takes no system turn') }}{% endif %}"
+        "{{ m['content'] }} {% endfor %}"
+    )
+
+    def chat(role: str, prompt: str = "question") -> dict:
+        return {
+            "prompt": [{"role": role, "content": prompt}],
+            "chosen": [{"role": "assistant", "content": "answer"}],
+            "rejected": [{"role": "assistant", "content": "other"}],
+        }
+
+    source = _write_jsonl(
+        tmp_path / "chat.jsonl", [chat("user"), chat("robot"), chat("system"), chat("user")]
+    )
+    records, bad = load_records(source, tokenizer=tok)
+    assert [r["index"] for r in records] == [0, 3]
+    assert bad.as_dict()["examples"] == {"chat_template_error": [2], "unknown_role:prompt": [1]}
+    records, bad = load_records(source)  # without a tokenizer: roles still checked
+    assert bad.as_dict()["examples"] == {"unknown_role:prompt": [1]}
+    with pytest.raises(DataError, match=r"row 1: bad row \(unknown_role:prompt\)"):
+        load_records(source, tokenizer=tok, on_bad_row="error")
+    source = _write_jsonl(tmp_path / "system.jsonl", [chat("user"), chat("system")])
+    with pytest.raises(DataError, match=r"row 1: bad row \(chat_template_error: .*no system turn"):
+        load_records(source, tokenizer=tok, on_bad_row="error")

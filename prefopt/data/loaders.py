@@ -34,6 +34,7 @@ from prefopt.data.records import (
     check_messages,
     is_blank,
     render_record,
+    text_size,
 )
 
 KINDS = ("preference", "sft")
@@ -46,6 +47,8 @@ TLDR_TEMPLATE = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
 _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _COMPRESSIBLE = {".jsonl", ".json", ".csv"}  # parquet compresses internally; .parquet.gz fails
 _DETECT_SAMPLE = 100
+#: data.max_field_chars' default: far above any real row (HH-RLHF's longest field is ~14k)
+MAX_FIELD_CHARS = 1_000_000
 
 Row = Mapping[str, Any]
 Parser = Callable[[Row], dict[str, Any]]
@@ -62,6 +65,8 @@ def load_records(
     max_rows: int | None = None,
     on_bad_row: str = "skip",
     tokenizer: Any = None,
+    max_field_chars: int = MAX_FIELD_CHARS,
+    allow_empty_prompt: bool = False,
 ) -> tuple[list[dict[str, Any]], BadRows]:
     """Load `source` and return (normalised records, bad rows).
 
@@ -70,7 +75,9 @@ def load_records(
     data_dir=..., data_files=..., split=...)``). `split` applies to folders and hub datasets;
     a file or glob is always the whole of its rows. `max_rows` keeps the first rows of the
     source before validation. With a `tokenizer`, conversational records are rendered to text
-    through its chat template; without one they keep their message lists.
+    through its chat template; without one they keep their message lists. A row with a field
+    of more than `max_field_chars` characters, or (unless `allow_empty_prompt`) a blank prompt,
+    is a bad row (see `normalize_rows`).
     """
     _check_choice("kind", kind, KINDS)
     _check_choice("format", format, FORMATS)
@@ -92,7 +99,14 @@ def load_records(
         if max_rows is not None:
             rows = rows.select(range(min(max_rows, len(rows))))
     records, bad = normalize_rows(
-        rows, kind=kind, format=format, on_bad_row=on_bad_row, tokenizer=tokenizer, source=source
+        rows,
+        kind=kind,
+        format=format,
+        on_bad_row=on_bad_row,
+        tokenizer=tokenizer,
+        source=source,
+        max_field_chars=max_field_chars,
+        allow_empty_prompt=allow_empty_prompt,
     )
     return records, bad.merge(unreadable)
 
@@ -148,8 +162,17 @@ def normalize_rows(
     on_bad_row: str = "skip",
     tokenizer: Any = None,
     source: str = "<rows>",
+    max_field_chars: int = MAX_FIELD_CHARS,
+    allow_empty_prompt: bool = False,
 ) -> tuple[list[dict[str, Any]], BadRows]:
-    """Validate and normalise raw rows (any iterable of dicts, e.g. a `datasets.Dataset`)."""
+    """Validate and normalise raw rows (any iterable of dicts, e.g. a `datasets.Dataset`).
+
+    Besides each format's own checks, a row is bad when one of its fields holds more than
+    `max_field_chars` characters (``field_too_long:<field>``, measured before anything
+    tokenizes it, so one huge row cannot exhaust memory), when its prompt is blank
+    (``empty_prompt``, unless `allow_empty_prompt`), when a message has a role chat templates
+    do not know (``unknown_role:<field>``), or when the tokenizer's chat template fails on it
+    (``chat_template_error``)."""
     _check_choice("kind", kind, KINDS)
     _check_choice("format", format, FORMATS)
     _check_choice("on_bad_row", on_bad_row, ("skip", "error"))
@@ -165,24 +188,38 @@ def normalize_rows(
     bad = BadRows()
     for index, row in enumerate(rows):
         try:
+            _check_field_sizes(row, max_field_chars)
             record = parse(row)
+            if not allow_empty_prompt and is_blank(record["prompt"]):
+                raise BadRow("empty_prompt")
+            record["index"] = index
+            if tokenizer is not None:
+                record = _render(record, tokenizer, completion_keys, f"{source}: row {index}")
         except BadRow as err:
             if on_bad_row == "error":
-                raise DataError(f"{source}: row {index}: bad row ({err.reason})") from None
+                detail = f": {err.detail}" if err.detail else ""
+                raise DataError(f"{source}: row {index}: bad row ({err.reason}{detail})") from None
             bad.add(err.reason, index)
             continue
-        record["index"] = index
-        if tokenizer is not None:
-            record = _render(record, tokenizer, completion_keys, f"{source}: row {index}")
         records.append(record)
     return records, bad
+
+
+def _check_field_sizes(row: Row, limit: int) -> None:
+    if not isinstance(row, Mapping):
+        return  # the format's parser names what is wrong with it
+    for name, value in row.items():
+        if text_size(value, limit) > limit:
+            raise BadRow(f"field_too_long:{name}")
 
 
 def _render(record: dict, tokenizer: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
     try:
         return render_record(record, tokenizer, keys)
-    except DataError as err:
+    except DataError as err:  # the template itself cannot split prompt from completion
         raise DataError(f"{where}: {err}") from None
+    except Exception as err:  # the template refused this row (jinja raise_exception...)
+        raise BadRow("chat_template_error", detail=first_line(err)) from None
 
 
 def detect_format(rows: Iterable[Row]) -> str:

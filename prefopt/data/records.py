@@ -19,6 +19,12 @@ from typing import Any
 
 Message = dict[str, str]
 
+#: the roles chat templates know (OpenAI's and Hugging Face's conventions); a message with any
+#: other role is a bad row ``unknown_role:<field>``: a template that accepts any role would
+#: render it silently as text the model never saw in that place, one that refuses it would stop
+#: the run with a template traceback
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
+
 
 class DataError(ValueError):
     """A data row or file that cannot be used (raised when ``on_bad_row="error"``)."""
@@ -35,6 +41,9 @@ class BadRows:
     max_examples: int = 5
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[int]] = field(default_factory=dict)
+    # rows kept but cut to data.max_length / max_prompt_length (not dropped, so not in total)
+    truncated: int = 0
+    kept: int = 0  # rows that reached tokenization and were kept, truncated or not
 
     def add(self, reason: str, row_index: int) -> None:
         """Record that row `row_index` was dropped because of `reason`."""
@@ -54,6 +63,8 @@ class BadRows:
             shown = self.examples.setdefault(reason, [])
             room = self.max_examples - len(shown)
             shown.extend(other.examples.get(reason, [])[: max(room, 0)])
+        self.truncated += other.truncated
+        self.kept += other.kept
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,27 +74,40 @@ class BadRows:
             "total": self.total,
             "by_reason": {r: self.counts[r] for r in reasons},
             "examples": {r: list(self.examples.get(r, [])) for r in reasons},
+            "truncated": self.truncated,
         }
 
     def report(self, source: str | None = None) -> str:
         """A human-readable multi-line summary for the log."""
         where = f" from {source}" if source else ""
-        if not self.total:
-            return f"no bad rows{where}"
-        lines = [f"dropped {self.total} bad row(s){where}:"]
+        lines = [
+            f"dropped {self.total} bad row(s){where}:" if self.total else f"no bad rows{where}"
+        ]
         for reason in sorted(self.counts, key=lambda r: (-self.counts[r], r)):
             rows = ", ".join(str(i) for i in self.examples.get(reason, []))
             more = ", ..." if self.counts[reason] > len(self.examples.get(reason, [])) else ""
             lines.append(f"  {reason}: {self.counts[reason]} (rows {rows}{more})")
+        if self.truncated:
+            share = f" of {self.kept}" if self.kept else ""
+            every = " (every row: raise data.max_length?)" if self.truncated == self.kept else ""
+            lines.append(
+                f"truncated {self.truncated}{share} kept row(s) to data.max_length / "
+                f"data.max_prompt_length{every}"
+            )
         return "\n".join(lines)
+
+    @property
+    def noteworthy(self) -> bool:
+        """Something to report: dropped rows or truncated ones."""
+        return bool(self.total or self.truncated)
 
 
 class BadRow(Exception):
     """Internal signal: the row being parsed is bad for `reason` (caught by the loaders)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 def is_blank(value: str | Sequence[Message]) -> bool:
@@ -97,6 +121,8 @@ def check_messages(value: Any, name: str) -> list[Message]:
     """Validate a list of chat messages; raise `BadRow("wrong_type:<name>")` if it is not one."""
     if not isinstance(value, list) or not all(_is_message(m) for m in value):
         raise BadRow(f"wrong_type:{name}")
+    if any(m["role"] not in CHAT_ROLES for m in value):
+        raise BadRow(f"unknown_role:{name}")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -157,3 +183,21 @@ def render_record(
             completion = [{"role": "assistant", "content": completion}]
         out["prompt"], out[key] = render_conversation(tokenizer, prompt_msgs, completion)
     return out
+
+
+def text_size(value: Any, limit: int) -> int:
+    """Characters of text in a field (a string, or the strings inside lists and mappings, such
+    as chat messages), counted until ``limit`` is passed: a row's fields are measured against
+    ``data.max_field_chars`` before anything tokenizes them."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        total = 0
+        for item in value:
+            total += text_size(item, limit - total)
+            if total > limit:
+                break
+        return total
+    return 0

@@ -171,10 +171,12 @@ def _fitted_rows(
     fitted = _fit_all(rows, tokenizer, keys, max_length, max_prompt_length, add_bos)
     out = []
     with _dropped(bad_rows) as bad:
-        for pos, (row, ids) in enumerate(zip(rows, fitted, strict=True)):
+        for pos, (row, (ids, cut)) in enumerate(zip(rows, fitted, strict=True)):
             if ids is None:
                 bad.add("prompt_too_long", row.get("index", pos))
                 continue
+            bad.kept += 1
+            bad.truncated += cut
             out.append((pos, row, ids[0], ids[1]))
     return out
 
@@ -186,23 +188,27 @@ def _fit_all(
     max_length: int,
     max_prompt_length: int,
     add_bos: bool | None,
-) -> list[tuple[list[int], list[list[int]]] | None]:
-    """Encode prompt and completions of every row, add BOS/EOS, and fit them to the limits."""
+) -> list[tuple[tuple[list[int], list[list[int]]] | None, bool]]:
+    """Encode prompt and completions of every row, add BOS/EOS, and fit them to the limits;
+    each row's fitted ids (None: no room) and whether the limits cut it."""
     _check_lengths(max_length, max_prompt_length)
     bos, eos = bos_id(tokenizer, add_bos), eos_id(tokenizer)
     keep_first = getattr(tokenizer, "bos_token_id", None)  # BOS rendered by a template stays
     prompts = encode(tokenizer, [row["prompt"] for row in rows])
     completions = zip(*(encode(tokenizer, [row[k] for row in rows]) for k in keys), strict=True)
-    return [
-        fit_lengths(
-            with_bos(prompt, bos),
-            [[*c, eos] for c in comps],
+    out = []
+    for prompt, comps in zip(prompts, completions, strict=True):
+        prompt, ended = with_bos(prompt, bos), [[*c, eos] for c in comps]
+        cut = len(prompt) + max(len(c) for c in ended) > max_length
+        fitted = fit_lengths(
+            prompt,
+            ended,
             max_length=max_length,
             max_prompt_length=max_prompt_length,
             bos=keep_first,
         )
-        for prompt, comps in zip(prompts, completions, strict=True)
-    ]
+        out.append((fitted, cut))
+    return out
 
 
 def _meta(row: Mapping[str, Any], pos: int) -> dict[str, Any]:
@@ -227,7 +233,7 @@ class _dropped:
         return self.bad
 
     def __exit__(self, *exc: object) -> None:
-        if self.own and self.bad.total:
+        if self.own and self.bad.noteworthy:
             logger.warning("tokenization %s", self.bad.report())
 
 

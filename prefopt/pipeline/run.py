@@ -48,6 +48,8 @@ def check_data_for_world_tokenizer(recipe: Recipe) -> None:
         max_rows=1000,
         on_bad_row=data.on_bad_row,
         tokenizer=tokenizer,
+        max_field_chars=data.max_field_chars,
+        allow_empty_prompt=data.allow_empty_prompt,
     )
     problem = unknown_tokens_problem(
         records,

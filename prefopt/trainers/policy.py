@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prefopt.config import ConfigError
-from prefopt.data import BadRows, load_records, to_device  # noqa: F401  (re-exported)
+from prefopt.data import BadRows, DataError, load_records, to_device  # noqa: F401  (re-exported)
 from prefopt.data.loaders import file_builder
 from prefopt.data.tokenize import unknown_tokens_problem
 from prefopt.models.loading import (
@@ -73,8 +73,13 @@ class PolicyTrainer(Trainer):
             "eval_examples": len(self.eval_examples),
             "bad_rows": self.bad_rows.as_dict(),
         }
-        if self.bad_rows.total and self.is_main:
+        if self.bad_rows.noteworthy and self.is_main:
             print(self.bad_rows.report())
+        if not self.train_examples:
+            raise DataError(
+                f"no usable training row in {self.data_description()}: "
+                + self.bad_rows.report().replace("\n", ";")
+            )
         torch.manual_seed(recipe.seed)
         self.model = self.build_model()
         if self.init_path is None and not self.for_eval and self.is_main:
@@ -126,6 +131,8 @@ class PolicyTrainer(Trainer):
                     format="auto",
                     on_bad_row=data.on_bad_row,
                     tokenizer=self.tokenizer,
+                    max_field_chars=data.max_field_chars,
+                    allow_empty_prompt=data.allow_empty_prompt,
                 )
                 self.bad_rows.merge(bad)
             train = train[: data.max_rows] if data.max_rows else train
@@ -137,6 +144,8 @@ class PolicyTrainer(Trainer):
             data_dir=data.data_dir,
             on_bad_row=data.on_bad_row,
             tokenizer=self.tokenizer,
+            max_field_chars=data.max_field_chars,
+            allow_empty_prompt=data.allow_empty_prompt,
         )
         train, bad = load_records(data.source, split=data.split, max_rows=data.max_rows, **kwargs)
         self.bad_rows.merge(bad)
@@ -158,6 +167,12 @@ class PolicyTrainer(Trainer):
         elif self.is_main:
             print("data.source is a file: set data.eval_source for held-out metrics")
         return train, held_out
+
+    def data_description(self) -> str:
+        data = self.recipe.data
+        if data.source == WORLD:
+            return f"data.train_file={data.train_file}" if data.train_file else "the world"
+        return f"data.source={data.source}"
 
     def check_known_tokens(self, records: list[dict], eval_records: list[dict]) -> None:
         """Refuse, before any model loads, data the tokenizer cannot read: more than
