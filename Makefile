@@ -49,6 +49,7 @@ ifeq ($(LAUNCH),)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/prefopt train $(RECIPE) $(ARGS)
 else
 	@test -f $(LAUNCH_CONFIG) || { echo "LAUNCH=$(LAUNCH): no $(LAUNCH_CONFIG); choose ddp, fsdp, zero2 or zero3 (files in $(ACCELERATE_DIR))"; exit 2; }
+	@case "$(LAUNCH)" in zero*) $(PY) -c "import deepspeed" 2>/dev/null || { echo "LAUNCH=$(LAUNCH) needs DeepSpeed, which is not installed (GPUs only): $(PY) -m pip install -c $(CONSTRAINTS) -e '.[deepspeed]'"; exit 2; };; esac
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/accelerate launch \
 		--config_file $(LAUNCH_CONFIG) --num_processes $(NPROC) \
 		-m prefopt.cli train $(RECIPE) $(ARGS)

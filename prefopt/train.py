@@ -80,9 +80,10 @@ def _train_locked(recipe: Recipe, run_dir: Path, saved: Recipe, created: bool) -
             f"{run_dir} already holds checkpoints of an earlier run: set resume=auto to continue "
             "it, or choose another output_dir"
         )
-    if recipe.resume is not None:
-        check_same_run(run_dir, saved, recipe.resume)
     try:
+        if recipe.resume is not None:
+            check_same_run(run_dir, saved, recipe.resume)
+        check_model_sources(recipe)
         trainer = trainer_class(recipe)(recipe, run_dir)
         trainer.resume_checkpoint()  # a resume that cannot work fails before the recipe is written
     except BaseException:
@@ -91,6 +92,26 @@ def _train_locked(recipe: Recipe, run_dir: Path, saved: Recipe, created: bool) -
         raise
     save_recipe(saved, run_dir / "recipe.yaml")
     return trainer.train()
+
+
+def check_model_sources(recipe: Recipe) -> None:
+    """Model and tokenizer folders that cannot load, refused in one line each before any model
+    loads (a missing local path, an empty folder, one with only config.json...)."""
+    from prefopt.models.loading import model_source_problem
+
+    model = recipe.model
+    sources = [
+        ("model.name_or_path", model.name_or_path, not model.tokenizer),
+        ("model.tokenizer", model.tokenizer, True),
+        ("reference.name_or_path", recipe.reference.name_or_path, False),
+    ]
+    problems = [
+        model_source_problem(name, key, tokenizer=needs_tokenizer)
+        for key, name, needs_tokenizer in sources
+        if name and not str(name).startswith("world:")
+    ]
+    if any(problems):
+        raise ConfigError([p for p in problems if p])
 
 
 def check_same_run(run_dir: Path, recipe: Recipe, resume: str) -> None:

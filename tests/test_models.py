@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from prefopt.config import ConfigError
 from prefopt.models.loading import load_pretrained
 from prefopt.trainers.preference import PreferenceTrainer, pair_logps
 from tests.conftest import tiny_recipe
@@ -84,7 +85,8 @@ def test_4bit_model_narrower_than_the_block_size_is_refused_on_every_cpu(tmp_pat
         "model.quantization=4bit",
         *LORA,
     )
-    with pytest.raises(ValueError, match=r"layer '.*c_attn'.*in_features=32.*block size 64"):
+    # a ConfigError: the CLI prints it as one line (exit 2), not a traceback
+    with pytest.raises(ConfigError, match=r"layer '.*c_attn'.*in_features=32.*block size 64"):
         PreferenceTrainer(recipe, tmp_path / "q")
 
 

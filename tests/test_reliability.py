@@ -302,3 +302,68 @@ def test_unknown_chat_roles_and_template_refusals_are_counted_bad_rows(tmp_path)
     source = _write_jsonl(tmp_path / "system.jsonl", [chat("user"), chat("system")])
     with pytest.raises(DataError, match=r"row 1: bad row \(chat_template_error: .*no system turn"):
         load_records(source, tokenizer=tok, on_bad_row="error")
+
+
+# --------------------------------------------------------------------------- model mistakes
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda d: d.mkdir(), "the folder is empty"),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text("{}")),
+            "not a model folder, no weights (*.safetensors), tokenizer files",
+        ),
+        (lambda d: None, "no such folder (a local path"),
+    ],
+    ids=["empty", "config-only", "missing"],
+)
+def test_a_model_folder_that_cannot_load_is_one_line_before_anything_loads(tmp_path, make, needle):
+    folder = tmp_path / "model"
+    make(folder)
+    with pytest.raises(ConfigError) as info:
+        train(tiny_recipe("dpo", tmp_path / "run", f"model.name_or_path={folder}"))
+    (problem,) = info.value.problems
+    assert problem.startswith(f"model.name_or_path={folder}: ") and needle in problem
+    assert "\n" not in problem and not (tmp_path / "run").exists()
+
+
+def test_a_missing_relative_path_is_a_path_not_a_hub_name(tmp_path, monkeypatch):
+    from prefopt.models.loading import model_source_problem
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert "no such folder" in model_source_problem("models/my-sft", "model.name_or_path")
+    assert "no such folder" in model_source_problem("./my-sft", "model.name_or_path")
+    assert "no such folder" in model_source_problem("~/nowhere/at/all", "model.name_or_path")
+    assert model_source_problem("EleutherAI/pythia-160m", "model.name_or_path") is None  # hub
+    assert model_source_problem("gpt2", "model.name_or_path") is None
+
+
+def test_lora_target_modules_are_checked_against_the_models_layers(tmp_path):
+    recipe = tiny_recipe(
+        "dpo", tmp_path / "run", *DPO, "model.lora.r=4", "model.lora.target_modules=[c_attn,q_proj]"
+    )
+    with pytest.raises(ConfigError) as info:
+        train(recipe)
+    (problem,) = info.value.problems
+    assert problem.startswith("model.lora.target_modules: 'q_proj' names no module of GPT2")
+    assert "c_attn, c_fc, c_proj" in problem and "'c_attn'" not in problem.split(";")[0]
+
+
+def test_zero_launch_without_deepspeed_names_the_install_command():
+    pytest.importorskip("prefopt")  # the project's venv runs make
+    try:
+        import deepspeed  # noqa: F401
+
+        pytest.skip("DeepSpeed is installed here: the launch would start")
+    except ImportError:
+        pass
+    result = subprocess.run(
+        ["make", "--no-print-directory", "train", "LAUNCH=zero2", f"PY={sys.executable}",
+         "STAMP=Makefile"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "LAUNCH=zero2 needs DeepSpeed" in result.stdout and "[deepspeed]" in result.stdout

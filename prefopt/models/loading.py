@@ -177,11 +177,15 @@ def check_4bit_widths(model: nn.Module) -> None:
         state = getattr(module.weight, "quant_state", None)
         blocksize = int(getattr(state, "blocksize", 64) or 64)
         if module.in_features < blocksize:
-            raise ValueError(
-                f"model.quantization=4bit: layer {name!r} has in_features={module.in_features}, "
-                f"narrower than the 4-bit block size {blocksize}; bitsandbytes cannot run it. "
-                f"Use a model whose linear layers are at least {blocksize} wide, or no "
-                "quantization"
+            from prefopt.config import ConfigError
+
+            raise ConfigError(
+                [
+                    f"model.quantization=4bit: layer {name!r} has in_features="
+                    f"{module.in_features}, narrower than the 4-bit block size {blocksize}; "
+                    f"bitsandbytes cannot run it. Use a model whose linear layers are at least "
+                    f"{blocksize} wide, or no quantization"
+                ]
             )
 
 
@@ -289,6 +293,7 @@ def load_backbone(path: str, trust_remote_code: bool = False, dtype: str = "fp32
 def add_lora(
     model: nn.Module, lora: LoraSettings, quantized: bool, task_type: str = "CAUSAL_LM"
 ) -> nn.Module:
+    check_lora_targets(model, lora.target_modules)
     quiet_bitsandbytes_import()
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -302,6 +307,85 @@ def add_lora(
         task_type=task_type,
     )
     return get_peft_model(model, config)
+
+
+ADAPTABLE_LAYERS = ("Linear", "Conv1D", "Embedding", "Linear4bit", "Linear8bitLt")
+
+
+def check_lora_targets(model: nn.Module, targets: Sequence[str] | None) -> None:
+    """Every name in ``model.lora.target_modules`` must match a module of the model as peft
+    matches them (the full name, or its last dotted parts); otherwise a ConfigError listing the
+    model's adaptable layers, instead of peft's traceback."""
+    from prefopt.config import ConfigError
+
+    if not targets or "all-linear" in targets:
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        layers = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if type(module).__name__ in ADAPTABLE_LAYERS and name
+            }
+        )
+        raise ConfigError(
+            [
+                f"model.lora.target_modules: {', '.join(map(repr, missing))} names no module of "
+                f"{type(model).__name__}; its adaptable layers: {', '.join(layers)} (or "
+                "'all-linear', or null for peft's default)"
+            ]
+        )
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin", "*.pt")
+
+
+def model_source_problem(name: str, key: str, *, tokenizer: bool = True) -> str | None:
+    """What is wrong with a model (or tokenizer) source before anything loads it, as one line
+    naming ``key``, or None. A folder must hold what ``save_pretrained`` writes (config,
+    weights, and a tokenizer when ``tokenizer``); a path that does not exist is reported as a
+    missing folder when it reads as a path (``/x``, ``./x``, ``~/x``, ``a/b/c``, or ``a/b``
+    where ``a`` is a local folder), never handed to the hub as a repo id."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        present = {p.name for p in path.iterdir()}
+        if not present:
+            return f"{key}={name}: the folder is empty (expected a model saved by save_pretrained)"
+        adapter = "adapter_config.json" in present
+        missing = []
+        if "config.json" not in present and not adapter:
+            missing.append("config.json")
+        weights = any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS)
+        if not weights and key != "model.tokenizer":
+            missing.append("weights (*.safetensors)")
+        if tokenizer and not present & set(TOKENIZER_FILES):
+            missing.append("tokenizer files (tokenizer.json or tokenizer_config.json)")
+        if missing:
+            fix = " (or set model.tokenizer)" if missing[-1].startswith("tokenizer") else ""
+            return f"{key}={name}: not a model folder, no {', '.join(missing)}{fix}"
+        return None
+    if path.exists():
+        return f"{key}={name}: a file, not a model folder"
+    first = Path(name.split("/", 1)[0]).expanduser()
+    reads_as_path = (
+        name.startswith(("/", "./", "../", "~", "."))
+        or name.count("/") > 1
+        or name.endswith("/")
+        or ("/" in name and first.is_dir())
+    )
+    if reads_as_path:
+        return f"{key}={name}: no such folder (a local path; hub names read 'org/name')"
+    return None
 
 
 def load_policy(
