@@ -210,13 +210,19 @@ def _train(recipe_name: str, overrides: list[str]) -> int:
             summary, run_dir = train(recipe, run_dir)
     except TrainingInterrupted as exc:
         where = f"checkpoint {exc.checkpoint}" if exc.checkpoint else "no checkpoint yet"
+        if not staged and not run_dir.exists():  # interrupted while building a world model
+            resume_hint = (
+                f"  prefopt train {recipe_name} {' '.join(overrides)}".rstrip()
+                + "   (the world model being built resumes from its checkpoint)"
+            )
         if is_main_process():
             print(
                 f"prefopt: interrupted ({exc.reason}) after step {exc.step}; {where}. Resume "
                 "with:\n" + resume_hint,
                 file=sys.stderr,
             )
-        say(f"run directory: {run_dir}")
+        kept = "" if run_dir.exists() else " (not created: interrupted before it started)"
+        say(f"run directory: {run_dir}{kept}")
         return 143 if exc.reason == "SIGTERM" else 130
     except KeyboardInterrupt:  # before training started: nothing to keep
         if is_main_process():

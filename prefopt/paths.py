@@ -154,3 +154,38 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
             f"{run_dir} is in use by another run ({exc}); wait for it to finish, or choose "
             "another output_dir"
         ) from None
+
+
+def clock(seconds: float) -> str:
+    """A duration for progress lines: ``42 s``, ``3 min 07 s``, ``1 h 05 min``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class Progress:
+    """Progress of a long step as plain lines on the main process's stderr (readable in a log
+    file as on a terminal): ``label: 3/8 (38%), elapsed 1 min 02 s, about 1 min 43 s left,
+    note``. The time left extrapolates the mean time per unit so far."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True):
+        self.label, self.total = label, max(1, total)
+        self.enabled = enabled and is_main_process()
+        self.start = time.time()
+
+    def line(self, done: int, note: str = "") -> str:
+        elapsed = time.time() - self.start
+        left = f", about {clock(elapsed / done * (self.total - done))} left" if done else ""
+        return (
+            f"{self.label}: {done}/{self.total} ({done / self.total:.0%}), elapsed "
+            f"{clock(elapsed)}{left}" + (f", {note}" if note else "")
+        )
+
+    def update(self, done: int, note: str = "") -> None:
+        if self.enabled:
+            print(self.line(done, note), file=sys.stderr, flush=True)

@@ -367,3 +367,61 @@ def test_zero_launch_without_deepspeed_names_the_install_command():
     )  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
     assert "LAUNCH=zero2 needs DeepSpeed" in result.stdout and "[deepspeed]" in result.stdout
+
+
+# --------------------------------------------------------------------------- long silences
+
+
+def test_log_lines_carry_elapsed_time_and_time_left_and_the_gold_evaluation_reports(tmp_path):
+    from tests.conftest import cli_train_dpo
+
+    result = subprocess.run(
+        cli_train_dpo(
+            tmp_path / "run", "trainer.max_steps=4", "trainer.log_every=2",
+            "trainer.progress_bar=true", "eval.enabled=true", "eval.n_prompts=4",
+            "eval.samples_per_prompt=1",
+        ),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    train = [line for line in lines if line.startswith("train: step")]
+    assert [line.split(" (")[0] for line in train] == ["train: step 2/4", "train: step 4/4"]
+    assert all(", elapsed " in line and " left" in line for line in train), train
+    gold = [line for line in lines if line.startswith("gold evaluation")]
+    assert [line.split(": ", 1)[1].split(" (")[0] for line in gold] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "test: policy sampled" in gold[0] and "ood: reference sampled" in gold[3]
+    assert all("elapsed" in line for line in gold) and "left" in gold[0]
+
+
+def test_a_world_model_build_is_announced_and_ctrl_c_prints_a_command_that_works(
+    tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while ``world:sft`` is being built (before the run folder exists): the hint is
+    the same command (the build resumes from its checkpoint), not a resume of a folder that
+    was never created; running it finishes the build and the run."""
+    from prefopt.cli import main
+    from prefopt.trainers.base import Trainer
+
+    monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path / "cache"))
+    original = Trainer.training_step
+
+    def interrupt_the_sft_build(self, window):
+        if self.recipe.name == "sft" and self.step == 3:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return original(self, window)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupt_the_sft_build)
+    command = ["train", "dpo", *TINY, "trainer.max_steps=2", f"output_dir={tmp_path / 'run'}"]
+    assert main(command) == 130
+    out, err = capsys.readouterr()
+    assert "building world:sft for model.name_or_path=world:sft: the world's SFT policy" in out
+    assert "300 steps" in out and "roughly" in out and "cached in" in out
+    hint = err.split("Resume with:\n", 1)[1].splitlines()[0]
+    assert hint.strip().startswith("prefopt train dpo ") and "resume=auto" not in hint
+    assert "not created" in out and not (tmp_path / "run").exists()
+    monkeypatch.setattr(Trainer, "training_step", original)
+    assert main(hint.split("   (")[0].split()[1:]) == 0  # the printed command, as typed
+    out, _ = capsys.readouterr()
+    assert "(resuming its checkpoint)" in out and "resumed from" in out
+    assert (tmp_path / "run" / "summary.json").exists()

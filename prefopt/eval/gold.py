@@ -50,6 +50,7 @@ from prefopt.eval.diversity import (
     per_input_diversity,
 )
 from prefopt.models.generation import Samples, completion_logps, generate
+from prefopt.paths import Progress
 
 
 @dataclass
@@ -114,9 +115,11 @@ def gold_evaluation(
     report_path: Path | None = None,
     max_prompt_length: int = 64,
     best_of_scorer: Any = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `policy` against `reference` on the world. See the module docstring.
-    ``best_of_scorer`` scores the candidates when ``cfg.best_of_n`` > 1."""
+    ``best_of_scorer`` scores the candidates when ``cfg.best_of_n`` > 1; ``progress`` prints a
+    line with the elapsed time and the time left after each half of a split."""
     import contextlib
 
     ref_ctx = reference_context or contextlib.nullcontext
@@ -127,7 +130,14 @@ def gold_evaluation(
         raise ValueError("eval.best_of_n > 1 needs a scorer to choose with")
     shifts = [s for s in getattr(cfg, "shifts", []) if s != "ood"]
     table: dict[str, dict[str, Any]] = {}
-    for split in ("test", "ood", *shifts):
+    splits = ("test", "ood", *shifts)
+    # two steps per split: the policy's samples, then the reference's samples and the log-probs
+    shown = Progress(
+        f"gold evaluation ({cfg.n_prompts} prompts x {cfg.samples_per_prompt} samples per split)",
+        2 * len(splits),
+        enabled=progress,
+    )
+    for number, split in enumerate(splits):
         if split in ("test", "ood"):
             prompts = world.eval_prompts(split)[: cfg.n_prompts]
         else:
@@ -141,6 +151,7 @@ def gold_evaluation(
             pol = best_of_n(many, torch.as_tensor(scores), best_of)
         else:
             pol = generate(policy, tokenizer, prompts, cfg, device, seed, max_prompt_length)
+        shown.update(2 * number + 1, f"{split}: policy sampled")
         with ref_ctx():
             ref = generate(
                 reference, tokenizer, prompts, cfg, device, seed + 7919, max_prompt_length
@@ -151,6 +162,7 @@ def gold_evaluation(
             log_ratio = log_ratio + best_of_n_kl(best_of)
         pol_stats = sample_stats(world, pol, vocab, space, log_ratio)
         ref_stats = sample_stats(world, ref, vocab, space)
+        shown.update(2 * number + 2, f"{split}: reference sampled, scored")
         table[split] = split_summary(pol_stats, ref_stats, world.objective_names)
         table[split]["example"] = (pol.prompts[0], pol.completions[0][0])
         if split in ("test", "ood"):

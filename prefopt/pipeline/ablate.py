@@ -46,6 +46,7 @@ from typing import Any, cast
 from omegaconf import OmegaConf
 
 from prefopt.config import ConfigError, load_recipe, recipe_path
+from prefopt.paths import clock
 
 ABLATIONS_DIR = "ablations"
 TOP_LEVEL = ("description", "base", "overrides", "grid", "variants", "seeds", "metrics", "x",
@@ -361,6 +362,7 @@ def run_ablation(
             log(f"[{i}/{total}] {run.id}: finished earlier, skipped")
             continue
         began = time.time()
+        log(f"[{i}/{total}] {run.id}: starting")
         try:
             execute(ablation, run, run_dir)
         except (TrainingError, DataError, OSError) as exc:
@@ -375,19 +377,8 @@ def run_ablation(
         eta = (now - start) / done_here * left
         status = "FAILED: " + failed[run.id] if run.id in failed else "done"
         log(
-            f"[{i}/{total}] {run.id}: {status} in {_clock(now - began)} "
-            f"(elapsed {_clock(now - start)}, about {_clock(eta)} left)"
+            f"[{i}/{total}] {run.id}: {status} in {clock(now - began)} "
+            f"(elapsed {clock(now - start)}, about {clock(eta)} left)"
         )
     files = aggregate(out)
     return {"out_dir": out, "ran": ran, "skipped": skipped, "failed": failed, "files": files}
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"

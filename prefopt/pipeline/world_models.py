@@ -54,18 +54,39 @@ def world_model_folder(recipe: Recipe, name: str) -> Path:
     return stages_dir() / f"{staged.name}-{stage_identity(name_folders(staged))}"
 
 
-def world_model(recipe: Recipe, name: str) -> Path:
-    """The model folder of ``name`` for ``recipe``, trained first if the cache lacks it."""
+#: rough build times on 2 free CPU cores at the shipped sizes (the `sft` and `rm` recipes'
+#: runs; a loaded machine takes several times longer): said before a build starts
+BUILD_MINUTES = {"sft": 2, "rm": 12}
+WHAT = {"sft": "SFT policy", "rm": "Bradley-Terry reward model"}
+
+
+def world_model(recipe: Recipe, name: str, needed_by: str = "") -> Path:
+    """The model folder of ``name`` for ``recipe``, trained first if the cache lacks it (with
+    a notice of what is built, for which setting, and roughly how long it takes)."""
     if name not in WORLD_MODEL_STAGES:
         raise ConfigError([f"{name}: not one of {', '.join(WORLD_MODEL_STAGES)}"])
     stage = WORLD_MODEL_STAGES[name]
     staged = stage_recipe_for(recipe, stage)
     folder = world_model_folder(recipe, name)
     if not (folder / "summary.json").exists():
-        say(f"training the world's {stage} model once (cached in {folder})")
+        say(build_notice(name, staged, folder, needed_by))
     staged = resolve_world_models(staged)
     run_in_folder(staged, folder, f"the world's {stage} model")
     return folder / "model"
+
+
+def build_notice(name: str, staged: Recipe, folder: Path, needed_by: str) -> str:
+    stage = WORLD_MODEL_STAGES[name]
+    steps, full = staged.trainer.max_steps, load_recipe(stage).trainer.max_steps
+    minutes = max(1, round(BUILD_MINUTES[stage] * steps / max(1, full)))
+    why = f" for {needed_by}" if needed_by else ""
+    resumed = " (resuming its checkpoint)" if any(folder.glob("checkpoint-*")) else ""
+    return (
+        f"building {name}{why}: the world's {WHAT[stage]} (the `{stage}` recipe, {steps} steps, "
+        f"roughly {minutes} min on 2 free CPU cores){resumed}. It is trained once and cached in "
+        f"{folder}; later runs on this world reuse it. Ctrl-C keeps its last checkpoint: the "
+        "same command resumes it."
+    )
 
 
 def world_sft_model(recipe: Recipe) -> Path:
@@ -76,7 +97,7 @@ def world_rm_model(recipe: Recipe) -> Path:
     return world_model(recipe, "world:rm")
 
 
-def _resolve(spec: str, recipe: Recipe, train: bool) -> str:
+def _resolve(spec: str, recipe: Recipe, train: bool, key: str = "") -> str:
     parts = [p.strip() for p in spec.split(",")]
     if not any(p.startswith("world:") for p in parts):
         return spec
@@ -84,7 +105,9 @@ def _resolve(spec: str, recipe: Recipe, train: bool) -> str:
     def one(p: str) -> str:
         if not p.startswith("world:"):
             return p
-        return str(world_model(recipe, p) if train else world_model_folder(recipe, p) / "model")
+        if train:
+            return str(world_model(recipe, p, needed_by=f"{key}={spec}" if key else ""))
+        return str(world_model_folder(recipe, p) / "model")
 
     return ",".join(one(p) for p in parts)
 
@@ -109,9 +132,9 @@ def _named(recipe: Recipe, train: bool) -> Recipe:
     ):
         value = getattr(getattr(out, section), key)
         if isinstance(value, str):
-            setattr(getattr(out, section), key, _resolve(value, recipe, train))
+            setattr(getattr(out, section), key, _resolve(value, recipe, train, f"{section}.{key}"))
     if uses_scorer(recipe):
-        out.reward.scorer = _resolve(recipe.reward.scorer, recipe, train)
+        out.reward.scorer = _resolve(recipe.reward.scorer, recipe, train, "reward.scorer")
     return out
 
 

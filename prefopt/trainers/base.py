@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from prefopt.config import Recipe
 from prefopt.losses.base import LossOutput
 from prefopt.models.loading import attention_implementation
+from prefopt.paths import clock
 from prefopt.trainers import engines
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -728,7 +729,7 @@ def _progress(total: int, initial: int, enabled: bool, every: int) -> Any:
 
 class _ProgressLines:
     """The part of tqdm's interface the loop uses, printing ``train: step 20/300 (7%), 4.10
-    step/s, loss=0.6761`` lines to stderr."""
+    step/s, elapsed 5 s, about 1 min 09 s left, loss=0.6761`` lines to stderr."""
 
     def __init__(self, total: int, initial: int, every: int):
         self.total, self.n, self.every = total, initial, max(1, every)
@@ -742,8 +743,13 @@ class _ProgressLines:
         self.n += n
         if self.n % self.every and self.n != self.total:
             return
-        rate = (self.n - self.start_n) / max(time.time() - self.start, 1e-9)
-        line = f"train: step {self.n}/{self.total} ({self.n / self.total:.0%}), {rate:.2f} step/s"
+        elapsed = time.time() - self.start
+        rate = (self.n - self.start_n) / max(elapsed, 1e-9)
+        left = (self.total - self.n) / rate if rate > 0 else 0.0
+        line = (
+            f"train: step {self.n}/{self.total} ({self.n / self.total:.0%}), {rate:.2f} step/s, "
+            f"elapsed {clock(elapsed)}, about {clock(left)} left"
+        )
         print(line + (f", {self.postfix}" if self.postfix else ""), file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -287,6 +287,7 @@ class PolicyTrainer(Trainer):
                 report_path=self.run_dir / "eval_report.md",
                 max_prompt_length=self.recipe.data.max_prompt_length,
                 best_of_scorer=chooser,
+                progress=self.cfg.progress_bar,
             )
         return results
 
