@@ -97,8 +97,9 @@ def single_process_environment() -> dict[str, str]:
     }
 
 
-class FolderInUse(RuntimeError):
-    """Another process holds the lock of a folder; the message says which process."""
+class FolderInUse(OSError):
+    """Another process holds the lock of a folder; the message says which process (an
+    OSError, as the busy resource is: the CLI reports it in one line)."""
 
 
 @contextlib.contextmanager

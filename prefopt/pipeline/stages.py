@@ -50,7 +50,7 @@ from prefopt.config import (
     recipe_path,
     to_yaml,
 )
-from prefopt.paths import cache_dir, run_dir_for
+from prefopt.paths import cache_dir, run_dir_for, run_folder_lock
 from prefopt.pipeline.cache import run_in_folder, run_once, stages_dir
 from prefopt.world.config import WORLD_FORMAT_VERSION, WorldConfig, coerce_config
 
@@ -408,8 +408,14 @@ def describe(pipeline: Pipeline) -> str:
 
 
 def run_pipeline(pipeline: Pipeline, run_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
-    """Run every stage in order (skipping finished ones), then the report."""
+    """Run every stage in order (skipping finished ones), then the report. The pipeline's
+    folder belongs to one run at a time (its lock), as a single run's does."""
     run_dir = Path(run_dir or pipeline_run_dir(pipeline))
+    with run_folder_lock(run_dir):
+        return _run_pipeline(pipeline, run_dir)
+
+
+def _run_pipeline(pipeline: Pipeline, run_dir: Path) -> tuple[dict[str, Any], Path]:
     (run_dir / "stages").mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.yaml").write_text(describe(pipeline))
     summary: dict[str, Any] = {"pipeline": pipeline.name, "stages": {}, "ran": [], "reused": []}
