@@ -52,6 +52,15 @@ class MixConfig(LossConfig):
             raise ValueError("; ".join(problems or self.validate()))
         return [(weight, config) for weight, config, _ in parsed]
 
+    def logps_summaries(self) -> tuple[frozenset[str], frozenset[str]]:
+        """What the parts' settings need of the policy and reference forwards, together."""
+        configs = [c for _, c, _ in (parse_part(i, p) for i, p in enumerate(self.parts))]
+        needs = [c.logps_summaries() for c in configs if hasattr(c, "logps_summaries")]
+        return (
+            frozenset().union(*(policy for policy, _ in needs)),
+            frozenset().union(*(reference for _, reference in needs)),
+        )
+
 
 def parse_part(index: int, part: Any) -> tuple[float, Any, list[str]]:
     """(weight, typed config, problems) of part `index` of a mixture, each problem under its
