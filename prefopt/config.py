@@ -872,6 +872,12 @@ def _check_ranges(recipe: Recipe) -> list[str]:
                 "smoothing.method: ids needs a loss that trains on soft labels "
                 f"({', '.join(takes)}); loss {recipe.loss.name!r} would ignore them"
             )
+    summaries = getattr(recipe.loss, "logps_summaries", None)
+    if recipe.reference.mode == "cached" and callable(summaries) and summaries()[1]:
+        problems.append(
+            "reference.mode: cached stores whole-completion log-probs, and loss.ld_alpha needs "
+            "the reference's shared-length sums too: use reference.mode auto or copy"
+        )
     for section in (recipe.loss, recipe.regulariser):
         validate = getattr(section, "validate", None)
         if callable(validate):

@@ -8,7 +8,8 @@ trainer's choice (and data-parallel sharding cannot change it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,20 +21,30 @@ class PairLogps:
 
     chosen, rejected: [B] sums of log p(token) over completion tokens (EOS included).
     chosen_tokens, rejected_tokens: [B] number of completion tokens (float, for averages).
+
+    Optional summaries, computed only when a loss asks for them (``prefopt.models.logps``):
+
+    chosen_shared, rejected_shared: [B] the same sums over each completion's first
+        ``min(n_c, n_r)`` tokens, the length the pair shares (LD-DPO, arXiv 2409.06411).
+    chosen_aligned, rejected_aligned: [B] detached sums of ``log p(token) - log sum_v p(v)^2``
+        (WPO's sampling-aligned log-probs, arXiv 2406.11827, eq. 2).
     """
 
     chosen: Tensor
     rejected: Tensor
     chosen_tokens: Tensor
     rejected_tokens: Tensor
+    chosen_shared: Tensor | None = None
+    rejected_shared: Tensor | None = None
+    chosen_aligned: Tensor | None = None
+    rejected_aligned: Tensor | None = None
 
     def detach(self) -> PairLogps:
-        return PairLogps(
-            self.chosen.detach(),
-            self.rejected.detach(),
-            self.chosen_tokens.detach(),
-            self.rejected_tokens.detach(),
-        )
+        values: dict[str, Any] = {
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name).detach()
+            for f in fields(self)
+        }
+        return PairLogps(**values)
 
 
 @dataclass

@@ -4,6 +4,11 @@ Per example the loss is the completion NLL divided by its token count, and the t
 over examples (each demonstration weighs the same, whatever its length). ``token_mean`` instead
 weighs every token the same across the batch (the Hugging Face default), computed as
 ``NLL_i * B / sum(n)`` per example so that the batch mean is the token mean.
+
+``pair_sft`` is the same loss on the chosen completions of preference pairs (TRL's DPO
+``loss_type="sft"``; the generation loss of InternVL's MPO, Wang et al. 2024, arXiv
+2411.10442), a pairwise loss to mix with the others (``loss.name: mix``). Its default is the
+token mean, as TRL's.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from prefopt.losses.base import LossConfig, LossOutput, detached
+from prefopt.losses.base import LossConfig, LossOutput, PairLogps, detached
 from prefopt.registry import register_loss
 
 
@@ -43,3 +48,28 @@ class SFTLoss:
         else:
             loss = nll / n_tokens.clamp(min=1)
         return LossOutput(loss=loss, metrics=detached(nll_per_token=nll / n_tokens.clamp(min=1)))
+
+
+@dataclass
+class PairSFTConfig(SFTConfig):
+    name: str = "pair_sft"
+    reduction: str = "token_mean"  # TRL's loss_type "sft": the token mean over the batch
+
+
+@register_loss("pair_sft", PairSFTConfig)
+class PairSFTLoss(SFTLoss):
+    """The NLL of the chosen completions of pairs; reference-free, takes none of the pairwise
+    settings (f-divergence, LD-DPO, WPO) of ``DPOConfig``."""
+
+    supports_soft_labels: ClassVar[bool] = False
+    policy_summaries: ClassVar[frozenset[str]] = frozenset()
+    reference_summaries: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(  # type: ignore[override]
+        self, policy: PairLogps, ref: PairLogps | None = None, batch: dict[str, Any] | None = None
+    ) -> LossOutput:
+        out = super().__call__(policy.chosen, policy.chosen_tokens)
+        out.metrics.update(
+            detached(**{"logps/chosen": policy.chosen, "logps/rejected": policy.rejected})
+        )
+        return out

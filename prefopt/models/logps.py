@@ -31,28 +31,100 @@ def sequence_logps(
     input_ids, attention_mask, completion_mask: [N, T] (right padded). Position t's token is
     predicted from the logits at t-1, so masks are shifted by one. Returns ([N], [N]).
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    per_token = token_logps(logits[:, :-1], input_ids[:, 1:])
-    mask = completion_mask[:, 1:].to(per_token.dtype)
+    _, per_token, mask = _completion_token_logps(model, input_ids, attention_mask, completion_mask)
     return (per_token * mask).sum(-1), mask.sum(-1)
 
 
-def pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
+def _completion_token_logps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The shifted logits [N, T-1, V], per-token log-probs [N, T-1] and completion mask."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logits = logits[:, :-1]
+    per_token = token_logps(logits, input_ids[:, 1:])
+    return logits, per_token, completion_mask[:, 1:].to(per_token.dtype)
+
+
+#: The optional summaries of :class:`PairLogps` a loss may ask for (``summaries=``): "shared"
+#: fills ``chosen_shared`` / ``rejected_shared`` (LD-DPO), "aligned" fills ``chosen_aligned``
+#: / ``rejected_aligned`` (WPO).
+SUMMARIES = frozenset({"shared", "aligned"})
+
+
+def pair_logps(
+    model: nn.Module, batch: dict[str, Tensor], summaries: frozenset[str] = frozenset()
+) -> PairLogps:
     """Chosen and rejected log-probs of a pair batch of either layout: packed (its
-    ``logits_mask``; :func:`packed_pair_logps`) or padded (:func:`padded_pair_logps`)."""
+    ``logits_mask``; :func:`packed_pair_logps`) or padded (:func:`padded_pair_logps`), with
+    the optional `summaries` (:data:`SUMMARIES`)."""
+    unknown = set(summaries) - SUMMARIES
+    if unknown:
+        raise ValueError(
+            f"unknown log-prob summaries {sorted(unknown)}; known: {sorted(SUMMARIES)}"
+        )
     if "logits_mask" in batch:
-        return packed_pair_logps(model, batch)
-    return padded_pair_logps(model, batch)
+        return packed_pair_logps(model, batch, summaries)
+    return padded_pair_logps(model, batch, summaries)
 
 
-def padded_pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
+def padded_pair_logps(
+    model: nn.Module, batch: dict[str, Tensor], summaries: frozenset[str] = frozenset()
+) -> PairLogps:
     """Chosen and rejected log-probs of a concatenated pair batch (rows 0..B-1 chosen,
     B..2B-1 rejected) from one forward pass."""
-    logps, n = sequence_logps(
+    logits, per_token, mask = _completion_token_logps(
         model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     )
+    logps, n = (per_token * mask).sum(-1), mask.sum(-1)
     b = logps.shape[0] // 2
-    return PairLogps(logps[:b], logps[b:], n[:b], n[b:])
+    extra: dict[str, Tensor] = {}
+    if summaries:
+        keep = mask.bool()
+        rows = torch.arange(2 * b, device=keep.device).unsqueeze(1).expand_as(keep)[keep]
+        sum_sq = _log_sum_sq_probs(logits[keep]) if "aligned" in summaries else None
+        extra = _pair_summaries(per_token[keep], rows, 2 * b, summaries, sum_sq)
+    return PairLogps(logps[:b], logps[b:], n[:b], n[b:], **extra)
+
+
+@torch.no_grad()
+def _log_sum_sq_probs(logits: Tensor) -> Tensor:
+    """``log sum_v p(v)^2`` of each row of `logits` [N, V] -> [N], in fp32, no gradient."""
+    logits = logits.float()
+    return torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1)
+
+
+def _pair_summaries(
+    per_token: Tensor,
+    segments: Tensor,
+    n_segments: int,
+    summaries: frozenset[str],
+    log_sum_sq: Tensor | None,
+) -> dict[str, Tensor]:
+    """The optional :class:`PairLogps` summaries from the scored completion tokens of a batch.
+
+    per_token: [N] log-probs; segments: [N] the completion of each token (0..B-1 chosen of
+    pair j, B..2B-1 rejected of pair j; a completion's tokens in their order, not necessarily
+    contiguous); log_sum_sq: [N] ``log sum_v p(v)^2`` at each token ("aligned" only).
+    """
+    b = n_segments // 2
+    out: dict[str, Tensor] = {}
+    if "shared" in summaries:
+        # each token's rank within its completion: a stable sort by completion keeps the order
+        counts = torch.bincount(segments, minlength=n_segments)
+        order = torch.argsort(segments, stable=True)
+        first = counts.cumsum(0) - counts
+        rank = torch.empty_like(segments)
+        rank[order] = torch.arange(len(segments), device=segments.device) - first[segments[order]]
+        shared_length = torch.minimum(counts[:b], counts[b:]).repeat(2)
+        in_shared = (rank < shared_length[segments]).to(per_token.dtype)
+        sums = per_token.new_zeros(n_segments).index_add(0, segments, per_token * in_shared)
+        out["chosen_shared"], out["rejected_shared"] = sums[:b], sums[b:]
+    if "aligned" in summaries:
+        assert log_sum_sq is not None
+        aligned = (per_token - log_sum_sq).detach()
+        sums = aligned.new_zeros(n_segments).index_add(0, segments, aligned)
+        out["chosen_aligned"], out["rejected_aligned"] = sums[:b], sums[b:]
+    return out
 
 
 def attention_layout(model: nn.Module, mask: Tensor) -> Tensor:
@@ -93,7 +165,9 @@ def _forward_names_logits_to_keep(cls: Any) -> bool:
         return False
 
 
-def packed_pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
+def packed_pair_logps(
+    model: nn.Module, batch: dict[str, Tensor], summaries: frozenset[str] = frozenset()
+) -> PairLogps:
     """Chosen and rejected log-probs of a packed batch (:class:`prefopt.data.collate.
     PackedPairCollator`): one forward over the shared-prompt segments, logits only at the
     positions that predict a completion token (``logits_to_keep``; the full-vocabulary tensor
@@ -120,4 +194,8 @@ def packed_pair_logps(model: nn.Module, batch: dict[str, Tensor]) -> PairLogps:
     sums = per_token.new_zeros(n).index_add(0, segments, per_token)
     counts = torch.bincount(segments, minlength=n).to(per_token.dtype)
     b = n // 2
-    return PairLogps(sums[:b], sums[b:], counts[:b], counts[b:])
+    extra: dict[str, Tensor] = {}
+    if summaries:
+        sum_sq = _log_sum_sq_probs(logits)[index] if "aligned" in summaries else None
+        extra = _pair_summaries(per_token, segments, n, summaries, sum_sq)
+    return PairLogps(sums[:b], sums[b:], counts[:b], counts[b:], **extra)

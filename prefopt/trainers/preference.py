@@ -21,6 +21,12 @@ from prefopt.trainers.policy import PolicyTrainer, to_device
 from prefopt.trainers.smoothing import SoftLabelMixin
 
 
+def summaries(loss_fn: Any, model: str) -> frozenset[str]:
+    """The optional log-prob summaries a loss asks of the `model` ("policy" / "reference")
+    forward; none for a loss that names none (a user's own loss, say)."""
+    return frozenset(getattr(loss_fn, f"{model}_summaries", frozenset()))
+
+
 class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
     data_kind = "preference"
 
@@ -72,7 +78,7 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
     def pair_deltas(self, batch: dict[str, Tensor]) -> Tensor:
         """The implicit-reward margin (DPO: z = beta (u_c - u_r)) that IDS turns into labels."""
         chosen, rejected = self.loss_fn.implicit_rewards(
-            pair_logps(self.model, batch), self.reference_logps(batch)
+            self.policy_logps(batch), self.reference_logps(batch)
         )
         return chosen - rejected
 
@@ -143,14 +149,17 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
                 batch["ref_rejected_tokens"],
             )
         with self.reference_forward():
-            return pair_logps(self.reference_model(), batch)
+            return pair_logps(self.reference_model(), batch, summaries(self.loss_fn, "reference"))
+
+    def policy_logps(self, batch: dict[str, Tensor]) -> PairLogps:
+        """The policy's log-probs with the summaries the loss asks for (LD-DPO, WPO)."""
+        return pair_logps(self.model, batch, summaries(self.loss_fn, "policy"))
 
     # ---------------------------------------------------------------- loss
 
     def compute_loss(self, batch: dict[str, Tensor]) -> LossOutput:
         ref = self.reference_logps(batch)
-        policy = pair_logps(self.model, batch)
-        return self.loss_fn(policy, ref, batch)
+        return self.loss_fn(self.policy_logps(batch), ref, batch)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -164,7 +173,7 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
         for start in range(0, len(self.eval_examples), bs):
             chunk = self.eval_examples[start : start + bs]
             batch = to_device(self.collate(chunk), self.device)
-            out = self.loss_fn(pair_logps(self.model, batch), self.reference_logps(batch), batch)
+            out = self.loss_fn(self.policy_logps(batch), self.reference_logps(batch), batch)
             for name, value in {"loss": out.loss, **out.metrics}.items():
                 sums[name] = sums.get(name, 0.0) + value.float().sum().item()
             count += len(chunk)
