@@ -5,8 +5,10 @@ Importing a module registers its losses in `prefopt.registry.LOSSES`.
 
 from prefopt.losses import (  # noqa: F401  (registration side effects)
     armorm,
+    bco,
     cpo,
     dpo,
+    kto,
     orpo,
     ppo,
     reward,
