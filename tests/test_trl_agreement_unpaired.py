@@ -27,6 +27,7 @@ the last BCOTrainer's running mean (RunningMoments) instead.
 from __future__ import annotations
 
 import warnings
+from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
@@ -124,7 +125,7 @@ def test_kto_equals_trls_kto_trainer(desirable_weight, undesirable_weight):
         calculate_KL=True,
         precompute_ref_logps=False,
         aux_loss_enabled=False,
-        _metrics={"train": __import__("collections").defaultdict(list)},
+        _metrics={"train": defaultdict(list)},
         _total_train_tokens=0,
         _tp_size=1,
     )
@@ -173,6 +174,19 @@ def pair_batch() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     return batch, theirs
 
 
+def trl_pair_loss(cls, model, batch, **attributes):
+    """``(loss, metrics)`` of TRL's ``get_batch_loss_metrics`` of a bare ORPO or CPO trainer."""
+    trainer = bare(
+        cls,
+        accelerator=accelerator(),
+        is_encoder_decoder=False,
+        aux_loss_enabled=False,
+        **attributes,
+    )
+    with torch.no_grad():
+        return trainer.get_batch_loss_metrics(model, batch)
+
+
 def prefopt_pair_loss(cfg, model, batch):
     with torch.no_grad():
         policy: PairLogps = padded_pair_logps(model, batch)
@@ -185,16 +199,7 @@ def test_orpo_odds_ratio_term_equals_trls_orpo_trainer():
     model = tiny_gpt2(2)
     batch, theirs_batch = pair_batch()
     ours = prefopt_pair_loss(ORPOConfig(beta=0.1, nll_alpha=0.0), model, batch)
-    trainer = bare(
-        ORPOTrainer,
-        beta=0.1,
-        accelerator=accelerator(),
-        is_encoder_decoder=False,
-        padding_value=PAD,
-        aux_loss_enabled=False,
-    )
-    with torch.no_grad():
-        loss, metrics = trainer.get_batch_loss_metrics(model, theirs_batch)
+    loss, metrics = trl_pair_loss(ORPOTrainer, model, theirs_batch, beta=0.1, padding_value=PAD)
     assert_close(ours.loss.mean(), loss - metrics["nll_loss"])
     assert_close(ours.metrics["log_odds_ratio"].mean(), torch.tensor(metrics["log_odds_ratio"]))
     assert_close(ours.metrics["log_odds_chosen"].mean(), torch.tensor(metrics["log_odds_chosen"]))
@@ -223,16 +228,7 @@ def test_cpo_equals_trls_cpo_trainer(trl_settings, ours):
     model = tiny_gpt2(3)
     batch, theirs_batch = pair_batch()
     settings = {"beta": 0.1, "label_smoothing": 0.0, "cpo_alpha": 1.0, "alpha": 0.0, **trl_settings}
-    trainer = bare(
-        CPOTrainer,
-        accelerator=accelerator(),
-        is_encoder_decoder=False,
-        pad_token_id=PAD,
-        aux_loss_enabled=False,
-        **settings,
-    )
-    with torch.no_grad():
-        loss, metrics = trainer.get_batch_loss_metrics(model, theirs_batch)
+    loss, metrics = trl_pair_loss(CPOTrainer, model, theirs_batch, pad_token_id=PAD, **settings)
     mine = prefopt_pair_loss(ours, model, batch)
     assert_close(mine.loss.mean(), loss)
     for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies"):
