@@ -113,7 +113,12 @@ class DataConfig:
     # "world": the synthetic preference world (offline default); otherwise a local file, glob
     # or folder (jsonl/json/parquet/csv, gzip too) or a hub dataset name for load_dataset.
     source: str = "world"
-    format: str = "auto"  # auto | preference | hh | tldr | conversation | sft
+    format: str = "auto"  # auto | preference | hh | tldr | conversation | sft | unpaired
+    # where the unpaired losses (kto, bco) get (prompt, completion, desirable) examples: "rows":
+    # the source's unpaired rows (on the world: behaviour responses, desirable iff their gold
+    # reward exceeds the train median); "pairs": each preference pair of the source gives a
+    # desirable (chosen) and an undesirable (rejected) example
+    unpaired: str = "rows"
     split: str = "train"
     eval_split: str | None = "test"  # held-out split of the world, a folder or a hub dataset
     eval_source: str | None = None  # a separate held-out file (a single file has no splits)
@@ -307,7 +312,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.tiny.family": ("gpt2", "llama"),
     "model.dtype": ("fp32", "bf16", "fp16", "auto"),
     "reference.mode": ("auto", "copy", "adapter", "cached", "none"),
-    "data.format": ("auto", "preference", "hh", "tldr", "conversation", "sft"),
+    "data.format": ("auto", "preference", "hh", "tldr", "conversation", "sft", "unpaired"),
+    "data.unpaired": ("rows", "pairs"),
     "data.on_bad_row": ("skip", "error"),
     "data.layout": ("packed", "padded"),
     "trainer.scheduler": ("constant", "linear", "cosine"),
@@ -862,6 +868,7 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         problems.append(f"smoothing.beta must be in (0, 1], got {recipe.smoothing.beta}")
     if recipe.loss is None or recipe.loss.name not in LOSSES:  # reported: the loss checks need it
         return problems
+    problems += _check_unpaired(recipe)
     if recipe.smoothing.method == "ids":
         entry = get_loss(recipe.loss.name)
         if not getattr(entry.build, "supports_soft_labels", False):
@@ -883,6 +890,32 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         if callable(validate):
             problems += validate()
     problems += _check_online(recipe)
+    return problems
+
+
+def _check_unpaired(recipe: Recipe) -> list[str]:
+    """``data.unpaired`` belongs to the unpaired losses; KTO's mismatched pairs need two
+    examples per micro-batch; the reference cache holds pairs only."""
+    entry = get_loss(recipe.loss.name)
+    if entry.kind != "unpaired":
+        if recipe.data.unpaired != "rows":
+            return [
+                f"data.unpaired: {recipe.data.unpaired!r} applies to the unpaired losses "
+                f"({', '.join(sorted(n for n, e in LOSSES.items() if e.kind == 'unpaired'))}); "
+                f"loss {recipe.loss.name!r} trains on {entry.kind} data"
+            ]
+        return []
+    problems = []
+    if getattr(entry.build, "needs_mismatched", False) and recipe.trainer.batch_size < 2:
+        problems.append(
+            f"trainer.batch_size must be >= 2 for loss {recipe.loss.name!r}: its KL estimate "
+            "pairs each prompt with another example's completion in the micro-batch"
+        )
+    if recipe.reference.mode == "cached":
+        problems.append(
+            "reference.mode: cached stores the reference log-probs of preference pairs; loss "
+            f"{recipe.loss.name!r} trains on unpaired examples: use auto, copy or adapter"
+        )
     return problems
 
 

@@ -48,7 +48,7 @@ def _evaluate(run_dir: Path, recipe: Any, model_dir: Path, eval_dir: Path) -> di
     if kind == "armorm":
         return evaluate_armorm(recipe, model_dir)
     reference_path = run_reference_path(run_dir, recipe)
-    if kind in ("sft", "pairwise") and reference_path is None:
+    if kind in ("sft", "pairwise", "unpaired") and reference_path is None:
         raise ConfigError([f"{run_dir}: no reference to compare with (no initial_model/)"])
     recipe.model.name_or_path = str(model_dir)
     recipe.model.lora = None  # an adapter folder loads with its base through peft
@@ -160,7 +160,7 @@ def compare_policies(
     for name, run in runs.items():
         if run.data.source != "world":
             raise ConfigError([f"compare: {name} was not trained on the world"])
-        if get_loss(run.loss.name).kind not in ("sft", "pairwise", "online"):
+        if get_loss(run.loss.name).kind not in ("sft", "pairwise", "unpaired", "online"):
             raise ConfigError([f"compare: {name} is not a policy (loss.name={run.loss.name})"])
     worlds = {
         json.dumps(

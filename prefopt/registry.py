@@ -19,11 +19,13 @@ class LossEntry:
     name: str
     config_cls: type  # a dataclass; the `loss:` section of a recipe is validated against it
     build: Callable[[Any], Any]  # config instance -> loss object
-    kind: str  # "pairwise" (pairs of completions), "sft" (demonstrations), "reward" (scalar RM)
+    # "pairwise" (pairs of completions), "unpaired" (completions labelled desirable or not),
+    # "sft" (demonstrations), "reward" (scalar RM), "armorm", "online"
+    kind: str
 
 
 LOSSES: dict[str, LossEntry] = {}
-KINDS = frozenset({"pairwise", "sft", "reward", "armorm", "online"})
+KINDS = frozenset({"pairwise", "unpaired", "sft", "reward", "armorm", "online"})
 
 T = TypeVar("T")
 
@@ -37,6 +39,8 @@ def register_loss(
     trainer. `kind` picks which data and step the trainer uses:
 
     * ``pairwise``: called with (policy PairLogps, reference PairLogps | None, batch);
+    * ``unpaired``: called with (policy UnpairedLogps, reference UnpairedLogps | None,
+      desirable [B] bool) (KTO, BCO; ``prefopt.losses.unpaired``);
     * ``sft``: called with (policy SequenceLogps, batch);
     * ``reward``: called with (chosen rewards, rejected rewards, batch);
     * ``armorm``: the two-stage ArmoRM procedure (its trainer owns the loss);

@@ -28,6 +28,10 @@ def trainer_class(recipe: Recipe) -> type:
         from prefopt.trainers.preference import PreferenceTrainer
 
         return PreferenceTrainer
+    if kind == "unpaired":
+        from prefopt.trainers.unpaired import UnpairedTrainer
+
+        return UnpairedTrainer
     if kind == "reward":
         from prefopt.trainers.reward import RewardTrainer
 

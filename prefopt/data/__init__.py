@@ -10,9 +10,17 @@ from prefopt.data.collate import (
     PreferenceCollator,
     PromptCollator,
     SFTCollator,
+    UnpairedCollator,
     to_device,
 )
-from prefopt.data.loaders import FORMATS, KINDS, detect_format, load_records, normalize_rows
+from prefopt.data.loaders import (
+    FORMATS,
+    KINDS,
+    detect_format,
+    load_records,
+    normalize_rows,
+    pairs_to_unpaired,
+)
 from prefopt.data.records import BadRows, DataError, render_conversation
 from prefopt.data.tokenize import tokenize_preference, tokenize_prompts, tokenize_sft
 
@@ -26,9 +34,11 @@ __all__ = [
     "PreferenceCollator",
     "PromptCollator",
     "SFTCollator",
+    "UnpairedCollator",
     "detect_format",
     "load_records",
     "normalize_rows",
+    "pairs_to_unpaired",
     "render_conversation",
     "tokenize_preference",
     "tokenize_prompts",

@@ -87,6 +87,37 @@ class SFTCollator(_Padder):
         return {**batch, **_index(examples)}
 
 
+class UnpairedCollator(_Padder):
+    """Unpaired examples (KTO, BCO) to a [B, T] batch, or [2B, T] with ``mismatched``.
+
+    Rows 0..B-1 are prompt_i + completion_i. With ``mismatched``, rows B..2B-1 are prompt_i +
+    completion_{i-1} (cyclically, as TRL), the mismatched pairs of KTO's KL estimate; such a
+    completion is cut from the right to fit ``max_length`` (it then loses its EOS). Also
+    ``desirable`` [B] (bool) and ``index`` [B] when the examples carry it.
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        max_length: int,
+        mismatched: bool,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
+        super().__init__(pad_token_id, pad_to_multiple_of)
+        self.max_length, self.mismatched = max_length, mismatched
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = [e["prompt_ids"] for e in examples]
+        completions = [e["completion_ids"] for e in examples]
+        if self.mismatched:
+            shifted = zip(prompts, completions[-1:] + completions[:-1], strict=True)
+            completions += [c[: self.max_length - len(p)] for p, c in shifted]
+            prompts = prompts + prompts
+        batch = self.pad_sequences(prompts, completions)
+        batch["desirable"] = torch.tensor([bool(e["desirable"]) for e in examples])
+        return {**batch, **_index(examples)}
+
+
 class PromptCollator(_Padder):
     """Prompts for generation: left-padded ``input_ids`` and ``attention_mask`` [B, T]."""
 

@@ -20,8 +20,9 @@ Formats, by file name (each but parquet may end in ``.gz``):
 * ``.json``: a JSON array of objects, an object of equal-length column lists, a single object, or
   JSON lines (what ``datasets`` also accepts under this name);
 * ``.csv``: a header line, then one record per line (quoted fields may span lines); cells are
-  text and an empty cell is missing, except ``margin`` (read as a number) and ``id`` / ``choice``
-  (read as integers when written as one), the fields of the formats that are numbers;
+  text and an empty cell is missing, except ``margin`` (read as a number), ``id`` / ``choice``
+  (read as integers when written as one), the fields of the formats that are numbers, and
+  ``desirable`` / ``label`` (``true`` / ``false`` in any case read as booleans);
 * ``.parquet``: read with pyarrow, every row as a dict.
 """
 
@@ -250,6 +251,8 @@ def _csv_value(name: str, cell: str) -> Any:
             return cell  # counted as wrong_type:margin
     if name in ("id", "choice") and _INTEGER.fullmatch(cell.strip()):
         return int(cell)
+    if name in ("desirable", "label") and cell.strip().lower() in ("true", "false"):
+        return cell.strip().lower() == "true"  # anything else: wrong_type:desirable
     return cell
 
 

@@ -14,7 +14,9 @@ Normalised records (plain dicts):
 * preference: ``prompt``, ``chosen``, ``rejected`` (all text, or all message lists when the data
   is conversational and no tokenizer was given), ``margin`` (float | None), ``index`` (row index
   in the source), and ``id`` / ``scores`` / ``metadata`` when the row has them;
-* sft: ``prompt``, ``completion``, ``index`` and ``id`` / ``metadata`` when present.
+* sft: ``prompt``, ``completion``, ``index`` and ``id`` / ``metadata`` when present;
+* unpaired (KTO, BCO): the sft fields and ``desirable`` (bool). Pairs become unpaired records
+  with :func:`pairs_to_unpaired` (each pair gives a desirable and an undesirable example).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from prefopt.data.records import (
     text_size,
 )
 
-KINDS = ("preference", "sft")
-FORMATS = ("auto", "preference", "hh", "tldr", "conversation", "sft")
+KINDS = ("preference", "sft", "unpaired")
+FORMATS = ("auto", "preference", "hh", "tldr", "conversation", "sft", "unpaired")
 PAIR_FORMATS = ("preference", "hh", "tldr", "conversation")
 HH_MARKER = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
@@ -109,6 +111,17 @@ def load_records(
         allow_empty_prompt=allow_empty_prompt,
     )
     return records, bad.merge(unreadable)
+
+
+def records_kind(loss_kind: str, unpaired: str = "rows") -> str:
+    """The records a loss of kind ``loss_kind`` reads: ``sft``, ``unpaired``, or
+    ``preference`` (pairs; also for an unpaired loss with ``data.unpaired: pairs``, whose pairs
+    :func:`pairs_to_unpaired` then splits)."""
+    if loss_kind == "sft":
+        return "sft"
+    if loss_kind == "unpaired" and unpaired == "rows":
+        return "unpaired"
+    return "preference"
 
 
 def read_rows(
@@ -236,6 +249,10 @@ def detect_format(rows: Iterable[Row]) -> str:
             return "preference"
         if any(HH_HUMAN in str(r.get("chosen")) for r in sample):
             return "hh"
+    if ("messages" in present or {"prompt", "completion"} <= present) and (
+        present & set(LABEL_FIELDS)
+    ):
+        return "unpaired"
     if "messages" in present or {"prompt", "completion"} <= present:
         return "sft"
     raise DataError(f"cannot detect the data format from fields {sorted(present)}")
@@ -248,6 +265,19 @@ def _parser(kind: str, fmt: str) -> Parser:
         "hh": parse_hh,
         "tldr": parse_tldr,
     }
+    if kind == "unpaired":
+        if fmt != "unpaired":
+            raise DataError(
+                f"format {fmt!r} has no desirable/undesirable labels, and this needs unpaired "
+                "rows (prompt, completion, desirable); for preference pairs set "
+                "data.unpaired: pairs (each pair gives a desirable and an undesirable example)"
+            )
+        return parse_unpaired
+    if fmt == "unpaired":
+        raise DataError(
+            f"format 'unpaired' (prompt, completion, desirable) has no {kind} records; it "
+            "trains the unpaired losses (kto, bco)"
+        )
     if kind == "sft":
         return parse_sft if fmt == "sft" else _chosen_as_sft(pair_parsers[fmt])
     if fmt == "sft":
@@ -363,6 +393,38 @@ def parse_sft(row: Row) -> dict[str, Any]:
         raise BadRow("empty_completion")
     extras = {k: v for k, v in _extras(row).items() if k in ("id", "metadata")}
     return {"prompt": prompt, "completion": completion, **extras}
+
+
+# --- unpaired ---------------------------------------------------------------------------------
+
+#: The field that says whether a completion is desirable: ``desirable``, or TRL's ``label``.
+LABEL_FIELDS = ("desirable", "label")
+
+
+def parse_unpaired(row: Row) -> dict[str, Any]:
+    """A demonstration (as :func:`parse_sft`) with a boolean ``desirable`` (or TRL's
+    ``label``; when a row has both they must agree)."""
+    labels = [row[name] for name in LABEL_FIELDS if row.get(name) is not None]
+    if not labels:
+        raise BadRow("missing_field:desirable")
+    if not all(isinstance(label, bool) for label in labels):
+        raise BadRow("wrong_type:desirable")
+    if len(set(labels)) > 1:
+        raise BadRow("conflicting_labels")
+    return {**parse_sft(row), "desirable": labels[0]}
+
+
+def pairs_to_unpaired(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each preference record as two unpaired ones: its chosen completion desirable, then its
+    rejected completion undesirable (both keep the pair's ``index``, ``id`` and
+    ``metadata``)."""
+    out = []
+    for pair in records:
+        rest = {k: pair[k] for k in ("index", "id", "metadata") if k in pair}
+        for key, desirable in (("chosen", True), ("rejected", False)):
+            completion = {"completion": pair[key], "desirable": desirable}
+            out.append({"prompt": pair["prompt"], **completion, **rest})
+    return out
 
 
 # --- helpers ----------------------------------------------------------------------------------

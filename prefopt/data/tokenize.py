@@ -29,7 +29,7 @@ from prefopt.data.records import BadRows, render_prompt, render_record
 
 logger = logging.getLogger(__name__)
 
-PASSTHROUGH_KEYS = ("id", "scores")
+PASSTHROUGH_KEYS = ("id", "scores", "desirable")  # desirable: unpaired records (KTO, BCO)
 
 
 def tokenize_preference(
@@ -65,7 +65,8 @@ def tokenize_sft(
     bad_rows: BadRows | None = None,
     add_bos: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Tokenize demonstrations to ``prompt_ids``, ``completion_ids``, ``index`` (same rules)."""
+    """Tokenize demonstrations to ``prompt_ids``, ``completion_ids``, ``index`` (same rules);
+    unpaired records (KTO, BCO) keep their ``desirable``."""
     return [
         {"prompt_ids": prompt, "completion_ids": completion, **_meta(row, pos)}
         for pos, row, prompt, (completion,) in _fitted_rows(

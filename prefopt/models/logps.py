@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.losses.base import PairLogps
+from prefopt.losses.unpaired import UnpairedLogps
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
@@ -65,6 +66,20 @@ def pair_logps(
     if "logits_mask" in batch:
         return packed_pair_logps(model, batch, summaries)
     return padded_pair_logps(model, batch, summaries)
+
+
+def unpaired_logps(model: nn.Module, batch: dict[str, Tensor]) -> UnpairedLogps:
+    """Log-probs of an unpaired batch (``UnpairedCollator``): rows 0..B-1 (B = the number of
+    ``desirable`` flags) are the examples; rows B..2B-1, when present, the mismatched pairs of
+    KTO's KL estimate, computed without a graph (the estimate is never differentiated)."""
+    b = batch["desirable"].shape[0]
+    keys = ("input_ids", "attention_mask", "completion_mask")
+    logps, n = sequence_logps(model, *(batch[k][:b] for k in keys))
+    mismatched = None
+    if batch["input_ids"].shape[0] > b:
+        with torch.no_grad():
+            mismatched, _ = sequence_logps(model, *(batch[k][b:] for k in keys))
+    return UnpairedLogps(logps, n, mismatched)
 
 
 def padded_pair_logps(

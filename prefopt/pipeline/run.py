@@ -33,6 +33,7 @@ def check_data_for_world_tokenizer(recipe: Recipe) -> None:
     if data.source == "world" or not on_world_tokenizer:
         return
     from prefopt.data import load_records
+    from prefopt.data.loaders import records_kind
     from prefopt.data.tokenize import unknown_tokens_problem
     from prefopt.paths import cache_dir
     from prefopt.registry import get_loss
@@ -41,7 +42,7 @@ def check_data_for_world_tokenizer(recipe: Recipe) -> None:
     tokenizer = build_world(recipe.world, cache_dir=cache_dir()).tokenizer()
     records, _ = load_records(
         data.source,
-        kind="sft" if get_loss(recipe.loss.name).kind == "sft" else "preference",
+        kind=records_kind(get_loss(recipe.loss.name).kind, data.unpaired),
         format=data.format,
         split=data.split,
         data_dir=data.data_dir,

@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from prefopt.config import ConfigError
-from prefopt.data import BadRows, DataError, load_records, to_device  # noqa: F401  (re-exported)
+from prefopt.data import (  # noqa: F401  (re-exported)
+    BadRows,
+    DataError,
+    load_records,
+    to_device,
+    tokenize_sft,
+)
 from prefopt.data.loaders import file_builder
 from prefopt.data.tokenize import unknown_tokens_problem
 from prefopt.models.loading import (
@@ -47,7 +53,7 @@ def unresolved_check(key: str, name: str | None) -> str | None:
 class PolicyTrainer(Trainer):
     """Base for trainers whose model is a causal-LM policy."""
 
-    data_kind = "preference"  # or "sft"
+    data_kind = "preference"  # or "sft", "unpaired": the records `load_data` reads
 
     def build(self) -> None:
         recipe = self.recipe
@@ -121,6 +127,9 @@ class PolicyTrainer(Trainer):
             assert self.world is not None
             if self.data_kind == "sft":
                 train, held_out = self.world.sft_records("train"), self.world.sft_records("test")
+            elif self.data_kind == "unpaired":
+                train = self.world.unpaired_records("train")
+                held_out = self.world.unpaired_records(data.eval_split or "test")
             else:
                 train = self.world.preference_records("train")
                 held_out = self.world.preference_records(data.eval_split or "test")
@@ -195,6 +204,18 @@ class PolicyTrainer(Trainer):
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def tokenize_demonstrations(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Prompt/completion records (demonstrations, unpaired examples) to token ids within
+        ``data``'s length limits; dropped rows are counted in ``self.bad_rows``."""
+        d = self.recipe.data
+        return tokenize_sft(
+            records,
+            self.tokenizer,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            bad_rows=self.bad_rows,
+        )
+
     def make_collator(self) -> Any:
         raise NotImplementedError
 
@@ -210,6 +231,34 @@ class PolicyTrainer(Trainer):
         """Default: a frozen copy of the initial policy kept for the gold evaluation."""
         self.reference: nn.Module | None = None
         self.reference_uses_adapter = False
+
+    def reference_mode(self) -> str:
+        """``reference.mode`` with ``auto`` resolved: the adapter-disabled policy is the
+        reference when the policy is LoRA and no other reference is named, else a copy."""
+        mode = self.recipe.reference.mode
+        if mode == "auto":
+            lora_base = (
+                self.recipe.model.lora is not None and not self.recipe.reference.name_or_path
+            )
+            return "adapter" if lora_base else "copy"
+        return mode
+
+    def build_loss_reference(self, needs: bool, mode: str) -> None:
+        """The reference of a loss that ``needs`` one (mode ``adapter``, ``copy`` or
+        ``cached``: the weights the cache is computed with), also kept on the world for the
+        gold evaluation's KL when the loss needs none."""
+        if mode == "adapter":
+            if self.recipe.model.lora is None:
+                raise TrainingError("reference.mode adapter needs model.lora")
+            self.reference_uses_adapter = True
+        elif mode in ("copy", "cached") or (mode == "none" and not needs):
+            if needs or (self.world is not None and self.recipe.eval.enabled):
+                self.reference = self.load_reference_weights()
+        if mode == "none" and needs:
+            raise TrainingError(
+                f"loss {self.recipe.loss.name!r} needs a reference; reference.mode is none"
+            )
+        self.summary["reference"] = {"mode": mode if needs else "none (reference-free loss)"}
 
     def reference_forward(self):
         """Context in which `self.reference_model()` computes reference outputs."""

@@ -16,7 +16,6 @@ from prefopt.data import PackedPairCollator, PreferenceCollator, tokenize_prefer
 from prefopt.losses.base import LossOutput, PairLogps
 from prefopt.models.logps import pair_logps  # noqa: F401  (re-exported: tests and users import it here)
 from prefopt.registry import get_loss
-from prefopt.trainers.base import TrainingError
 from prefopt.trainers.policy import PolicyTrainer, to_device
 from prefopt.trainers.smoothing import SoftLabelMixin
 
@@ -96,32 +95,11 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
 
     # ---------------------------------------------------------------- reference
 
-    def reference_mode(self) -> str:
-        mode = self.recipe.reference.mode
-        if mode == "auto":
-            # the adapter-disabled policy is the reference only when no other one is named
-            lora_base = (
-                self.recipe.model.lora is not None and not self.recipe.reference.name_or_path
-            )
-            return "adapter" if lora_base else "copy"
-        return mode
-
     def build_reference(self) -> None:
         super().build_reference()
         self.ref_cache: dict[str, tuple[Tensor, ...]] | None = None
-        needs = self.loss_fn.needs_reference
-        mode = self.reference_mode()
-        if mode == "adapter":
-            if self.recipe.model.lora is None:
-                raise TrainingError("reference.mode adapter needs model.lora")
-            self.reference_uses_adapter = True
-        elif mode in ("copy", "cached") or (mode == "none" and not needs):
-            if needs or (self.world is not None and self.recipe.eval.enabled):
-                self.reference = self.load_reference_weights()
-        if mode == "none" and needs:
-            raise TrainingError(
-                f"loss {self.recipe.loss.name!r} needs a reference; reference.mode is none"
-            )
+        needs, mode = self.loss_fn.needs_reference, self.reference_mode()
+        self.build_loss_reference(needs, mode)
         if mode == "cached" and needs:
             from prefopt.models.ref_cache import cached_reference_logps
 
@@ -135,7 +113,6 @@ class PreferenceTrainer(SoftLabelMixin, PolicyTrainer):
             }
             if not (self.world is not None and self.recipe.eval.enabled):
                 self.reference = None  # the cache replaces it: no second copy in memory
-        self.summary["reference"] = {"mode": mode if needs else "none (reference-free loss)"}
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor]) -> PairLogps | None:

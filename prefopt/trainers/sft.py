@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prefopt.data import SFTCollator, tokenize_sft
+from prefopt.data import SFTCollator
 from prefopt.losses.base import LossOutput
 from prefopt.models.loading import frozen_copy
 from prefopt.models.logps import sequence_logps
@@ -26,14 +26,7 @@ class SFTTrainer(PolicyTrainer):
         return SFTCollator(pad_token_id=self.tokenizer.pad_token_id)
 
     def tokenize(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        d = self.recipe.data
-        return tokenize_sft(
-            records,
-            self.tokenizer,
-            max_length=d.max_length,
-            max_prompt_length=d.max_prompt_length,
-            bad_rows=self.bad_rows,
-        )
+        return self.tokenize_demonstrations(records)
 
     def collate(self, examples):
         return self._collator(examples)

@@ -8,6 +8,13 @@ Splits
 * ``ood``: prompts over the held-out topics (the last ``n_ood_topics``). Words of held-out
   topics never occur anywhere in train/test data (neither in prompts nor as distractors).
 
+Unpaired data (KTO, BCO)
+------------------------
+One behaviour response per prompt, of quality drawn as the pairs' are; it is *desirable* iff its
+gold reward exceeds the median gold reward of the train split's responses (one bar for every
+split, so about half of the train responses are desirable). The train split holds as many
+responses as the train pairs do (two per pair), and likewise for test and ood.
+
 Labels
 ------
 Two behaviour responses are drawn for the same prompt, with qualities ``q1, q2`` uniform in
@@ -28,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -232,6 +240,45 @@ def preference_records(lang: Language, split: str, n: int, score: ScoreFn) -> li
     if lang.config.comparison_counts == "long_tail" and split == "train":
         rng.shuffle(records)
     return records
+
+
+# --------------------------------------------------------------------------- unpaired
+def unpaired_samples(lang: Language, split: str, n: int, score: ScoreFn) -> list[dict[str, Any]]:
+    """``n`` behaviour responses, one per prompt, of quality ``q ~ U[pair_quality_min,
+    pair_quality_max]`` (the mixture the pairs are drawn from), with their gold reward in
+    ``metadata.gold``; :func:`label_unpaired` decides which are desirable."""
+    rng = make_rng(lang.config.seed, f"unpaired_{split}")
+    topics = split_topics(lang, split)
+    cfg = lang.config
+    out = []
+    for _ in range(n):
+        prompt = sample_prompt(lang, split, rng)
+        info = lang.parse_prompt(prompt)
+        quality = rng.uniform(cfg.pair_quality_min, cfg.pair_quality_max)
+        completion = behaviour_response(lang, info, quality, rng, topics)
+        gold, _, _ = score(info, completion)
+        meta = {"gold": rounded(gold), "quality": rounded(quality), **prompt_fields(lang, info)}
+        out.append({"prompt": prompt, "completion": completion, "metadata": meta})
+    return out
+
+
+def desirability_threshold(samples: list[dict[str, Any]]) -> float:
+    """The bar of the desirability rule: the median gold reward of ``samples`` (the train
+    split's), so that about half of the behaviour responses are desirable."""
+    return rounded(statistics.median(r["metadata"]["gold"] for r in samples))
+
+
+def label_unpaired(samples: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """Unpaired records: a response is desirable iff its gold reward exceeds ``threshold``
+    (strictly); the threshold is kept in ``metadata.threshold``."""
+    return [
+        {
+            **r,
+            "desirable": r["metadata"]["gold"] > threshold,
+            "metadata": {**r["metadata"], "threshold": threshold},
+        }
+        for r in samples
+    ]
 
 
 # --------------------------------------------------------------------------- Bayes accuracy

@@ -182,16 +182,33 @@ class World:
 
     def preference_records(self, split: str = "train") -> list[dict[str, Any]]:
         """Labelled pairs ``{"prompt", "chosen", "rejected", "margin", "metadata"}``."""
-        _check(split, data.PAIR_SPLITS)
-        n = {
-            "train": self.config.n_train_pairs,
-            "test": self.config.n_test_pairs,
-            "ood": self.config.n_ood_pairs,
-        }[split]
+        n = self._pair_count(split)
         return self._memo(
             f"pairs_{split}",
             lambda: data.preference_records(self.language, split, n, self._score_one),
         )
+
+    def unpaired_records(self, split: str = "train") -> list[dict[str, Any]]:
+        """Unpaired records ``{"prompt", "completion", "desirable", "metadata"}`` for KTO and
+        BCO: behaviour responses, desirable iff their gold reward exceeds the median of the
+        train split's (``metadata.threshold``; see :mod:`prefopt.world.data`)."""
+        threshold = data.desirability_threshold(self._unpaired_samples("train"))
+        return data.label_unpaired(self._unpaired_samples(split), threshold)
+
+    def _unpaired_samples(self, split: str) -> list[dict[str, Any]]:
+        n = 2 * self._pair_count(split)  # as many completions as the split's pairs hold
+        return self._memo(
+            f"unpaired_{split}",
+            lambda: data.unpaired_samples(self.language, split, n, self._score_one),
+        )
+
+    def _pair_count(self, split: str) -> int:
+        _check(split, data.PAIR_SPLITS)
+        return {
+            "train": self.config.n_train_pairs,
+            "test": self.config.n_test_pairs,
+            "ood": self.config.n_ood_pairs,
+        }[split]
 
     def eval_prompts(self, split: str = "test") -> list[str]:
         """Held-out prompts for generation-based evaluation (``"test"`` or ``"ood"``)."""
