@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,diversity,bench]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,diversity,bench,trackers]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -190,8 +190,16 @@ class TrainerConfig:
     eval_every: int = 0  # 0: only at the end
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
-    report_to: list[str] = field(default_factory=list)  # e.g. [tensorboard]
+    # experiment trackers besides metrics.jsonl (always written), by accelerate's names:
+    # tensorboard, wandb, mlflow, trackio, ... (TRACKERS; prefopt/trainers/tracking.py)
+    report_to: list[str] = field(default_factory=list)
+    project: str = "prefopt"  # the trackers' project (wandb project, MLflow experiment)
     progress_bar: bool = True
+
+
+# trainer.report_to: prefopt's metrics.jsonl and the trackers accelerate 1.16 integrates
+TRACKERS = ("jsonl", "tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml",
+            "dvclive", "swanlab")  # fmt: skip
 
 
 @dataclass
@@ -782,9 +790,10 @@ def _check_ranges(recipe: Recipe) -> list[str]:
     for name in ("max_steps", "eval_every", "save_every", "warmup_steps"):
         if getattr(t, name) < 0:
             problems.append(f"trainer.{name} must be >= 0, got {getattr(t, name)}")
-    unknown_trackers = sorted(set(t.report_to) - {"tensorboard"})
+    unknown_trackers = sorted(set(t.report_to) - set(TRACKERS))
     if unknown_trackers:
-        problems.append(f"trainer.report_to: unknown {unknown_trackers}; supported: tensorboard")
+        supported = ", ".join(TRACKERS)
+        problems.append(f"trainer.report_to: unknown {unknown_trackers}; supported: {supported}")
     for name in ("n_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "best_of_n"):
         if getattr(e, name) < 1:
             problems.append(f"eval.{name} must be >= 1, got {getattr(e, name)}")

@@ -148,7 +148,7 @@ def test_tensorboard_logging(tmp_path):
             "sft", tmp_path / "tb", "trainer.max_steps=2", "trainer.report_to=[tensorboard]"
         )
     )
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard" / "prefopt").glob("events.out.tfevents.*"))
 
 
 def test_periodic_evaluation_is_logged_once_per_interval(tmp_path):

@@ -40,7 +40,7 @@ from prefopt.config import Recipe
 from prefopt.losses.base import LossOutput
 from prefopt.models.loading import attention_implementation
 from prefopt.paths import clock
-from prefopt.trainers import engines
+from prefopt.trainers import engines, tracking
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -72,17 +72,25 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: Path, for_eval: bool = False):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import ProjectConfiguration, set_seed
 
         self.recipe = recipe
         self.cfg = recipe.trainer
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.cfg.precision]
+        try:
+            trackers = tracking.log_with(self.run_dir, self.cfg.report_to)
+        except tracking.TrackerError as exc:
+            raise TrainingError(str(exc)) from None
         self.accelerator = Accelerator(
             mixed_precision=precision,
             gradient_accumulation_steps=self.cfg.grad_accum,
             cpu=engines.use_cpu(self.cfg.device),
+            log_with=trackers,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "tensorboard")
+            ),
         )
         if self.cfg.device == "cuda" and self.accelerator.device.type != "cuda":
             raise TrainingError("trainer.device is cuda but no CUDA device is available")
@@ -227,7 +235,10 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         self._maybe_resume()
         start_time, start_step = time.time(), self.step
-        tracker = _Tracker(self.run_dir, self.cfg.report_to, self.accelerator.is_main_process)
+        try:
+            tracker = tracking.RunTrackers(self.accelerator, self.recipe, self.run_dir)
+        except tracking.TrackerError as exc:
+            raise TrainingError(str(exc)) from exc
         window: dict[str, list[float]] = defaultdict(list)
         shown = self.cfg.progress_bar and self.is_main
         bar = _progress(self.cfg.max_steps, self.step, shown, self.cfg.log_every)
@@ -372,7 +383,7 @@ class Trainer:
         """Training examples one step consumes (pairs, demonstrations, or prompts online)."""
         return self.global_batch * self.cfg.grad_accum
 
-    def _finish(self, tracker: _Tracker, start_time: float) -> dict[str, Any]:
+    def _finish(self, tracker: tracking.RunTrackers, start_time: float) -> dict[str, Any]:
         self.summary["steps"] = self.step
         self.summary["train"] = tracker.last
         self.summary["runtime_s"] = round(time.time() - start_time, 2)
@@ -511,7 +522,7 @@ class Trainer:
     def _drop_metrics_after(self, step: int) -> None:
         """A run killed after its last checkpoint logged steps it will now train again: drop
         those records so that `metrics.jsonl` holds each step once (written atomically)."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / tracking.METRICS_FILE
         if not path.exists():
             return
         lines = path.read_text().splitlines()
@@ -754,43 +765,3 @@ class _ProgressLines:
 
     def close(self) -> None:
         pass
-
-
-class _Tracker:
-    """metrics.jsonl (always) and TensorBoard (when `report_to` names it)."""
-
-    def __init__(self, run_dir: Path, report_to: list[str], enabled: bool):
-        self.enabled = enabled
-        self.last: dict[str, float] = {}
-        self.path = run_dir / "metrics.jsonl"
-        self.writer = None
-        unknown = set(report_to) - {"tensorboard"}
-        if unknown:
-            raise TrainingError(
-                f"trainer.report_to: unknown {sorted(unknown)}; supported: tensorboard"
-            )
-        if enabled and "tensorboard" in report_to:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise TrainingError(
-                    "trainer.report_to: tensorboard needs the tensorboard package "
-                    "(pip install tensorboard)"
-                ) from exc
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-    def log(self, step: int, record: dict[str, float]) -> None:
-        if not self.enabled or not record:
-            return
-        if not any(k.startswith("eval/") for k in record):
-            self.last = record
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step":
-                    self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
