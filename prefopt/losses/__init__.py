@@ -3,7 +3,17 @@
 Importing a module registers its losses in `prefopt.registry.LOSSES`.
 """
 
-from prefopt.losses import armorm, dpo, ppo, reward, sft  # noqa: F401  (registration side effects)
+from prefopt.losses import (  # noqa: F401  (registration side effects)
+    armorm,
+    cispo,
+    dpo,
+    gmpo,
+    gspo,
+    ppo,
+    reward,
+    sapo,
+    sft,
+)
 from prefopt.losses.base import LossConfig, LossOutput, PairLogps
 from prefopt.losses.dpo import DPOConfig, PairwiseLoss
 
