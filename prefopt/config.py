@@ -28,12 +28,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import prefopt.losses  # noqa: F401  (registers the built-in losses)
-import prefopt.rl  # noqa: F401  (registers the built-in regularisers)
-from prefopt.registry import LOSSES, get_loss, get_regulariser
+import prefopt.rl  # noqa: F401  (registers the built-in regularisers and estimators)
+from prefopt.registry import ADVANTAGES, LOSSES, get_advantage, get_loss, get_regulariser
+from prefopt.rl.estimators.base import DEFAULT_ADVANTAGE
 from prefopt.world.config import WorldConfig
 from prefopt.world.data import SHIFTS
 
 DEFAULT_REGULARISER = "kl"
+#: Sections whose schema is a registered entry's config, chosen by their ``name``.
+SECTIONS = ("loss", "regulariser", "advantage")
+#: Keys that moved: a recipe still using one gets an error naming the new key.
+RENAMED = {"advantage.grpo_scale": "advantage.scale_rewards (of advantage.name: grpo)"}
 
 #: The shipped recipes travel inside the package (package data), so an installed prefopt finds
 #: them from any folder; the repository's top-level `recipes/` is a link to this folder.
@@ -253,6 +258,24 @@ class RolloutConfig:
     # against the full one), so the first minibatch's ratio is 1 up to that rounding. Not with
     # a shared value head (its values need the full forward anyway)
     logps_from_generation: bool = False
+    # DAPO's dynamic sampling (Yu et al. 2025, arXiv 2503.14476, sec. 3.2, eq. 11): groups
+    # whose k rewards are all equal (zero advantage, no gradient) are dropped and more prompts
+    # are sampled until the batch is full again, in at most `dynamic_sampling_tries` generation
+    # rounds; after the last one the batch is topped up with dropped groups (zero advantage)
+    dynamic_sampling: bool = False
+    dynamic_sampling_tries: int = 3
+    # completions that never reached an EOS are left out of the policy loss (DAPO sec. 3.4;
+    # TRL's mask_truncated_completions); they still count in their group's baseline
+    mask_truncated: bool = False
+
+
+@dataclass
+class RewardComponent:
+    """One reward of a multi-reward rollout (`reward.components`)."""
+
+    scorer: str = ""  # as reward.scorer, or gold:<objective> (one of the world's objectives)
+    weight: float = 1.0
+    name: str = ""  # logged as objective/rewards/<name>; default: the scorer
 
 
 @dataclass
@@ -260,8 +283,18 @@ class RewardConfig:
     """What scores a rollout: any Scorer, which sees text (so its tokenizer may differ)."""
 
     # "world:rm" (the world's learned reward model), "world" (the gold reward: an oracle
-    # experiment), a reward-model run dir / folder, an ArmoRM folder, or "A,B" (an ensemble)
-    scorer: str = "world:rm"
+    # experiment), "gold:<objective>" (one of the world's five objectives, as its share of the
+    # gold reward), a reward-model run dir / folder, an ArmoRM folder, or "A,B" (an ensemble);
+    # null with `components`
+    scorer: str | None = "world:rm"
+    # several rewards, each scored and logged on its own; the score is their weighted sum
+    # (GDPO, advantage.name: gdpo, normalises each within its group instead). Needs scorer: null
+    components: list[RewardComponent] = field(default_factory=list)
+    # DAPO's overlong reward shaping (arXiv 2503.14476, sec. 3.4, eq. 13): a completion longer
+    # than rollout.max_new_tokens - overlong_buffer tokens loses up to `overlong_penalty`,
+    # linearly in the excess, the whole of it at the maximum length; null: off
+    overlong_buffer: int | None = None
+    overlong_penalty: float = 1.0
     clip: float | None = 5.0  # scores clipped to [-clip, clip]; null: off
     missing_eos_penalty: float | None = -1.0  # added to a completion with no EOS; null: off
     # gain and bias so that the reference policy's samples score mean 0, std 1 (OpenAI's
@@ -279,17 +312,6 @@ class ValueConfig:
     # else the policy's body; "reward_model" or "policy" to choose
     init: str = "auto"
     lr: float | None = None  # default: trainer.lr
-
-
-@dataclass
-class AdvantageConfig:
-    """How rewards become advantages (ALGORITHMS.md sections 3 and 12)."""
-
-    name: str = "gae"  # gae | rloo | grpo | reinforce_pp | reinforce_pp_baseline
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten: bool = True  # gae: advantages whitened over the batch's completion tokens
-    grpo_scale: str = "group"  # grpo: divide by the group's std, the batch's, or "none"
 
 
 @dataclass
@@ -311,7 +333,9 @@ class Recipe:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
-    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    # how rewards become advantages: replaced by the registered estimator's own schema
+    # (prefopt.registry.ADVANTAGES; ALGORITHMS.md sections 3 and 12)
+    advantage: Any = None
     regulariser: Any = None  # replaced by the registered regulariser's own schema
     name: str = ""  # the recipe's name, filled by the loader
 
@@ -332,8 +356,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.ead_ngram_space": ("power", "vocab"),
     "value.mode": ("separate", "shared"),
     "value.init": ("auto", "reward_model", "policy"),
-    "advantage.name": ("gae", "rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline"),
-    "advantage.grpo_scale": ("group", "batch", "none"),
 }
 OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {
     "model.quantization": ("4bit", "8bit"),
@@ -455,7 +477,7 @@ def _merge_layer(lower: DictConfig, upper: DictConfig) -> DictConfig:
     """Merge `upper` over `lower`. A layer that switches `loss.name` replaces the whole `loss:`
     section: settings of one loss never leak into another (the new loss starts from its own
     defaults plus what this layer sets)."""
-    for section in ("loss", "regulariser"):
+    for section in SECTIONS:
         new_name, old_name = _section_name(upper, section), _section_name(lower, section)
         if new_name is not None and old_name is not None and new_name != old_name:
             lower = lower.copy()
@@ -607,7 +629,8 @@ def recipe_from_node(
     raw = raw.copy()
     raw.pop("base", None)
     problems += _import_user_modules(raw.get("imports") or [])
-    for section in ("loss", "regulariser"):  # e.g. loss=[1,2]: a section that is not a mapping
+    problems += _renamed_keys(raw)
+    for section in SECTIONS:  # e.g. loss=[1,2]: a section that is not a mapping
         node = raw._get_node(section) if section in raw else None
         if node is not None and not isinstance(node, DictConfig) and not node._is_none():
             problems.append(
@@ -626,15 +649,19 @@ def recipe_from_node(
             problems.append(f"loss.name: {exc.args[0]}")
             loss_cls = LossConfigFallback
 
-    reg_name = OmegaConf.select(raw, "regulariser.name", default=DEFAULT_REGULARISER)
-    try:
-        reg_cls: type = get_regulariser(str(reg_name)).config_cls
-    except KeyError as exc:
-        problems.append(f"regulariser.name: {exc.args[0]}")
-        reg_cls = LossConfigFallback
     schema = OmegaConf.structured(Recipe)
     schema.loss = OmegaConf.structured(loss_cls)
-    schema.regulariser = OmegaConf.structured(reg_cls)
+    for section, default, lookup in (
+        ("regulariser", DEFAULT_REGULARISER, get_regulariser),
+        ("advantage", DEFAULT_ADVANTAGE, get_advantage),
+    ):  # a registered entry's config is the section's schema
+        name = OmegaConf.select(raw, f"{section}.name", default=default)
+        try:
+            section_cls: type = lookup(str(name)).config_cls
+        except KeyError as exc:
+            problems.append(f"{section}.name: {exc.args[0]}")
+            section_cls = LossConfigFallback
+        schema[section] = OmegaConf.structured(section_cls)
     bad_keys: list[str] = []
     problems += _check_node(schema, raw, prefix="", all_keys=_all_keys(schema), bad=bad_keys)
     for key in bad_keys:  # drop what cannot be typed, so range checks still see the rest
@@ -894,7 +921,7 @@ def _check_ranges(recipe: Recipe) -> list[str]:
             "reference.mode: cached stores whole-completion log-probs, and loss.ld_alpha needs "
             "the reference's shared-length sums too: use reference.mode auto or copy"
         )
-    for section in (recipe.loss, recipe.regulariser):
+    for section in (recipe.loss, recipe.regulariser, recipe.advantage):
         validate = getattr(section, "validate", None)
         if callable(validate):
             problems += validate()
@@ -975,14 +1002,22 @@ def _check_online(recipe: Recipe) -> list[str]:
             "rollout sampling: need temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
             f"{r.temperature}, {r.top_p}, {r.top_k}"
         )
-    group = ("rloo", "grpo", "reinforce_pp_baseline")
-    if a.name in group and r.samples_per_prompt < 2:
+    needs_group = a.name in ADVANTAGES and get_advantage(a.name).needs_group
+    if needs_group and r.samples_per_prompt < 2:
         problems.append(
             f"advantage.name {a.name} compares the samples of one prompt: set "
             f"rollout.samples_per_prompt >= 2, got {r.samples_per_prompt}"
         )
-    if not 0 <= a.gamma <= 1 or not 0 <= a.lam <= 1:
-        problems.append(f"advantage: need 0 <= gamma, lam <= 1; got {a.gamma}, {a.lam}")
+    if r.dynamic_sampling and not needs_group:
+        problems.append(
+            "rollout.dynamic_sampling drops groups whose rewards are all equal: it needs a "
+            f"group estimator (advantage.name), not {a.name}"
+        )
+    if r.dynamic_sampling_tries < 1:
+        problems.append(
+            f"rollout.dynamic_sampling_tries must be >= 1, got {r.dynamic_sampling_tries}"
+        )
+    problems += _check_reward(recipe.reward, r.max_new_tokens)
     if recipe.trainer.grad_accum != 1:
         problems.append(
             "trainer.grad_accum must be 1 for online training: a step is one rollout batch "
@@ -996,10 +1031,48 @@ def _check_online(recipe: Recipe) -> list[str]:
             f"(trainer.batch_size x rollout.samples_per_prompt = {rollouts}) or be at least "
             "as large: the rest would never be trained on"
         )
-    if recipe.reward.clip is not None and recipe.reward.clip <= 0:
-        problems.append(f"reward.clip must be > 0 or null, got {recipe.reward.clip}")
-    if recipe.reward.normalise_prompts < 2:
+    return problems
+
+
+def _check_reward(reward: RewardConfig, max_new_tokens: int) -> list[str]:
+    problems = []
+    if reward.clip is not None and reward.clip <= 0:
+        problems.append(f"reward.clip must be > 0 or null, got {reward.clip}")
+    if reward.normalise_prompts < 2:
         problems.append("reward.normalise_prompts must be >= 2")
+    if reward.components and reward.scorer is not None:
+        problems.append(
+            "reward.components replaces reward.scorer: set reward.scorer: null (it is "
+            f"{reward.scorer!r})"
+        )
+    if not reward.components and not reward.scorer:
+        problems.append("reward.scorer: set a scorer, or list reward.components")
+    names = [c.name or c.scorer for c in reward.components]
+    for i, component in enumerate(reward.components):
+        if not component.scorer:
+            problems.append(f"reward.components.{i}.scorer is required")
+        if names.count(names[i]) > 1:
+            problems.append(f"reward.components.{i}: the name {names[i]!r} is used twice")
+    if reward.overlong_buffer is not None and not 0 < reward.overlong_buffer <= max_new_tokens:
+        problems.append(
+            f"reward.overlong_buffer must be in [1, rollout.max_new_tokens = {max_new_tokens}] "
+            f"or null, got {reward.overlong_buffer}"
+        )
+    if reward.overlong_penalty < 0:
+        problems.append(f"reward.overlong_penalty must be >= 0, got {reward.overlong_penalty}")
+    return problems
+
+
+def _renamed_keys(raw: DictConfig) -> list[str]:
+    """A recipe that still uses a key that moved: the error names the new key (and the key
+    is dropped so that it is not reported as unknown as well)."""
+    problems = []
+    for old, new in RENAMED.items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(raw, parent, default=None)
+        if isinstance(node, DictConfig) and leaf in node:
+            problems.append(f"{old} moved: use {new}")
+            node.pop(leaf)
     return problems
 
 

@@ -102,3 +102,70 @@ def get_regulariser(name: str) -> RegulariserEntry:
             f"unknown regulariser {name!r}; registered regularisers: "
             f"{', '.join(sorted(REGULARISERS))}"
         ) from None
+
+
+@dataclass(frozen=True)
+class AdvantageEntry:
+    name: str
+    config_cls: type  # a dataclass; the `advantage:` section of a recipe is validated against it
+    build: Callable[[Any], Any]  # config instance -> estimator object
+    needs_critic: bool  # the online trainer builds a value model (or head) for it
+    needs_group: bool  # it compares the samples of one prompt: rollout.samples_per_prompt >= 2
+
+
+ADVANTAGES: dict[str, AdvantageEntry] = {}
+
+
+def register_advantage(
+    name: str, config_cls: type, *, needs_critic: bool = False, needs_group: bool = False
+) -> Callable[[type[T]], type[T]]:
+    """Register an advantage estimator class under `name`.
+
+    The class is built as `cls(config)` with an instance of `config_cls`; the online trainer
+    calls it with the rollout record (`prefopt.rl.rollout.Rollout`) and gets back per-token
+    advantages and, for an estimator with a critic, the critic's returns. `needs_critic` and
+    `needs_group` are what the trainer and the recipe checks read; nothing else names an
+    estimator.
+    """
+
+    def decorator(cls: type[T]) -> type[T]:
+        if name in ADVANTAGES and ADVANTAGES[name].build is not cls:
+            raise ValueError(f"an advantage estimator named {name!r} is already registered")
+        ADVANTAGES[name] = AdvantageEntry(
+            name=name,
+            config_cls=config_cls,
+            build=cls,
+            needs_critic=needs_critic,
+            needs_group=needs_group,
+        )
+        return cls
+
+    return decorator
+
+
+def get_advantage(name: str) -> AdvantageEntry:
+    try:
+        return ADVANTAGES[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown advantage estimator {name!r}; registered estimators: "
+            f"{', '.join(sorted(ADVANTAGES))}"
+        ) from None
+
+
+def register_policy_loss(name: str, config_cls: type) -> Callable[[type[T]], type[T]]:
+    """Register a policy-loss form of the online trainer (PPO's clipped surrogate, CISPO,
+    SAPO, GMPO...) under `name`: an ``online`` entry of the loss registry, so that
+    ``loss.name`` picks it and the `loss:` section is validated against `config_cls`.
+
+    The class is built as `cls(config)` and called with per-token ``(logps, old_logps,
+    advantages, mask)`` (all ``[R, T]``) and an optional ``total_tokens`` (the valid tokens of
+    the optimiser step over every process, for token-level aggregation over the global batch);
+    it returns a `LossOutput` with a scalar loss, and has ``value_loss`` for the critic.
+    """
+    return register_loss(name, config_cls, kind="online")
+
+
+def policy_losses() -> list[str]:
+    """The registered policy-loss forms (the ``online`` losses), sorted."""
+    return sorted(name for name, entry in LOSSES.items() if entry.kind == "online")

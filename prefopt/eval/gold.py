@@ -10,7 +10,8 @@ from the policy and from the reference policy:
   distribution's log-ratio and is labelled as such in the report);
 * win rate against the reference under the gold reward (sample k of the policy against sample k
   of the reference for the same prompt; ties count one half);
-* mean completion length in words;
+* mean completion length in words, and (the length bias DAPO and Dr. GRPO report) the mean
+  length of correct and of incorrect samples, "correct" meaning a gold reward above 0;
 * diversity (Kirk et al. 2023, arXiv 2310.06452): per-input (over the K samples of one prompt)
   and across-input (one sample per prompt) distinct-n and EAD; sentence-embedding and NLI
   diversity when ``eval.embedding_model`` / ``eval.nli_model`` name models
@@ -28,7 +29,9 @@ much smaller than either gold's, because most of the variance is between prompts
 
 Keys of the returned dict are stable (other tools read them from summary.json), each with a
 ``_se`` twin and an ``ood_`` twin: ``gold_reward``, ``reference_gold_reward``, ``gold_gain``,
-``kl``, ``win_rate``, ``ead``, ``reference_ead``; also ``mean_length``, ``ead_ngram_space``.
+``kl``, ``win_rate``, ``ead``, ``reference_ead``; also ``mean_length``, ``ead_ngram_space``,
+``correct_fraction``, ``length_correct``, ``length_incorrect`` (None when no sample is on that
+side).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from prefopt.eval.diversity import (
 )
 from prefopt.models.generation import Samples, completion_logps, generate
 from prefopt.paths import Progress
+from prefopt.rl.length import length_by_correctness
 
 
 @dataclass
@@ -183,6 +187,9 @@ def gold_evaluation(
     results.update(
         ead_across_input=test["ead_across"],
         mean_length=test["mean_length"],
+        correct_fraction=test["correct_fraction"],
+        length_correct=test.get("length_correct"),
+        length_incorrect=test.get("length_incorrect"),
         empty_rate=test["empty_rate"],
         reference_mean_length=test["reference_mean_length"],
         generalisation_gap=test["gold_reward"] - ood["gold_reward"],
@@ -304,6 +311,8 @@ def split_summary(pol: PromptStats, ref: PromptStats, names: list[str]) -> dict[
     # empty completions add no n-gram, so EAD cannot see a collapse onto them: count them
     out["empty_rate"] = float((pol.length == 0).double().mean())
     out["reference_mean_length"] = float(ref.length.mean())
+    # the length bias of DAPO / Dr. GRPO: mean words of correct (gold > 0) and incorrect samples
+    out.update(length_by_correctness(pol.length.flatten(), pol.gold.flatten()))
     out["objectives"] = dict(zip(names, pol.objectives.tolist(), strict=True))
     return out
 

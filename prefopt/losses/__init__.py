@@ -8,14 +8,18 @@ from prefopt.losses import (  # noqa: F401  (registration side effects)
     aot,
     armorm,
     bco,
+    cispo,
     cpo,
     dpo,
     dpo_variants,
+    gmpo,
+    gspo,
     kto,
     mix,
     orpo,
     ppo,
     reward,
+    sapo,
     sft,
 )
 from prefopt.losses.base import LossConfig, LossOutput, PairLogps

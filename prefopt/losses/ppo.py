@@ -2,10 +2,17 @@
 eq. 7) on per-token advantages, as in RLHF (Ziegler et al. 2019; Ouyang et al. 2022;
 ALGORITHMS.md section 3), plus the clipped value loss when there is a critic.
 
-The math lives in `prefopt.rl.ppo` (pure tensor functions); this module is the `loss:` section
-of the online recipes and the object the trainer calls. How advantages are made (GAE with a
-critic, or RLOO / GRPO / REINFORCE++ without one) is `advantage.name`; the per-token penalty
-(KL, PM, conditional PM) is `regulariser.name`.
+Policy-loss forms are the ``online`` entries of the loss registry
+(`prefopt.registry.register_policy_loss`): ``loss.name`` picks one, and every form shares the
+fields of `OnlineLossConfig` (epochs, minibatches, where the penalty goes, the aggregation) and
+the value loss of `OnlinePolicyLoss`. This module holds the base and PPO's clipped surrogate
+with its options: clip-higher (DAPO), two-sided clipping (``delta``) and the sequence-level ratio
+(GSPO). The math lives in `prefopt.rl.ppo` (pure tensor functions). How advantages are made is
+``advantage.name`` (`prefopt.registry.ADVANTAGES`); the per-token penalty ``regulariser.name``.
+
+``loss.aggregate`` is one of `prefopt.rl.ppo.AGGREGATES`: ``token_mean`` (TRL's bnpo),
+``global_token_mean`` (DAPO, TRL's dapo), ``sequence_mean`` (the GRPO paper, TRL's grpo) or
+``constant`` (Dr. GRPO, TRL's dr_grpo; ``loss.constant`` null: ``rollout.max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -15,36 +22,41 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from prefopt.losses.base import LossConfig, LossOutput, detached
-from prefopt.registry import register_loss
-from prefopt.rl.ppo import clipped_policy_loss, clipped_value_loss
+from prefopt.registry import register_policy_loss
+from prefopt.rl.ppo import (
+    AGGREGATES,
+    RATIO_LEVELS,
+    clipped_policy_terms,
+    clipped_value_loss,
+    token_aggregate,
+)
 
 PENALTY_PLACES = ("reward", "loss")
-AGGREGATES = ("token_mean", "sequence_mean")
 
 
 @dataclass
-class PPOConfig(LossConfig):
-    """The `loss:` section of the online recipes (defaults: Huang et al.'s PPO-RLHF details)."""
+class OnlineLossConfig(LossConfig):
+    """Fields every policy-loss form's ``loss:`` section has (defaults: Huang et al.'s PPO-RLHF
+    details, arXiv 2403.17031)."""
 
     name: str = "ppo"
     epochs: int = 4  # optimisation passes over each rollout batch
     minibatch_size: int = 16  # rollouts per optimiser step
-    clip: float = 0.2  # epsilon of the clipped ratio
     value_clip: float = 0.2  # the value loss's clip around the rollout-time values
     vf_coef: float = 0.1  # weight of the value loss
     # where the regulariser's per-token penalty goes: "reward" (PPO-RLHF: -coef * penalty in
     # every token's reward) or "loss" (GRPO: coef * mean penalty added to the policy loss)
     penalty_in: str = "reward"
-    aggregate: str = "token_mean"  # token_mean (all tokens of a minibatch) | sequence_mean
+    aggregate: str = "token_mean"  # token_mean | global_token_mean | sequence_mean | constant
+    constant: float | None = None  # aggregate constant's divisor; null: rollout.max_new_tokens
 
     def validate(self) -> list[str]:
         problems = []
         for key in ("epochs", "minibatch_size"):
             if getattr(self, key) < 1:
                 problems.append(f"loss.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("clip", "value_clip"):
-            if not 0 < getattr(self, key) < 1:
-                problems.append(f"loss.{key} must be in (0, 1), got {getattr(self, key)}")
+        if not 0 < self.value_clip < 1:
+            problems.append(f"loss.value_clip must be in (0, 1), got {self.value_clip}")
         if self.vf_coef < 0:
             problems.append(f"loss.vf_coef must be >= 0, got {self.vf_coef}")
         if self.penalty_in not in PENALTY_PLACES:
@@ -53,24 +65,41 @@ class PPOConfig(LossConfig):
             problems.append(
                 f"loss.aggregate: {self.aggregate!r} is not one of {', '.join(AGGREGATES)}"
             )
+        if self.constant is not None and (self.aggregate != "constant" or self.constant <= 0):
+            problems.append(
+                f"loss.constant ({self.constant}) is the divisor of loss.aggregate: constant "
+                "and must be > 0 (null: rollout.max_new_tokens)"
+            )
         return problems
 
 
-@register_loss("ppo", PPOConfig, kind="online")
-class PPOLoss:
-    """Clipped surrogate ``max(-A rho, -A clip(rho, 1-eps, 1+eps))`` over completion tokens."""
+class OnlinePolicyLoss:
+    """Base of the policy-loss forms: `terms` gives the per-token loss terms and metrics, the
+    base aggregates them (``loss.aggregate``), names the metrics ``policy/*`` and owns the
+    clipped value loss of a critic."""
 
-    def __init__(self, cfg: PPOConfig):
+    def __init__(self, cfg: OnlineLossConfig):
         self.cfg = cfg
 
-    def __call__(
+    def terms(
         self, logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """([R, T] per-token loss terms, detached scalar metrics)."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        logps: Tensor,
+        old_logps: Tensor,
+        advantages: Tensor,
+        mask: Tensor,
+        tokens: Tensor | float | None = None,
     ) -> LossOutput:
         """All ``[R, T]``: the current and rollout-time log-probs of each token, its advantage
-        and the completion mask. Returns the scalar loss and `policy/*` metrics."""
-        loss, metrics = clipped_policy_loss(
-            logps, old_logps, advantages, mask, clip=self.cfg.clip, aggregate=self.cfg.aggregate
-        )
+        and the completion mask; ``tokens`` the divisor of ``global_token_mean``. Returns the
+        scalar loss and `policy/*` metrics."""
+        per_token, metrics = self.terms(logps, old_logps, advantages, mask)
+        loss = token_aggregate(per_token, mask, self.cfg.aggregate, self.cfg.constant, tokens)
         return LossOutput(loss, detached(**{f"policy/{k}": v for k, v in metrics.items()}))
 
     def value_loss(
@@ -80,3 +109,47 @@ class PPOLoss:
             values, old_values, returns, mask, clip=self.cfg.value_clip
         )
         return LossOutput(loss, detached(**{f"val/{k}": v for k, v in metrics.items()}))
+
+
+@dataclass
+class PPOConfig(OnlineLossConfig):
+    """PPO's clipped surrogate; with ``clip_high`` DAPO's clip-higher (eps_high 0.28 in the
+    paper), with ``delta`` two-sided clipping, with ``ratio: sequence`` GSPO's ratio."""
+
+    name: str = "ppo"
+    clip: float = 0.2  # epsilon of the clipped ratio (the lower one when clip_high is set)
+    clip_high: float | None = None  # the upper epsilon; null: clip
+    delta: float | None = None  # cap of the unclipped ratio (two-sided clipping); null: off
+    ratio: str = "token"  # token | sequence (GSPO)
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        for key in ("clip", "clip_high"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 1:
+                problems.append(f"loss.{key} must be in (0, 1), got {value}")
+        high = self.clip if self.clip_high is None else self.clip_high
+        if self.delta is not None and self.delta <= 1 + high:
+            problems.append(
+                f"loss.delta ({self.delta}) must be > 1 + the upper clip ({1 + high}): below it "
+                "the cap would bind inside the clip range"
+            )
+        if self.ratio not in RATIO_LEVELS:
+            problems.append(f"loss.ratio: {self.ratio!r} is not one of {', '.join(RATIO_LEVELS)}")
+        return problems
+
+
+@register_policy_loss("ppo", PPOConfig)
+class PPOLoss(OnlinePolicyLoss):
+    """Clipped surrogate ``max(-A rho, -A clip(rho, 1-eps, 1+eps_high))`` over completion
+    tokens (`prefopt.rl.ppo.clipped_policy_terms`)."""
+
+    cfg: PPOConfig
+
+    def terms(
+        self, logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        c = self.cfg
+        return clipped_policy_terms(
+            logps, old_logps, advantages, mask, c.clip, c.clip_high, c.delta, c.ratio
+        )

@@ -73,6 +73,50 @@ class Samples:
         columns = torch.arange(self.completion_mask.shape[1], device=self.completion_mask.device)
         return (self.completion_mask * columns).argmax(dim=1)
 
+    def select(self, groups: list[int]) -> Samples:
+        """The prompts ``groups`` (indices into ``prompts``) with all their samples, in order."""
+        k = len(self.completions[0]) if self.completions else 0
+        rows = torch.tensor([g * k + j for g in groups for j in range(k)], dtype=torch.long)
+        return Samples(
+            [self.prompts[g] for g in groups],
+            [self.completions[g] for g in groups],
+            self.sequences[rows],
+            self.attention_mask[rows],
+            self.completion_mask[rows],
+            self.prompt_width,
+            self.logps[rows] if self.logps is not None else None,
+        )
+
+
+def concat_samples(parts: list[Samples], pad_token_id: int) -> Samples:
+    """Several Samples (the same k) as one: each part's prompt block left-padded to the widest,
+    its completions right-padded to the longest (as :func:`generate` joins its batches)."""
+    width = max(p.prompt_width for p in parts)
+    generated = max(p.sequences.shape[1] - p.prompt_width for p in parts)
+    pad = torch.nn.functional.pad
+    sequences, attention, completion, logps = [], [], [], []
+    for part in parts:
+        left, right = (
+            width - part.prompt_width,
+            generated - (part.sequences.shape[1] - part.prompt_width),
+        )
+        sequences.append(pad(part.sequences, (left, right), value=pad_token_id))
+        attention.append(pad(part.attention_mask, (left, right)))
+        completion.append(pad(part.completion_mask, (left, right)))
+        if part.logps is not None:  # column j scores sequence column j + 1
+            logps.append(pad(part.logps, (left, right)))
+    if logps and len(logps) != len(parts):
+        raise ValueError("concat_samples: some parts have sampling log-probs and some do not")
+    return Samples(
+        [p for part in parts for p in part.prompts],
+        [c for part in parts for c in part.completions],
+        torch.cat(sequences),
+        torch.cat(attention),
+        torch.cat(completion),
+        width,
+        torch.cat(logps) if logps else None,
+    )
+
 
 def is_kbit(model: nn.Module) -> bool:
     """Was the model (or the base of a peft model) loaded in 4 or 8 bit?"""

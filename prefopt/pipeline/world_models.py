@@ -133,8 +133,11 @@ def _named(recipe: Recipe, train: bool) -> Recipe:
         value = getattr(getattr(out, section), key)
         if isinstance(value, str):
             setattr(getattr(out, section), key, _resolve(value, recipe, train, f"{section}.{key}"))
-    if uses_scorer(recipe):
+    if uses_scorer(recipe) and recipe.reward.scorer:
         out.reward.scorer = _resolve(recipe.reward.scorer, recipe, train, "reward.scorer")
+    if get_loss(recipe.loss.name).kind == "online":  # several rewards (reward.components)
+        for component in out.reward.components:
+            component.scorer = _resolve(component.scorer, recipe, train, "reward.components")
     return out
 
 
@@ -148,4 +151,6 @@ def has_world_models(recipe: Recipe) -> bool:
     names = [recipe.model.name_or_path, recipe.model.tokenizer, recipe.reference.name_or_path]
     if uses_scorer(recipe):
         names += (recipe.reward.scorer or "").split(",")
+    if get_loss(recipe.loss.name).kind == "online":
+        names += [p for c in recipe.reward.components for p in c.scorer.split(",")]
     return any(isinstance(n, str) and n.strip().startswith("world:") for n in names)

@@ -5,6 +5,7 @@ Later stages (PPO rewards, the MPO split, the ExPO alpha search, evaluation, RET
 gold reward. `load_scorer(spec)` builds one from a string:
 
 * ``world`` -- the gold reward of the default world (or pass a `World` object directly);
+  `GoldObjectiveScorer` is one of its objectives (``gold:<objective>`` in a recipe);
 * a run directory or model folder of a reward model (`AutoModelForSequenceClassification`);
 * an ArmoRM folder (holds ``armorm.json``);
 * several of those joined by ``,`` -- an ensemble (mean, or mean - k * std with
@@ -106,6 +107,47 @@ class EnsembleScorer:
     def score(self, prompts: list[str], completions: list[str]) -> Tensor:
         stacked = torch.stack([s.score(prompts, completions) for s in self.scorers])
         return combine_rewards(stacked, self.mode, self.coef)
+
+
+class GoldObjectiveScorer:
+    """One of the world's five gold objectives (``relevance``, ``length``, ``fluency``,
+    ``positivity``, ``safety``) as a reward: its share of the gold reward
+    (:meth:`prefopt.world.World.gold_terms`), so that the five together sum to the gold reward.
+    Spec ``gold:<objective>``."""
+
+    def __init__(self, world: Any, objective: str):
+        from prefopt.world import OBJECTIVE_NAMES
+
+        if objective not in OBJECTIVE_NAMES:
+            raise ValueError(
+                f"unknown gold objective {objective!r}; use one of {', '.join(OBJECTIVE_NAMES)}"
+            )
+        self.world, self.index = world, OBJECTIVE_NAMES.index(objective)
+
+    def score(self, prompts: list[str], completions: list[str]) -> Tensor:
+        return self.world.gold_terms(prompts, completions)[:, self.index]
+
+
+class WeightedScorer:
+    """Several rewards of one rollout (``reward.components``): ``score_terms`` gives each
+    reward's own scores ``[N, M]`` (logged apart, and normalised apart by GDPO), ``score``
+    their weighted sum ``[N]``."""
+
+    def __init__(self, scorers: list[Scorer], weights: list[float], names: list[str]):
+        if not scorers or not len(scorers) == len(weights) == len(names):
+            raise ValueError("a weighted scorer needs as many weights and names as scorers")
+        self.scorers, self.names = scorers, names
+        self.weights = torch.tensor(weights, dtype=torch.float32)
+
+    def score_terms(self, prompts: list[str], completions: list[str]) -> Tensor:
+        columns = [
+            torch.as_tensor(s.score(prompts, completions), dtype=torch.float32).reshape(-1).cpu()
+            for s in self.scorers
+        ]
+        return torch.stack(columns, dim=1)
+
+    def score(self, prompts: list[str], completions: list[str]) -> Tensor:
+        return self.score_terms(prompts, completions) @ self.weights
 
 
 def _model_folder(path: Path) -> Path:

@@ -1,10 +1,11 @@
 """Pure tensor functions of the online trainer: advantages, KL, PPO losses, regularisers.
 
-Every built-in regulariser module is imported here so the full list is visible in one place;
-importing it registers its regularisers in `prefopt.registry.REGULARISERS`.
+Every built-in regulariser and advantage-estimator module is imported here so the full lists
+are visible in one place; importing them registers them in `prefopt.registry.REGULARISERS` and
+`prefopt.registry.ADVANTAGES`.
 """
 
-from prefopt.rl import regularisers  # noqa: F401  (registration side effects)
+from prefopt.rl import estimators, regularisers  # noqa: F401  (registration side effects)
 from prefopt.rl.advantages import (
     discounted_returns,
     gae,

@@ -15,10 +15,12 @@ details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
    same rollouts is logged as ``objective/gold`` whatever the scorer is;
 3. per-token rewards: ``-coef * penalty_t`` (``regulariser.name``: kl, pm, conditional_pm) plus
    the score at the last real completion token (its EOS when it has one; never the first pad);
-4. advantages: GAE over a critic's values (``advantage.name: gae``), or RLOO / GRPO /
-   REINFORCE++ from the scores alone;
-5. ``loss.epochs`` x minibatches of ``loss.minibatch_size`` rollouts: the clipped surrogate on
-   log-probs recomputed at the sampling temperature, the clipped value loss for the critic
+4. advantages: the estimator ``advantage.name`` (``prefopt.registry.ADVANTAGES``: GAE over a
+   critic's values, RLOO, GRPO, REINFORCE++, GDPO...) reads the typed rollout record
+   (``prefopt.rl.rollout.Rollout``) the steps above filled;
+5. ``loss.epochs`` x minibatches of ``loss.minibatch_size`` rollouts: the policy-loss form
+   ``loss.name`` (PPO's clipped surrogate, GSPO, CISPO, SAPO, GMPO) on log-probs recomputed at
+   the sampling temperature, the clipped value loss for the critic
    (``value.mode: separate`` has its own optimiser; ``shared`` is a head on the policy trained
    with ``vf_coef`` in the same loss), one optimiser step per minibatch; the learning-rate
    schedule and the KL controller advance once per rollout batch.
@@ -32,6 +34,7 @@ run ends by drawing ``overoptimisation.png`` (proxy and gold reward against KL).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,6 +45,7 @@ from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.models.generation import (
     Samples,
     check_special_tokens,
+    concat_samples,
     generate,
     pad_columns,
     position_ids,
@@ -58,35 +62,44 @@ from prefopt.models.value import (
     value_model_from_policy,
     value_model_from_reward_model,
 )
-from prefopt.registry import get_loss, get_regulariser
-from prefopt.rl.advantages import (
-    gae,
-    grpo_advantages,
-    masked_mean,
-    masked_whiten,
-    reinforce_pp_advantages,
-    reinforce_pp_baseline_scores,
-    rloo_advantages,
-)
+from prefopt.registry import get_advantage, get_loss, get_regulariser
+from prefopt.rl.advantages import masked_mean
 from prefopt.rl.kl import FixedKLController, kl_penalty
+from prefopt.rl.length import length_by_correctness, overlong_penalty
 from prefopt.rl.ppo import entropy_from_logits, explained_variance, token_aggregate
 from prefopt.rl.rollout import Rollout
 from prefopt.trainers import engines
 from prefopt.trainers.base import TrainingError
 from prefopt.trainers.policy import PolicyTrainer, unresolved_check
 
-CRITIC_FREE = ("rloo", "grpo", "reinforce_pp", "reinforce_pp_baseline")
+
+@dataclasses.dataclass
+class Scored:
+    """A rollout batch's scores. rewards: [R, M] each reward's raw scores; raw: [R] their
+    weighted sum (the scorer's own score with one reward); scores: [R] what the policy
+    maximises (``OnlineTrainer.scores``)."""
+
+    rewards: Tensor
+    raw: Tensor
+    scores: Tensor
 
 
 class OnlineTrainer(PolicyTrainer):
-    """PPO-RLHF, RLOO, GRPO and REINFORCE++ (see the module docstring)."""
+    """PPO-RLHF and the critic-free estimators with any policy-loss form (see the module
+    docstring)."""
 
     data_kind = "preference"  # prompts are taken from preference (or SFT) records
 
     # ---------------------------------------------------------------- build
 
     def build(self) -> None:
-        self.loss_fn = get_loss(self.recipe.loss.name).build(self.recipe.loss)
+        loss_cfg = self.recipe.loss
+        if loss_cfg.aggregate == "constant" and loss_cfg.constant is None:
+            # Dr. GRPO's constant, as TRL's dr_grpo: the maximum number of new tokens
+            loss_cfg = dataclasses.replace(loss_cfg, constant=self.recipe.rollout.max_new_tokens)
+        self.loss_fn = get_loss(loss_cfg.name).build(loss_cfg)
+        self.estimator_entry = get_advantage(self.recipe.advantage.name)
+        self.estimator = self.estimator_entry.build(self.recipe.advantage)
         entry = get_regulariser(self.recipe.regulariser.name)
         self.regulariser = entry.build(self.recipe.regulariser)
         controller = getattr(self.regulariser, "controller", None)
@@ -105,7 +118,7 @@ class OnlineTrainer(PolicyTrainer):
         self.scorer = self.build_scorer()
         self.critic: ValueModel | None = None
         self.value_head: SharedValueHead | None = None
-        if self.recipe.advantage.name == "gae" and not self.for_eval:
+        if self.estimator_entry.needs_critic and not self.for_eval:
             self.build_value()
         self.reward_gain, self.reward_bias = 1.0, 0.0
         if self.recipe.reward.normalise and not self.for_eval:
@@ -166,22 +179,44 @@ class OnlineTrainer(PolicyTrainer):
         }
 
     def build_scorer(self) -> Any:
-        spec = self.recipe.reward.scorer
-        if spec == "world":
+        """``reward.scorer``, or the weighted sum of ``reward.components`` (each logged)."""
+        components = self.recipe.reward.components
+        if not components:
+            return self._one_scorer("reward.scorer", str(self.recipe.reward.scorer))
+        from prefopt.rewards.scorers import WeightedScorer
+
+        return WeightedScorer(
+            [
+                self._one_scorer(f"reward.components.{i}.scorer", c.scorer)
+                for i, c in enumerate(components)
+            ],
+            [float(c.weight) for c in components],
+            [c.name or c.scorer for c in components],
+        )
+
+    def _one_scorer(self, key: str, spec: str) -> Any:
+        if spec == "world" or spec.startswith("gold:"):
             if self.world is None:
-                raise TrainingError("reward.scorer: world needs data.source: world")
-            return self.world
+                raise TrainingError(f"{key}: {spec} needs data.source: world")
+            if spec == "world":
+                return self.world
+            from prefopt.rewards.scorers import GoldObjectiveScorer
+
+            try:
+                return GoldObjectiveScorer(self.world, spec.removeprefix("gold:"))
+            except ValueError as exc:
+                raise TrainingError(f"{key}: {exc}") from exc
         from prefopt.rewards.scorers import load_scorer
 
-        path = self._resolve(spec)
+        path = self._resolve(spec, key)
         try:
             return load_scorer(path, device=str(self.device))
         except (OSError, ValueError) as exc:
-            raise TrainingError(f"reward.scorer: cannot load {spec!r}: {exc}") from exc
+            raise TrainingError(f"{key}: cannot load {spec!r}: {exc}") from exc
 
-    def _resolve(self, spec: str) -> str:
+    def _resolve(self, spec: str, key: str = "reward.scorer") -> str:
         for part in spec.split(","):
-            unresolved_check("reward.scorer", part)
+            unresolved_check(key, part)
         return spec
 
     def build_value(self) -> None:
@@ -207,14 +242,14 @@ class OnlineTrainer(PolicyTrainer):
 
     def _reward_model_path(self) -> str | None:
         spec = self.recipe.reward.scorer
-        if spec == "world" or "," in spec:
+        if spec is None or spec == "world" or spec.startswith("gold:") or "," in spec:
             return None
         path = Path(self._resolve(spec))
         path = path / "model" if (path / "model" / "config.json").exists() else path
         return str(path) if (path / "config.json").exists() else None
 
     def value_description(self) -> str:
-        if self.recipe.advantage.name != "gae":
+        if not self.estimator_entry.needs_critic:
             return f"none ({self.recipe.advantage.name} is critic-free)"
         if self.recipe.value.mode == "shared":
             return "shared head on the policy"
@@ -278,23 +313,49 @@ class OnlineTrainer(PolicyTrainer):
             with_logps=with_logps,
         )
 
-    def scorer_scores(self, samples: Samples) -> Tensor:
-        """[R] the scorer's own scores of the decoded completions (a reward model runs at the
-        run's precision, under the same autocast as the policy)."""
+    def reward_terms(self, samples: Samples) -> Tensor:
+        """[R, M] each reward's own scores of the decoded completions (M = 1: the scorer's); a
+        reward model runs at the run's precision, under the same autocast as the policy."""
+        prompts, completions = samples.flat_prompts, samples.flat_completions
         with self.accelerator.autocast():
-            scores = self.scorer.score(samples.flat_prompts, samples.flat_completions)
-        return torch.as_tensor(scores, dtype=torch.float32).reshape(-1).cpu()
+            if hasattr(self.scorer, "score_terms"):
+                return self.scorer.score_terms(prompts, completions).float().cpu()
+            scores = self.scorer.score(prompts, completions)
+        return torch.as_tensor(scores, dtype=torch.float32).reshape(-1, 1).cpu()
+
+    @property
+    def reward_weights(self) -> Tensor:
+        """[M] the weights of :meth:`reward_terms` in the combined score."""
+        weights = getattr(self.scorer, "weights", None)
+        return weights if isinstance(weights, Tensor) else torch.ones(1)
+
+    def scorer_scores(self, samples: Samples) -> Tensor:
+        """[R] the scorer's scores of the decoded completions (several rewards: their
+        weighted sum)."""
+        return self.score(samples).raw
+
+    def score(self, samples: Samples) -> Scored:
+        rewards = self.reward_terms(samples)
+        raw = rewards[:, 0] if rewards.shape[1] == 1 else rewards @ self.reward_weights
+        return Scored(rewards, raw, self.scores(samples, raw))
 
     def scores(self, samples: Samples, raw: Tensor | None = None) -> Tensor:
         """[R] the scores PPO optimises: the scorer's (``raw``, scored here when not given),
         normalised (``reward.normalise``), plus ``reward.missing_eos_penalty`` for completions
-        that never stopped, clipped to ``reward.clip`` (the order of OpenAI's original code)."""
+        that never stopped and DAPO's overlong shaping (``reward.overlong_buffer``), clipped to
+        ``reward.clip`` (the order of OpenAI's original code)."""
         raw = self.scorer_scores(samples) if raw is None else raw.cpu()
         scores = raw * self.reward_gain + self.reward_bias
         cfg = self.recipe.reward
         if cfg.missing_eos_penalty is not None:
             no_eos = ~samples.ended_with_eos(self.tokenizer.eos_token_id)
             scores = scores + cfg.missing_eos_penalty * no_eos.float()
+        if cfg.overlong_buffer is not None:
+            lengths = samples.completion_mask.sum(-1)
+            max_length = self.recipe.rollout.max_new_tokens
+            scores = scores + overlong_penalty(
+                lengths, max_length, cfg.overlong_buffer, cfg.overlong_penalty
+            )
         if cfg.clip is not None:
             scores = scores.clamp(-cfg.clip, cfg.clip)
         return scores
@@ -333,19 +394,93 @@ class OnlineTrainer(PolicyTrainer):
         the samples it came from (text and ids) and its metrics. With ``values_in_update``
         (the training loop, whose next update covers the whole rollout) and
         :meth:`values_deferred`, the critic's values and the advantages are left to that update
-        (``advantages`` None)."""
+        (``advantages`` None). The steps: :meth:`sample_and_score` (with DAPO's dynamic
+        sampling), :meth:`build_rollout` (forward passes, token rewards), the estimator, then
+        :meth:`rollout_metrics`."""
+        samples, scored, metrics = self.sample_and_score(prompts)
+        rollout = self.build_rollout(samples, scored)
+        if not (values_in_update and self.values_deferred(rollout.size)):
+            if self.critic is not None:
+                rollout.old_values = self.critic_values(rollout.sequences, rollout.attention_mask)
+            rollout.advantages, rollout.returns = self.estimator(rollout)
+        metrics.update(self.rollout_metrics(rollout, samples, scored))
+        return rollout, samples, metrics
+
+    def sample_rollout(self, prompts: list[str], seed: int) -> Samples:
+        """``rollout.samples_per_prompt`` completions of each prompt from the current policy:
+        the one place the online trainer samples (a sharded policy, FSDP or ZeRO-3, holds its
+        full weights while it does)."""
         cfg = self.recipe
         policy = self.unwrapped()
-        # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
         # the sampling log-probs from generate's own logits (rollout.logps_from_generation)
         from_generation = cfg.rollout.logps_from_generation and self.value_head is None
         with (
             engines.full_weights_for_generation(policy, cfg.rollout.gather_zero3_weights),
             self.accelerator.autocast(),
         ):
-            samples = self.sample(
-                policy, prompts, seed=cfg.seed * 1_000_003 + self.step, with_logps=from_generation
-            )
+            return self.sample(policy, prompts, seed=seed, with_logps=from_generation)
+
+    def sample_and_score(self, prompts: list[str]) -> tuple[Samples, Scored, dict[str, float]]:
+        """Samples of ``prompts`` and their scores. With ``rollout.dynamic_sampling`` (DAPO,
+        arXiv 2503.14476, sec. 3.2) the groups whose k scores are all equal are dropped and
+        further rounds sample as many fresh training prompts until the batch is full again
+        (at most ``rollout.dynamic_sampling_tries`` rounds; then dropped groups top it up)."""
+        seed = self.recipe.seed * 1_000_003 + self.step
+        samples = self.sample_rollout(prompts, seed)
+        scored = self.score(samples)
+        if not self.recipe.rollout.dynamic_sampling:
+            return samples, scored, {}
+        k, wanted = self.recipe.rollout.samples_per_prompt, len(prompts)
+        kept: list[tuple[Samples, Scored]] = []
+        dropped: list[tuple[Samples, Scored]] = []
+        have, first_kept = 0, None
+        for round_ in range(self.recipe.rollout.dynamic_sampling_tries):
+            if round_ > 0:
+                samples = self.sample_rollout(
+                    self.refill_prompts(wanted, round_), seed + round_ * 10**9
+                )
+                scored = self.score(samples)
+            informative = scored.scores.reshape(-1, k).std(dim=1) > 0
+            first_kept = float(informative.float().mean()) if first_kept is None else first_kept
+            groups = informative.nonzero().flatten().tolist()[: wanted - have]
+            rest = (~informative).nonzero().flatten().tolist()
+            kept.append(_select(samples, scored, groups, k))
+            dropped.append(_select(samples, scored, rest, k))
+            have += len(groups)
+            if have == wanted:
+                break
+        while have < wanted:  # out of tries: dropped groups (zero advantage) fill the batch
+            part = dropped.pop(0)
+            take = min(len(part[0].prompts), wanted - have)
+            kept.append(_select(part[0], part[1], list(range(take)), k))
+            have += take
+        parts = [part for part in kept if part[0].prompts]
+        samples = concat_samples([p[0] for p in parts], self.tokenizer.pad_token_id)
+        scored = Scored(
+            *(torch.cat([getattr(p[1], f) for p in parts]) for f in ("rewards", "raw", "scores"))
+        )
+        metrics = {
+            "rollout/informative_groups": first_kept or 0.0,
+            "rollout/sampling_rounds": float(round_ + 1),
+        }
+        return samples, scored, metrics
+
+    def refill_prompts(self, n: int, round_: int) -> list[str]:
+        """``n`` training prompts for dynamic sampling's round ``round_`` of this step, drawn
+        by a generator seeded by the seed, the step, the round and the process (so a resumed
+        run draws the same)."""
+        generator = torch.Generator().manual_seed(
+            ((self.recipe.seed * 1_000_003 + self.step) * 31 + round_) * 1009
+            + self.accelerator.process_index
+        )
+        order = torch.randperm(len(self.train_examples), generator=generator)[:n]
+        return [str(self.train_examples[int(i)]["prompt"]) for i in order]
+
+    def build_rollout(self, samples: Samples, scored: Scored) -> Rollout:
+        """The rollout record of scored samples: the sampling policy's and the reference's
+        log-probs, the regulariser's penalty and the token rewards (advantages and a separate
+        critic's values are left to the caller)."""
+        cfg = self.recipe
         device = self.device
         seq = samples.sequences.to(device)
         attn = samples.attention_mask.to(device)
@@ -354,7 +489,7 @@ class OnlineTrainer(PolicyTrainer):
         first = max(samples.prompt_width - 1, 0)
         if samples.logps is not None:
             old_logps, old_values = samples.logps.to(device), None
-        else:
+        else:  # with a shared value head its values come with the same forward
             old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
@@ -365,55 +500,64 @@ class OnlineTrainer(PolicyTrainer):
                 )
         else:  # coefficient 0: no reference forward; the penalty is 0 and the KL not measured
             ref_logps = old_logps
-        deferred = values_in_update and self.values_deferred(seq.shape[0])
-        if self.critic is not None and not deferred:
-            old_values = self.critic_values(seq, attn)
-        raw = self.scorer_scores(samples)
-        scores = self.scores(samples, raw).to(device)
-        raw = raw.to(device)
+        scores = scored.scores.to(device)
         penalty = self.regulariser.penalty(old_logps, ref_logps, mask) * mask
-        coef = self.kl_ctl.value
         in_reward = cfg.loss.penalty_in == "reward"
         last = (samples.last_token_index().to(device) - 1).clamp(min=0)  # column of the last token
         rows = torch.arange(seq.shape[0], device=device)
-        token_rewards = -coef * penalty if in_reward else torch.zeros_like(penalty)
+        token_rewards = -self.kl_ctl.value * penalty if in_reward else torch.zeros_like(penalty)
         token_rewards[rows, last] += scores
-        advantages, returns = (
-            (None, None) if deferred else self.advantages(scores, token_rewards, old_values, mask)
-        )
-        kl = (kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1)  # [R] sequence KL (k1)
-        metrics = {
-            "objective/kl_coef": float(coef),
-            "objective/penalty": float((penalty.sum(-1)).mean()),
-            "objective/scores": float(raw.mean()),  # the scorer's own, as the proxy reward
-            "objective/rlhf_reward": float((scores - coef * penalty.sum(-1)).mean()),
-            "val/num_eos_tokens": float(
-                samples.ended_with_eos(self.tokenizer.eos_token_id).float().sum()
-            ),
-            "objective/length": float(mask.sum(-1).mean()),
-        }
-        if self.penalised:  # without a reference forward there is no KL to report
-            metrics["objective/kl"] = float(kl.mean())
-        if self.world is not None:
-            gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
-            metrics["objective/gold"] = float(gold.mean())
-        rollout = Rollout(
+        truncated = ~samples.ended_with_eos(self.tokenizer.eos_token_id).to(device)
+        loss_mask = mask * (~truncated).unsqueeze(-1) if cfg.rollout.mask_truncated else mask
+        return Rollout(
             sequences=seq,
             attention_mask=attn,
             mask=mask,
             old_logps=old_logps,
             ref_logps=ref_logps,
             old_values=old_values,
-            advantages=advantages,
-            returns=returns,
+            advantages=None,
+            returns=None,
             scores=scores,
+            rewards=scored.rewards.to(device),
+            reward_weights=self.reward_weights.to(device),
             penalty=penalty,
             token_rewards=token_rewards,
             last_column=last,
-            kl=kl,
+            kl=(kl_penalty(old_logps, ref_logps, "k1") * mask).sum(-1),  # [R] sequence k1 KL
+            truncated=truncated,
+            loss_mask=loss_mask,
+            group_size=cfg.rollout.samples_per_prompt,
             first=first,
         )
-        return rollout, samples, metrics
+
+    def rollout_metrics(
+        self, rollout: Rollout, samples: Samples, scored: Scored
+    ) -> dict[str, float]:
+        """The rollout's metrics (ALGORITHMS.md section 3), each reward's mean with several, and
+        on the world the gold reward and the mean length of correct and incorrect completions."""
+        coef = self.kl_ctl.value
+        penalty_sum = rollout.penalty.sum(-1)
+        metrics = {
+            "objective/kl_coef": float(coef),
+            "objective/penalty": float(penalty_sum.mean()),
+            "objective/scores": float(scored.raw.mean()),  # the scorer's own, the proxy reward
+            "objective/rlhf_reward": float((rollout.scores - coef * penalty_sum).mean()),
+            "val/num_eos_tokens": float((~rollout.truncated).float().sum()),
+            "objective/length": float(rollout.lengths.mean()),
+        }
+        names = getattr(self.scorer, "names", None)
+        if names is not None:
+            for name, column in zip(names, scored.rewards.T, strict=True):
+                metrics[f"objective/rewards/{name}"] = float(column.mean())
+        if self.penalised:  # without a reference forward there is no KL to report
+            metrics["objective/kl"] = float(rollout.kl.mean())
+        if self.world is not None:
+            gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
+            metrics["objective/gold"] = float(gold.mean())
+            bias = length_by_correctness(rollout.lengths.cpu(), gold)
+            metrics.update({f"objective/{k}": v for k, v in bias.items()})
+        return metrics
 
     def policy_forward(
         self, seq: Tensor, attn: Tensor, grad: bool = True, first: int = 0
@@ -472,33 +616,6 @@ class OnlineTrainer(PolicyTrainer):
         with self.accelerator.autocast():
             return self.critic(input_ids=seq, attention_mask=attn)[:, :-1]
 
-    def advantages(
-        self, scores: Tensor, token_rewards: Tensor, values: Tensor | None, mask: Tensor
-    ) -> tuple[Tensor, Tensor | None]:
-        """[R, T-1] advantages (and returns for the critic)."""
-        a = self.recipe.advantage
-        k = self.recipe.rollout.samples_per_prompt
-        if a.name == "gae":
-            assert values is not None
-            adv, returns = gae(token_rewards, values, mask, a.gamma, a.lam)
-            return (masked_whiten(adv, mask) if a.whiten else adv), returns
-        if a.name == "reinforce_pp":
-            return reinforce_pp_advantages(token_rewards, mask, a.gamma), None
-        # sequence-level rewards: the score plus the summed per-token penalty terms
-        sequence = token_rewards.sum(-1).reshape(-1, k)
-        if a.name == "reinforce_pp_baseline":
-            # the group mean of the scores comes off each completion's last-token reward
-            centred = reinforce_pp_baseline_scores(scores.reshape(-1, k)).reshape(-1)
-            shifted = token_rewards.clone()
-            rows = torch.arange(shifted.shape[0], device=shifted.device)
-            shifted[rows, _last_column(mask)] += centred - scores
-            return reinforce_pp_advantages(shifted, mask, a.gamma), None
-        if a.name == "rloo":
-            per_completion = rloo_advantages(sequence)
-        else:
-            per_completion = grpo_advantages(sequence, scale=a.grpo_scale)
-        return per_completion.reshape(-1, 1) * mask, None
-
     def optimise(self, rollout: Rollout) -> dict[str, list[float]]:
         """``loss.epochs`` passes of minibatches over one rollout batch."""
         cfg = self.recipe.loss
@@ -523,13 +640,19 @@ class OnlineTrainer(PolicyTrainer):
             self.settle_advantages(rollout, idx, critic_values.detach())
         assert rollout.advantages is not None
         logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
-        out = self.loss_fn(logps, rollout.old_logps[idx], rollout.advantages[idx], mask)
+        loss_mask, tokens = rollout.loss_mask[idx], self.global_tokens(rollout.loss_mask[idx])
+        out = self.loss_fn(
+            logps, rollout.old_logps[idx], rollout.advantages[idx], loss_mask, tokens=tokens
+        )
         loss = out.loss
         metrics = {k: float(v) for k, v in out.metrics.items()}
         metrics["loss/policy"] = float(out.loss.detach())
-        if self.recipe.loss.penalty_in == "loss":
-            penalty = self.regulariser.penalty(logps, rollout.ref_logps[idx], mask)
-            term = self.kl_ctl.value * token_aggregate(penalty, mask, self.recipe.loss.aggregate)
+        if self.recipe.loss.penalty_in == "loss":  # aggregated as the policy loss's terms
+            penalty = self.regulariser.penalty(logps, rollout.ref_logps[idx], loss_mask)
+            c = self.loss_fn.cfg
+            term = self.kl_ctl.value * token_aggregate(
+                penalty, loss_mask, c.aggregate, c.constant, tokens
+            )
             loss = loss + term
             metrics["loss/penalty"] = float(term.detach())
         if rollout.returns is not None:
@@ -558,6 +681,15 @@ class OnlineTrainer(PolicyTrainer):
         metrics["loss"] = float(loss.detach())
         return metrics
 
+    def global_tokens(self, mask: Tensor) -> Tensor | None:
+        """The divisor of ``loss.aggregate: global_token_mean`` (DAPO's token-level mean over
+        the global batch): the minibatch's valid tokens summed over every process, divided by
+        the number of processes (whose gradients data parallelism averages); None otherwise."""
+        if self.loss_fn.cfg.aggregate != "global_token_mean":
+            return None
+        total = self.accelerator.reduce(mask.sum().detach(), reduction="sum")
+        return total / self.accelerator.num_processes
+
     def settle_advantages(self, rollout: Rollout, idx: Tensor, values: Tensor) -> None:
         """A deferred rollout's values (the critic's, on the rows ``idx``: all of them, in any
         order) and its advantages and returns, filled in place."""
@@ -566,9 +698,7 @@ class OnlineTrainer(PolicyTrainer):
         full = torch.empty_like(rollout.mask)
         full[idx] = values.to(full.dtype)
         rollout.old_values = full
-        rollout.advantages, rollout.returns = self.advantages(
-            rollout.scores, rollout.token_rewards, full, rollout.mask
-        )
+        rollout.advantages, rollout.returns = self.estimator(rollout)
 
     def _critic_step(self, loss: Tensor) -> None:
         assert self.critic is not None and self.critic_optimizer is not None
@@ -635,6 +765,9 @@ class OnlineTrainer(PolicyTrainer):
         return results
 
 
-def _last_column(mask: Tensor) -> Tensor:
-    columns = torch.arange(mask.shape[1], device=mask.device)
-    return (mask * columns).argmax(dim=1)
+def _select(samples: Samples, scored: Scored, groups: list[int], k: int) -> tuple[Samples, Scored]:
+    """The groups ``groups`` of scored samples (k rollouts each)."""
+    rows = torch.tensor([g * k + j for g in groups for j in range(k)], dtype=torch.long)
+    return samples.select(groups), Scored(
+        scored.rewards[rows], scored.raw[rows], scored.scores[rows]
+    )

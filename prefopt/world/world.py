@@ -131,10 +131,18 @@ class World:
             dtype=np.float64,
         )
 
-    def _gold(self, prompts: list[str], completions: list[Any]) -> np.ndarray:
+    def _gold_terms(self, prompts: list[str], completions: list[Any]) -> np.ndarray:
         contributions = self._objectives(prompts, completions) * self._weights(prompts)
         rho = self._rho(prompts, completions)[:, None]
-        return (rho * np.clip(contributions, 0.0, None) + np.clip(contributions, None, 0.0)).sum(1)
+        return rho * np.clip(contributions, 0.0, None) + np.clip(contributions, None, 0.0)
+
+    def _gold(self, prompts: list[str], completions: list[Any]) -> np.ndarray:
+        return self._gold_terms(prompts, completions).sum(1)
+
+    def gold_terms(self, prompts: list[str], completions: list[Any]) -> torch.Tensor:
+        """``[N, K]`` each objective's share of the gold reward (``OBJECTIVE_NAMES`` order):
+        ``rho * max(c_k, 0) + min(c_k, 0)``; a row sums to :meth:`gold_reward`."""
+        return torch.from_numpy(self._gold_terms(prompts, completions)).float()
 
     def informativeness(self, prompts: list[str], completions: list[Any]) -> torch.Tensor:
         """``[N]`` share of its credit each completion keeps (1: honest, ~0: degenerate)."""
