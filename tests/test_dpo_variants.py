@@ -343,3 +343,46 @@ def test_shared_and_aligned_summaries_equal_a_plain_loop(layout):
     # chosen 1, 3, 5, 7, 9 tokens against rejected 6, 5, 4, 3, 2: either side can be shorter
     plain = pair_logps(model, collator(examples))
     assert plain.chosen_shared is None and plain.chosen_aligned is None
+
+
+def test_a_mixture_typo_fails_at_load_naming_the_part_key():
+    from prefopt.config import ConfigError, load_recipe
+
+    parts = (
+        "loss.parts=[{name: sigmoid, betta: 0.1}, {name: sft}, {name: nope},"
+        " {name: bco_pair, f_divergence: js_divergence}, {name: ipo, weight: -1}]"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_recipe("mix_internvl", [parts])
+    problems = caught.value.problems
+    assert any(
+        p.startswith("unknown key 'loss.parts.0.betta'; did you mean 'beta'") for p in problems
+    )
+    assert any(p.startswith("loss.parts.1.name") and "'pair_sft'" in p for p in problems)
+    assert any(p.startswith("loss.parts.2.name: unknown loss 'nope'") for p in problems)
+    assert any(
+        p.startswith("loss.parts.3.f_divergence: loss 'bco_pair' does not") for p in problems
+    )
+    assert any(p == "loss.parts.4.weight must be > 0, got -1" for p in problems)
+    assert len(problems) == 5
+
+
+def test_the_shipped_mixture_is_internvls():
+    from prefopt.config import load_recipe
+
+    recipe = load_recipe("mix_internvl")
+    loss = get_loss("mix").build(recipe.loss)
+    assert [(w, c.name) for w, c in recipe.loss.part_configs()] == [
+        (0.8, "sigmoid"),
+        (0.2, "bco_pair"),
+        (1.0, "pair_sft"),
+    ]
+    assert loss.needs_reference and loss.policy_summaries == frozenset()
+
+
+def test_ld_dpo_with_a_cached_reference_is_refused_at_load():
+    from prefopt.config import ConfigError, load_recipe
+
+    with pytest.raises(ConfigError, match="reference.mode: cached .* loss.ld_alpha"):
+        load_recipe("ld_dpo", ["reference.mode=cached"])
+    load_recipe("wpo", ["reference.mode=cached"])  # WPO's weights need the policy only

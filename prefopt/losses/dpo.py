@@ -68,8 +68,8 @@ class DPOConfig(LossConfig):
     nll_alpha: float = 0.0  # RPO: weight of the chosen NLL per token (RPO paper: 1.0)
     # f-DPO: the divergence to the reference; reverse_kl is DPO's (TRL: f_divergence_type)
     f_divergence: str = "reverse_kl"
-    # alpha of alpha_divergence, in (0, 1) as the f-DPO paper's Table 1 writes it; TRL's
-    # f_alpha_divergence_coef is 1 - this alpha (the two agree at the default 0.5)
+    # alpha of alpha_divergence, f'(t) = (1 - t^-alpha) / alpha, in (0, 1) as the f-DPO paper
+    # writes it; TRL 1.16's f_alpha_divergence_coef is 1 - this alpha (equal at 0.5)
     f_alpha: float = 0.5
     # LD-DPO: weight of the tokens beyond the pair's shared length, in [0, 1]; null: off (1.0)
     ld_alpha: float | None = None
