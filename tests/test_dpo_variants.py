@@ -386,3 +386,38 @@ def test_ld_dpo_with_a_cached_reference_is_refused_at_load():
     with pytest.raises(ConfigError, match="reference.mode: cached .* loss.ld_alpha"):
         load_recipe("ld_dpo", ["reference.mode=cached"])
     load_recipe("wpo", ["reference.mode=cached"])  # WPO's weights need the policy only
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides"),
+    [
+        ("ld_dpo", ["loss.wpo_weighting=true"]),  # both summaries, packed layout
+        ("mix_internvl", ["data.layout=padded"]),  # pair_sft's token mean: per micro-batch
+    ],
+)
+def test_gradient_accumulation_with_the_summaries(tmp_path, recipe, overrides):
+    """LD-DPO and WPO are per pair: 4 micro-batches of 2 train as one batch of 8. The InternVL
+    mixture is not (pair_sft's token mean is over each micro-batch's tokens), so it differs."""
+    from prefopt.trainers.preference import PreferenceTrainer
+    from tests.conftest import tiny_recipe
+
+    def trained(batch, accum):
+        config = tiny_recipe(
+            recipe,
+            tmp_path / f"{recipe}-{batch}x{accum}",
+            "model.name_or_path=null",
+            "trainer.max_steps=2",
+            f"trainer.batch_size={batch}",
+            f"trainer.grad_accum={accum}",
+            *overrides,
+        )
+        trainer = PreferenceTrainer(config, tmp_path / f"{recipe}-{batch}x{accum}")
+        trainer.train()
+        return {n: p.detach().clone() for n, p in trainer.unwrapped().named_parameters()}
+
+    big, accumulated = trained(8, 1), trained(2, 4)
+    differ = [n for n in big if not torch.allclose(big[n], accumulated[n], rtol=1e-5, atol=1e-6)]
+    if recipe == "mix_internvl":
+        assert differ
+    else:
+        assert differ == []
