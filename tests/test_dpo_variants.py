@@ -22,7 +22,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from prefopt.data.collate import PackedPairCollator, PreferenceCollator
 from prefopt.losses.aot import AOTConfig
 from prefopt.losses.base import PairLogps
-from prefopt.losses.dpo import DPOConfig, SimPOConfig
+from prefopt.losses.dpo import DPOConfig, IPOConfig, SimPOConfig
 from prefopt.losses.dpo_variants import DiscoPOPConfig, EXOConfig
 from prefopt.losses.mix import MixConfig
 from prefopt.losses.sft import PairSFTConfig
@@ -121,7 +121,7 @@ def test_ipo_takes_the_f_divergence_scores_per_token():
     s_c = math.log(2) - math.log1p(math.exp(-1))
     s_r = math.log(2) - math.log1p(math.exp(1))
     h = s_c / 4 - s_r / 2
-    out = build(DPOConfig(name="ipo", f_divergence="js_divergence"))(POLICY, REF)
+    out = build(IPOConfig(f_divergence="js_divergence"))(POLICY, REF)
     assert_close(out.loss, torch.tensor([(h - 5) ** 2]), rtol=0, atol=1e-5)
 
 
