@@ -22,7 +22,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from prefopt.data.collate import PackedPairCollator, PreferenceCollator
 from prefopt.losses.aot import AOTConfig
 from prefopt.losses.base import PairLogps
-from prefopt.losses.dpo import DPOConfig, SimPOConfig
+from prefopt.losses.dpo import DPOConfig, IPOConfig, SimPOConfig
 from prefopt.losses.dpo_variants import DiscoPOPConfig, EXOConfig
 from prefopt.losses.mix import MixConfig
 from prefopt.losses.sft import PairSFTConfig
@@ -121,7 +121,7 @@ def test_ipo_takes_the_f_divergence_scores_per_token():
     s_c = math.log(2) - math.log1p(math.exp(-1))
     s_r = math.log(2) - math.log1p(math.exp(1))
     h = s_c / 4 - s_r / 2
-    out = build(DPOConfig(name="ipo", f_divergence="js_divergence"))(POLICY, REF)
+    out = build(IPOConfig(f_divergence="js_divergence"))(POLICY, REF)
     assert_close(out.loss, torch.tensor([(h - 5) ** 2]), rtol=0, atol=1e-5)
 
 
@@ -343,3 +343,81 @@ def test_shared_and_aligned_summaries_equal_a_plain_loop(layout):
     # chosen 1, 3, 5, 7, 9 tokens against rejected 6, 5, 4, 3, 2: either side can be shorter
     plain = pair_logps(model, collator(examples))
     assert plain.chosen_shared is None and plain.chosen_aligned is None
+
+
+def test_a_mixture_typo_fails_at_load_naming_the_part_key():
+    from prefopt.config import ConfigError, load_recipe
+
+    parts = (
+        "loss.parts=[{name: sigmoid, betta: 0.1}, {name: sft}, {name: nope},"
+        " {name: bco_pair, f_divergence: js_divergence}, {name: ipo, weight: -1}]"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_recipe("mix_internvl", [parts])
+    problems = caught.value.problems
+    assert any(
+        p.startswith("unknown key 'loss.parts.0.betta'; did you mean 'beta'") for p in problems
+    )
+    assert any(p.startswith("loss.parts.1.name") and "'pair_sft'" in p for p in problems)
+    assert any(p.startswith("loss.parts.2.name: unknown loss 'nope'") for p in problems)
+    assert any(
+        p.startswith("loss.parts.3.f_divergence: loss 'bco_pair' does not") for p in problems
+    )
+    assert any(p == "loss.parts.4.weight must be > 0, got -1" for p in problems)
+    assert len(problems) == 5
+
+
+def test_the_shipped_mixture_is_internvls():
+    from prefopt.config import load_recipe
+
+    recipe = load_recipe("mix_internvl")
+    loss = get_loss("mix").build(recipe.loss)
+    assert [(w, c.name) for w, c in recipe.loss.part_configs()] == [
+        (0.8, "sigmoid"),
+        (0.2, "bco_pair"),
+        (1.0, "pair_sft"),
+    ]
+    assert loss.needs_reference and loss.policy_summaries == frozenset()
+
+
+def test_ld_dpo_with_a_cached_reference_is_refused_at_load():
+    from prefopt.config import ConfigError, load_recipe
+
+    with pytest.raises(ConfigError, match="reference.mode: cached .* loss.ld_alpha"):
+        load_recipe("ld_dpo", ["reference.mode=cached"])
+    load_recipe("wpo", ["reference.mode=cached"])  # WPO's weights need the policy only
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides"),
+    [
+        ("ld_dpo", ["loss.wpo_weighting=true"]),  # both summaries, packed layout
+        ("mix_internvl", ["data.layout=padded"]),  # pair_sft's token mean: per micro-batch
+    ],
+)
+def test_gradient_accumulation_with_the_summaries(tmp_path, recipe, overrides):
+    """LD-DPO and WPO are per pair: 4 micro-batches of 2 train as one batch of 8. The InternVL
+    mixture is not (pair_sft's token mean is over each micro-batch's tokens), so it differs."""
+    from prefopt.trainers.preference import PreferenceTrainer
+    from tests.conftest import tiny_recipe
+
+    def trained(batch, accum):
+        config = tiny_recipe(
+            recipe,
+            tmp_path / f"{recipe}-{batch}x{accum}",
+            "model.name_or_path=null",
+            "trainer.max_steps=2",
+            f"trainer.batch_size={batch}",
+            f"trainer.grad_accum={accum}",
+            *overrides,
+        )
+        trainer = PreferenceTrainer(config, tmp_path / f"{recipe}-{batch}x{accum}")
+        trainer.train()
+        return {n: p.detach().clone() for n, p in trainer.unwrapped().named_parameters()}
+
+    big, accumulated = trained(8, 1), trained(2, 4)
+    differ = [n for n in big if not torch.allclose(big[n], accumulated[n], rtol=1e-5, atol=1e-6)]
+    if recipe == "mix_internvl":
+        assert differ
+    else:
+        assert differ == []

@@ -15,7 +15,7 @@ import torch
 from torch.testing import assert_close
 
 from prefopt.losses.base import PairLogps
-from prefopt.losses.dpo import DPOConfig, SimPOConfig, SmoothedDPOConfig
+from prefopt.losses.dpo import DPOConfig, IPOConfig, SimPOConfig, SmoothedDPOConfig
 from prefopt.losses.reward import BradleyTerryConfig
 from prefopt.losses.sft import SFTConfig
 from prefopt.registry import LOSSES, get_loss
@@ -49,7 +49,9 @@ def value(out):
         # relu(1 - 0.2)
         (DPOConfig(name="hinge"), 0.8),
         # h = 1/4 + 1/2 = 0.75; (0.75 - 1/(2*0.1))^2 = (-4.25)^2
-        (DPOConfig(name="ipo"), 18.0625),
+        (IPOConfig(), 18.0625),
+        # the paper's summed form: h = u_c - u_r = 2; (2 - 5)^2
+        (IPOConfig(per_token=False), 9.0),
         # beta (-10/4 - -12/2) - gamma = 2 * 3.5 - 1 = 6; log(1 + e^-6)
         (SimPOConfig(name="simpo", beta=2.0, gamma=1.0), 0.002475685),
         # sigmoid + NLL(y_c)/n_c = 0.598138869 + 10/4

@@ -162,6 +162,13 @@ def models() -> tuple[GPT2LMHeadModel, GPT2LMHeadModel]:
 
 def trl_loss(policy, reference, batch: dict[str, torch.Tensor], settings: dict[str, Any]) -> float:
     """TRL 1.16's loss through ``DPOTrainer._compute_loss`` on one process."""
+    return trl_loss_and_metrics(policy, reference, batch, settings)[0]
+
+
+def trl_loss_and_metrics(
+    policy, reference, batch: dict[str, torch.Tensor], settings: dict[str, Any]
+) -> tuple[float, dict[str, float]]:
+    """TRL's loss and the metrics it logged for that batch (``rewards/*``, ``logps/*``)."""
     args = {**TRL_DEFAULTS, **settings}
     trainer = object.__new__(DPOTrainer)
     identity = lambda x: x  # noqa: E731  (one process: gathering is the identity)
@@ -188,7 +195,9 @@ def trl_loss(policy, reference, batch: dict[str, torch.Tensor], settings: dict[s
     )
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
     with torch.no_grad():
-        return float(trainer._compute_loss(policy, inputs, return_outputs=False))
+        loss = float(trainer._compute_loss(policy, inputs, return_outputs=False))
+    mode = "train" if policy.training else "eval"  # where TRL files them
+    return loss, {k: v[-1] for k, v in trainer._metrics[mode].items()}
 
 
 def prefopt_loss(policy, reference, batch: dict[str, torch.Tensor], section: dict[str, Any]):
@@ -201,17 +210,23 @@ def prefopt_loss(policy, reference, batch: dict[str, torch.Tensor], section: dic
         if loss.needs_reference:
             ref = pair_logps(reference, batch, loss.reference_summaries)
         out = loss(pair_logps(policy, batch, loss.policy_summaries), ref, batch)
-    return out.loss.mean()
+    return out.loss.mean(), {k: v.mean().item() for k, v in out.metrics.items()}
 
 
 @pytest.mark.parametrize(("case", "trl_settings", "section"), CASES, ids=[c[0] for c in CASES])
 def test_prefopt_loss_equals_trl(models, case, trl_settings, section):
     policy, reference = models
     pairs = examples()
-    expected = trl_loss(policy, reference, PreferenceCollator(PAD)(pairs), trl_settings)
+    batch = PreferenceCollator(PAD)(pairs)
+    expected, trl_metrics = trl_loss_and_metrics(policy, reference, batch, trl_settings)
     for collator in (PreferenceCollator(PAD), PackedPairCollator(PAD, row_length=24)):
-        found = prefopt_loss(policy, reference, collator(pairs), section)
+        found, metrics = prefopt_loss(policy, reference, collator(pairs), section)
         assert_close(found, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+        # the logged implicit rewards (LD-weighted under ld_alpha, as TRL's) and log-probs;
+        # pair_sft logs no rewards
+        names = ["rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen"]
+        for name in [n for n in names if n in metrics]:
+            assert metrics[name] == pytest.approx(trl_metrics[name], rel=1e-5, abs=1e-5), name
 
 
 def test_the_comparison_is_not_trivial(models):

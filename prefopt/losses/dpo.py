@@ -9,7 +9,8 @@ completion log-probs), ``z = beta * (u_c - u_r)``.
 * robust    -- Chowdhury et al. 2024 (arXiv 2403.00409), eq. 7, unbiased under flip rate eps:
                ``[-(1-eps) logsig(z) + eps logsig(-z)] / (1-2eps)``.
 * ipo       -- Azar et al. 2023 (arXiv 2310.12036), eq. 17, with per-token normalised
-               log-ratios as TRL does: ``(u_c/n_c - u_r/n_r - 1/(2 beta))^2``.
+               log-ratios as TRL does: ``(u_c/n_c - u_r/n_r - 1/(2 beta))^2``;
+               ``per_token: false`` gives the paper's ``(u_c - u_r - 1/(2 beta))^2``.
 * hinge     -- the normalised-likelihood hinge of RSO, Liu et al. 2023 (arXiv 2309.06657),
                eq. for ``hinge-norm``: ``relu(1 - z)`` with the reference log-ratios. It is
                not SLiC-HF (Zhao et al. 2023, arXiv 2305.10425), whose calibration hinge
@@ -68,8 +69,8 @@ class DPOConfig(LossConfig):
     nll_alpha: float = 0.0  # RPO: weight of the chosen NLL per token (RPO paper: 1.0)
     # f-DPO: the divergence to the reference; reverse_kl is DPO's (TRL: f_divergence_type)
     f_divergence: str = "reverse_kl"
-    # alpha of alpha_divergence, in (0, 1) as the f-DPO paper's Table 1 writes it; TRL's
-    # f_alpha_divergence_coef is 1 - this alpha (the two agree at the default 0.5)
+    # alpha of alpha_divergence, f'(t) = (1 - t^-alpha) / alpha, in (0, 1) as the f-DPO paper
+    # writes it; TRL 1.16's f_alpha_divergence_coef is 1 - this alpha (equal at 0.5)
     f_alpha: float = 0.5
     # LD-DPO: weight of the tokens beyond the pair's shared length, in [0, 1]; null: off (1.0)
     ld_alpha: float | None = None
@@ -312,16 +313,27 @@ class RobustLoss(PairwiseLoss):
         return (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
 
 
-@register_loss("ipo", DPOConfig)
+@dataclass
+class IPOConfig(DPOConfig):
+    name: str = "ipo"
+    # divide each log-ratio by its completion's token count: TRL's choice, confirmed with the
+    # IPO authors per TRL's comment; false: the paper's eq. 17 on summed log-ratios
+    per_token: bool = True
+
+
+@register_loss("ipo", IPOConfig)
 class IPOLoss(PairwiseLoss):
-    """IPO (Azar et al. 2023, eq. 17) on per-token normalised log-ratios (as in TRL)."""
+    """IPO (Azar et al. 2023, eq. 17): ``(h - 1/(2 beta))^2`` with ``h`` the log-ratio gap,
+    per-token normalised by default (as in TRL; ``per_token: false`` for the summed form)."""
 
     settings = F_DIVERGENCE_SETTINGS
 
     def pair_loss(self, policy, ref, batch):
         s_c, s_r = self.scores(policy, ref)
-        h = s_c / policy.chosen_tokens.clamp(min=1) - s_r / policy.rejected_tokens.clamp(min=1)
-        return (h - 1 / (2 * self.beta)) ** 2
+        if self.config.per_token:  # type: ignore[attr-defined]
+            s_c = s_c / policy.chosen_tokens.clamp(min=1)
+            s_r = s_r / policy.rejected_tokens.clamp(min=1)
+        return (s_c - s_r - 1 / (2 * self.beta)) ** 2
 
 
 @register_loss("hinge", DPOConfig)
