@@ -186,3 +186,28 @@ def test_world_unpaired_data_leaves_the_other_datasets_unchanged():
     other.unpaired_records("train")
     assert other.preference_records("train") == before
     assert other.unpaired_records("train") == build_world(config).unpaired_records("train")
+
+
+def test_unpaired_files_are_checked_with_the_worlds_tokenizer_before_training(tmp_path, world):
+    """A world model reading a file: its unpaired rows (or its pairs, with data.unpaired:
+    pairs) are read as such by the unknown-token check, before any model is trained."""
+    from prefopt.config import ConfigError
+    from prefopt.pipeline.run import check_data_for_world_tokenizer
+    from tests.conftest import tiny_recipe
+
+    words = world.unpaired_records("train")[:4]
+    ours = [{k: r[k] for k in ("prompt", "completion", "desirable")} for r in words]
+    english = [{"prompt": "How do I bake bread?", "completion": "Knead it.", "desirable": True}]
+    pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": "x"} for r in words]
+    for rows, extra, fails in (
+        (ours, [], False),
+        (english, [], True),
+        (pairs, ["data.unpaired=pairs"], False),
+    ):
+        source = write_jsonl(tmp_path / "rows.jsonl", rows)
+        recipe = tiny_recipe("kto", None, f"data.source={source}", "data.eval_split=null", *extra)
+        if fails:
+            with pytest.raises(ConfigError, match="unknown to the tokenizer"):
+                check_data_for_world_tokenizer(recipe)
+        else:
+            check_data_for_world_tokenizer(recipe)

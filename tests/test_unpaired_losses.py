@@ -50,7 +50,7 @@ KTO = [0.5083326, 0.4419299, 0.5332840]
 def test_kto_hand_computed():
     out = build(KTOConfig())(POLICY, REF, DESIRABLE)
     assert_close(out.loss, torch.tensor(KTO))
-    assert_close(out.metrics["kl"], torch.tensor(4 / 3))
+    assert_close(out.metrics["z0"], torch.tensor(4 / 3))
     # rewards beta r: desirable [0.1, 0] -> 0.05, undesirable [-0.1]
     assert_close(out.metrics["rewards/chosen"], torch.tensor(0.05))
     assert_close(out.metrics["rewards/rejected"], torch.tensor(-0.1))
@@ -72,14 +72,14 @@ def test_kto_reference_point_is_clamped_at_zero_and_not_differentiated():
     policy = UnpairedLogps(POLICY.completion, POLICY.tokens, mismatched)
     out = build(KTOConfig())(policy, REF, DESIRABLE)
     assert_close(out.loss, torch.tensor([0.4750208, 0.4750208, 0.5]))
-    assert_close(out.metrics["kl"], torch.tensor(0.0))
+    assert_close(out.metrics["z0"], torch.tensor(0.0))
     assert not out.loss.requires_grad  # nothing but z0 depends on the (leaf) mismatched logps
 
 
 def test_kto_reference_point_is_the_mean_over_processes():
     # another process's mismatched ratios average 8/3: z0 = (4/3 + 8/3) / 2 = 2
     out = build(KTOConfig())(POLICY, REF, DESIRABLE, batch_mean=lambda x: (x + 8 / 3) / 2)
-    assert_close(out.metrics["kl"], torch.tensor(2.0))
+    assert_close(out.metrics["z0"], torch.tensor(2.0))
     assert_close(out.loss[0], torch.tensor(1 - sigmoid(0.1 * (1 - 2))))
 
 
@@ -181,7 +181,7 @@ def test_kto_trains_on_the_worlds_unpaired_data_and_the_reference_stays(tmp_path
     assert moved
     for n, p in trainer.reference.named_parameters():
         assert torch.equal(p, ref_before[n])
-    assert summary["steps"] == 2 and "kl" in summary["eval"]
+    assert summary["steps"] == 2 and "z0" in summary["eval"]
     batch = trainer.collate(trainer.train_examples[:4])
     assert batch["input_ids"].shape[0] == 8  # four examples and their four mismatched pairs
 

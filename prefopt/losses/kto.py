@@ -17,7 +17,8 @@ Defaults from the paper: beta = 0.1, lambda_D = lambda_U = 1. The paper advises 
 ``lambda_D n_D / (lambda_U n_U)`` in ``[1, 4/3]`` (``n_D``, ``n_U``: desirable and undesirable
 counts); the world's unpaired data is half desirable, so the defaults sit at 1.
 
-Metrics: TRL's ``kl`` (the clamped ``z0``), ``rewards/*`` and ``logps/*``
+Metrics: ``z0`` (the clamped reference point; TRL logs it as ``kl``, a name that here is the
+gold evaluation's KL to the reference), ``rewards/*`` and ``logps/*``
 (``prefopt.losses.unpaired``).
 """
 
@@ -60,4 +61,4 @@ class KTOLoss(UnpairedLoss):
         desirable_loss = self.config.desirable_weight * (1 - gain)
         # sigma(beta (z0 - r)) = 1 - sigma(beta (r - z0))
         undesirable_loss = self.config.undesirable_weight * gain
-        return torch.where(desirable, desirable_loss, undesirable_loss), {"kl": z0}
+        return torch.where(desirable, desirable_loss, undesirable_loss), {"z0": z0}

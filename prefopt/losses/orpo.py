@@ -9,8 +9,8 @@ likelihood (the average completion log-probability) and ``odds(y|x) = P / (1 - P
   ``log odds(y) = log P - log(1 - P) = l(y)/n(y) - log(1 - exp(l(y)/n(y)))``;
 * ``L_SFT = -l(y_w)/n(y_w)``, the chosen completion's per-token NLL (the causal-LM loss).
 
-``loss.beta`` is the paper's lambda (TRL's ORPOConfig calls it ``beta`` too); the authors use
-0.1 (Phi-2, Llama-2) and 0.2 (Mistral), so the default is 0.1. ``loss.nll_alpha`` weighs
+``loss.beta`` is the paper's lambda (TRL's ORPOConfig calls it ``beta`` too, the authors' code
+``alpha``); the default 0.1 is the paper's setting and TRL's. ``loss.nll_alpha`` weighs
 ``L_SFT`` (1.0 in the paper; 0 leaves the odds-ratio term alone).
 
 Deviation from TRL, kept on purpose: TRL's ``L_SFT`` is a token mean over the whole batch
@@ -65,7 +65,7 @@ def log_odds_difference(policy: PairLogps) -> Tensor:
 @dataclass
 class ORPOConfig(DPOConfig):
     name: str = "orpo"
-    beta: float = 0.1  # lambda of eq. 6, the odds-ratio weight (paper: 0.1; 0.2 for Mistral)
+    beta: float = 0.1  # lambda of eq. 6, the odds-ratio weight (paper and TRL: 0.1)
     nll_alpha: float = 1.0  # weight of L_SFT, the chosen per-token NLL (paper: 1)
 
 

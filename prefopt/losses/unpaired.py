@@ -48,11 +48,11 @@ class UnpairedLogps:
     @staticmethod
     def cat(parts: list[UnpairedLogps]) -> UnpairedLogps:
         """One batch of several (e.g. the held-out chunks)."""
-        mismatched = [p.mismatched for p in parts]
+        mismatched = [p.mismatched for p in parts if p.mismatched is not None]
         return UnpairedLogps(
             torch.cat([p.completion for p in parts]),
             torch.cat([p.tokens for p in parts]),
-            None if any(m is None for m in mismatched) else torch.cat(mismatched),  # type: ignore[arg-type]
+            torch.cat(mismatched) if len(mismatched) == len(parts) else None,
         )
 
 
