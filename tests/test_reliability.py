@@ -184,9 +184,10 @@ GOOD_ROW = {"prompt": "a question", "chosen": "a good answer", "rejected": "a ba
 
 
 def test_a_200_mb_row_is_a_counted_bad_row_read_in_bounded_memory(tmp_path):
-    """The 200 MB row is never tokenized: its field is over data.max_field_chars. Measured in a
-    child process: its peak memory stays under 1.5 GB (the row itself is 200 MB; before the
-    bound a 10 MB row alone took 2.8 GB to tokenize, a 200 MB one got the process killed)."""
+    """The 200 MB row is never tokenized: its field is over data.max_field_chars. In a child
+    process whose address space is limited to what its imports use plus 1.5 GB (the row itself
+    is 200 MB; before the bound a 10 MB row alone took 2.8 GB to tokenize, a 200 MB one got the
+    process killed at 22 GB): loading and tokenizing succeed, the peak stays under 1.5 GB."""
     path = tmp_path / "pairs.jsonl"
     with path.open("w") as f:
         f.write('{"prompt": "p", "chosen": "' + "word " * 40_000_000 + '", "rejected": "no"}\n')
@@ -196,6 +197,10 @@ def test_a_200_mb_row_is_a_counted_bad_row_read_in_bounded_memory(tmp_path):
         "from prefopt.data import load_records, tokenize_preference\n"
         "from tests.test_reliability import _world_tokenizer\n"
         "tok = _world_tokenizer()\n"
+        # a hard limit: the address space of the imports plus 1.5 GB, no more
+        "size = [l for l in open('/proc/self/status') if l.startswith('VmSize')][0]\n"
+        "limit = int(size.split()[1]) * 1024 + 1536 * 2**20\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
         "records, bad = load_records(sys.argv[1], tokenizer=tok)\n"
         "examples = tokenize_preference(records, tok, max_length=96, max_prompt_length=48)\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
