@@ -673,8 +673,9 @@ def recipe_from_node(
         merged = OmegaConf.merge(schema, raw)
         merged.name = merged.name or default_name
         recipe = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(list(dict.fromkeys([*problems, _describe(exc)]))) from None
+    except (OmegaConfBaseException, TypeError, ValueError) as exc:
+        described = _describe(exc) if isinstance(exc, OmegaConfBaseException) else f"recipe: {exc}"
+        raise ConfigError(list(dict.fromkeys([*problems, described]))) from None
     assert isinstance(recipe, Recipe)
     wrong_items = _list_item_problems(recipe)  # OmegaConf does not type a list's items
     if wrong_items:
@@ -727,7 +728,13 @@ def _schema_child(node: DictConfig, key: str) -> DictConfig | None:
     value = node[key] if child_node is not None else None
     if isinstance(value, DictConfig):
         return value
-    inner = _dataclass_of(child_node._metadata.ref_type) if child_node is not None else None
+    ref = child_node._metadata.ref_type if child_node is not None else None
+    # a list of sections (list[Section]) is not a section: a mapping given for it is a type
+    # problem of the key, found by the trial merge, not a section to walk into
+    is_list = typing.get_origin(ref) is list or any(
+        typing.get_origin(a) is list for a in getattr(ref, "__args__", ()) or ()
+    )
+    inner = _dataclass_of(ref) if child_node is not None and not is_list else None
     # object_type is a class; is_dataclass() narrows to "class or instance"
     inner = inner or (cast(type, ref_type) if dataclasses.is_dataclass(ref_type) else None)
     return OmegaConf.structured(inner) if inner is not None else None

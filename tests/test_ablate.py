@@ -125,8 +125,9 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert result["ran"] == ["loss.beta=0.2,seed=0"]
     assert first.read_text() == before
     assert lines[0] == "[1/2] loss.beta=0.1,seed=0: finished earlier, skipped"
-    assert lines[1].startswith("[2/2] loss.beta=0.2,seed=0: done in ")
-    assert "elapsed" in lines[1] and "left)" in lines[1]
+    assert lines[1] == "[2/2] loss.beta=0.2,seed=0: starting"
+    assert lines[2].startswith("[2/2] loss.beta=0.2,seed=0: done in ")
+    assert "elapsed" in lines[2] and "left)" in lines[2]
     rows = read_csv(out / "results.csv")
     assert [r["eval.gold_reward"] for r in rows] == [2.0, 4.0]
 

@@ -252,8 +252,9 @@ def test_armorm_resume_keeps_the_stage1_it_started_with(tmp_path, tiny_pretraine
     torch.save(old, tmp_path / "old" / "checkpoint-4" / "state.pt")
     with pytest.raises(TrainingError, match="predates"):
         train(tiny_recipe("armorm", tmp_path / "old", *common, "resume=auto"))
-    # nor can a checkpoint whose probe has another shape
-    with pytest.raises(TrainingError, match="does not fit"):
+    # nor can a recipe whose probe has another shape: the resume's recipe check refuses it
+    # before anything loads (the trainer's own "does not fit" guard stays behind it)
+    with pytest.raises(TrainingError, match=r"loss\.regression_hidden: \[16\] -> \[8\]"):
         train(
             tiny_recipe(
                 "armorm", tmp_path / "run", *common, "loss.regression_hidden=[8]", "resume=auto"

@@ -362,11 +362,12 @@ def model_source_problem(name: str, key: str, *, tokenizer: bool = True) -> str 
         if not present:
             return f"{key}={name}: the folder is empty (expected a model saved by save_pretrained)"
         adapter = "adapter_config.json" in present
+        tokenizer_only = key == "model.tokenizer"
         missing = []
-        if "config.json" not in present and not adapter:
+        if "config.json" not in present and not adapter and not tokenizer_only:
             missing.append("config.json")
         weights = any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS)
-        if not weights and key != "model.tokenizer":
+        if not weights and not tokenizer_only:
             missing.append("weights (*.safetensors)")
         if tokenizer and not present & set(TOKENIZER_FILES):
             missing.append("tokenizer files (tokenizer.json or tokenizer_config.json)")
