@@ -20,6 +20,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, cast
 
@@ -53,6 +54,32 @@ class ConfigError(ValueError):
         super().__init__("invalid recipe:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+# --------------------------------------------------------------------------- choices
+# A setting that takes one of a few words is an Enum: OmegaConf checks it when a recipe is read
+# (the message names the key and the allowed words) and the recipe holds the member, a `str`
+# equal to its word (``recipe.trainer.precision == "bf16"``), so code compares plain strings.
+
+Family = StrEnum("Family", ["gpt2", "llama"])
+WeightDtype = StrEnum("WeightDtype", ["fp32", "bf16", "fp16", "auto"])
+ReferenceMode = StrEnum("ReferenceMode", ["auto", "copy", "adapter", "cached", "none"])
+DataFormat = StrEnum(
+    "DataFormat", ["auto", "preference", "hh", "tldr", "conversation", "sft", "unpaired"]
+)
+UnpairedFrom = StrEnum("UnpairedFrom", ["rows", "pairs"])
+OnBadRow = StrEnum("OnBadRow", ["skip", "error"])
+PairLayout = StrEnum("PairLayout", ["packed", "padded"])
+SmoothingMethod = StrEnum("SmoothingMethod", ["none", "ids"])
+Scheduler = StrEnum("Scheduler", ["constant", "linear", "cosine"])  # after the warm-up
+Precision = StrEnum("Precision", ["fp32", "bf16", "fp16"])
+Device = StrEnum("Device", ["auto", "cpu", "cuda"])
+OnNan = StrEnum("OnNan", ["error", "skip"])
+NgramSpace = StrEnum("NgramSpace", ["power", "vocab"])
+ValueMode = StrEnum("ValueMode", ["separate", "shared"])
+ValueInit = StrEnum("ValueInit", ["auto", "reward_model", "policy"])
+# the attention implementations that take the packed layouts' custom masks
+TrainAttention = StrEnum("TrainAttention", ["eager", "sdpa"])
+
+
 # --------------------------------------------------------------------------- schema
 
 
@@ -60,7 +87,7 @@ class ConfigError(ValueError):
 class TinyModelConfig:
     """A small architecture built from config (random init), for tests and the offline world."""
 
-    family: str = "gpt2"  # "gpt2" | "llama"
+    family: Family = Family.gpt2
     layers: int = 2
     hidden: int = 128
     heads: int = 4
@@ -89,7 +116,7 @@ class ModelConfig:
     quantization: str | None = None  # null | "4bit" | "8bit" (bitsandbytes; QLoRA with lora)
     # dtype of loaded weights: fp32 keeps full-precision master weights (trainer.precision
     # adds mixed precision on top); "auto" keeps the checkpoint's own dtype
-    dtype: str = "fp32"
+    dtype: WeightDtype = WeightDtype.fp32
     trust_remote_code: bool = False  # only when the recipe says so: runs the hub repo's code
     gradient_checkpointing: bool = False
     # the attention implementation of the forwards that backpropagate (a DPO or reward-model
@@ -99,7 +126,7 @@ class ModelConfig:
     # attention trains them ~15-20% faster (not the packed rows of DPO / RM / GRPO: slower
     # there, and more memory; docs/performance.md); the same numbers up to float rounding.
     # null: the model's own (sdpa) everywhere.
-    train_attention: str | None = None
+    train_attention: TrainAttention | None = None
 
 
 @dataclass
@@ -108,7 +135,7 @@ class ReferenceConfig:
     # policy; "adapter": the policy with its LoRA adapter disabled (no second copy);
     # "cached": reference log-probs computed once, stored on disk keyed by data fingerprint and
     # model hash; "none": no reference (reference-free losses skip it whatever this says).
-    mode: str = "auto"
+    mode: ReferenceMode = ReferenceMode.auto
     name_or_path: str | None = None  # default: the policy's initial weights
     cache_dir: str | None = None  # for "cached"; default <output_dir>/../.ref_cache
 
@@ -118,12 +145,12 @@ class DataConfig:
     # "world": the synthetic preference world (offline default); otherwise a local file, glob
     # or folder (jsonl/json/parquet/csv, gzip too) or a hub dataset name for load_dataset.
     source: str = "world"
-    format: str = "auto"  # auto | preference | hh | tldr | conversation | sft | unpaired
+    format: DataFormat = DataFormat.auto
     # where the unpaired losses (kto, bco) get (prompt, completion, desirable) examples: "rows":
     # the source's unpaired rows (on the world: behaviour responses, desirable iff their gold
     # reward exceeds the train median); "pairs": each preference pair of the source gives a
     # desirable (chosen) and an undesirable (rejected) example
-    unpaired: str = "rows"
+    unpaired: UnpairedFrom = UnpairedFrom.rows
     split: str = "train"
     eval_split: str | None = "test"  # held-out split of the world, a folder or a hub dataset
     eval_source: str | None = None  # a separate held-out file (a single file has no splits)
@@ -135,7 +162,7 @@ class DataConfig:
     max_eval_rows: int | None = 512
     max_length: int = 96
     max_prompt_length: int = 48
-    on_bad_row: str = "skip"  # "skip": count and report; "error": stop naming the row
+    on_bad_row: OnBadRow = OnBadRow.skip  # "skip": count and report; "error": stop naming the row
     # a row with a field longer than this (characters, before tokenization) is a bad row:
     # one huge row must not exhaust memory; far above any real row (HH-RLHF's longest ~14k)
     max_field_chars: int = 1_000_000
@@ -151,7 +178,7 @@ class DataConfig:
     # scored -- the same log-probs as "padded" up to float rounding, in a fraction of the
     # compute (docs/performance.md); "padded": prompt+chosen and prompt+rejected as their own
     # right-padded rows (TRL's layout; needed for attention kernels without custom masks)
-    layout: str = "packed"
+    layout: PairLayout = PairLayout.packed
     pack_length: int | None = None  # tokens per packed row; null: 2 x max_length
 
 
@@ -167,7 +194,7 @@ class SmoothingConfig:
     plain MLE under the name IDS (a one-epoch run with the default schedule, for example).
     """
 
-    method: str = "none"  # "none" | "ids"
+    method: SmoothingMethod = SmoothingMethod.none
     beta: float = 0.3  # label update rate: labels move slower than the model for small beta
     # when labels move: 0 = when each epoch ends (the paper's schedule), N = every N optimiser
     # steps (for runs of about one epoch, the usual reward-model practice)
@@ -181,16 +208,16 @@ class TrainerConfig:
     grad_accum: int = 1
     max_steps: int = 100  # optimizer steps
     warmup_steps: int = 0
-    scheduler: str = "linear"  # constant | linear | cosine (after warmup)
+    scheduler: Scheduler = Scheduler.linear  # constant | linear | cosine (after warmup)
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8  # PPO recipes: 1e-5 (Huang et al.'s implementation details)
     max_grad_norm: float | None = 1.0  # null: no clipping
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision through accelerate)
-    device: str = "auto"  # auto | cpu | cuda
+    precision: Precision = Precision.fp32  # mixed precision through accelerate
+    device: Device = Device.auto
     # a non-finite loss: "error" stops naming the step and the examples (the last checkpoint
     # stays intact); "skip" drops that micro-batch and counts it in summary.json
-    on_nan: str = "error"
+    on_nan: OnNan = OnNan.error
     log_every: int = 10
     eval_every: int = 0  # 0: only at the end
     save_every: int = 0  # 0: only at the end
@@ -223,7 +250,7 @@ class EvalConfig:
     batch_size: int = 64
     # V of EAD's n-grams: "power" (V = vocab ** n: no length confound with a small vocabulary,
     # the world's default) or "vocab" (one V for every n, Kirk et al.'s released code)
-    ead_ngram_space: str = "power"
+    ead_ngram_space: NgramSpace = NgramSpace.power
     # graded distribution shifts evaluated besides test and ood, nearest first (world.data.SHIFTS:
     # long, distractor, ood, ood_long); each reports gold, gain and the gap to test with SEs
     shifts: list[str] = field(default_factory=list)
@@ -307,10 +334,10 @@ class RewardConfig:
 class ValueConfig:
     """The critic of `advantage.name: gae` (unused by the critic-free estimators)."""
 
-    mode: str = "separate"  # "separate": its own model; "shared": a head on the policy
+    mode: ValueMode = ValueMode.separate  # "separate": its own model; "shared": a policy head
     # "auto": the reward model when it is a sequence classifier of the policy's architecture,
     # else the policy's body; "reward_model" or "policy" to choose
-    init: str = "auto"
+    init: ValueInit = ValueInit.auto
     lr: float | None = None  # default: trainer.lr
 
 
@@ -340,27 +367,8 @@ class Recipe:
     name: str = ""  # the recipe's name, filled by the loader
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.tiny.family": ("gpt2", "llama"),
-    "model.dtype": ("fp32", "bf16", "fp16", "auto"),
-    "reference.mode": ("auto", "copy", "adapter", "cached", "none"),
-    "data.format": ("auto", "preference", "hh", "tldr", "conversation", "sft", "unpaired"),
-    "data.unpaired": ("rows", "pairs"),
-    "data.on_bad_row": ("skip", "error"),
-    "data.layout": ("packed", "padded"),
-    "trainer.scheduler": ("constant", "linear", "cosine"),
-    "smoothing.method": ("none", "ids"),
-    "trainer.precision": ("fp32", "bf16", "fp16"),
-    "trainer.device": ("auto", "cpu", "cuda"),
-    "trainer.on_nan": ("error", "skip"),
-    "eval.ead_ngram_space": ("power", "vocab"),
-    "value.mode": ("separate", "shared"),
-    "value.init": ("auto", "reward_model", "policy"),
-}
 OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {
-    "model.quantization": ("4bit", "8bit"),
-    # the implementations that take the packed layouts' custom masks
-    "model.train_attention": ("eager", "sdpa"),
+    "model.quantization": ("4bit", "8bit"),  # not identifiers: no Enum
 }
 
 
@@ -408,7 +416,7 @@ def recipe_differences(stored: Recipe, new: Recipe, allowed: tuple[str, ...] = (
                 for k, v in value.items():
                     walk(v, f"{prefix}{k}.")
             else:
-                out[prefix.rstrip(".")] = value
+                out[prefix.rstrip(".")] = value.value if isinstance(value, Enum) else value
 
         walk(dataclasses.asdict(recipe), "")
         return out
@@ -795,6 +803,10 @@ def _unknown_key(full: str, key: str, schema: DictConfig, prefix: str, all_keys:
 def _type_problem(full: str, schema: DictConfig, key: str, value: Any, exc: Exception) -> str:
     node = schema._get_node(key)
     ref_type = getattr(node._metadata, "ref_type", Any) if node is not None else Any
+    if isinstance(ref_type, type) and issubclass(ref_type, Enum):
+        shown = value._value() if hasattr(value, "_value") else value
+        words = ", ".join(str(m.value) for m in ref_type)
+        return f"{full}: {shown!r} is not one of {words}"
     expected = getattr(ref_type, "__name__", None) or str(ref_type).replace("typing.", "")
     shown = value._value() if hasattr(value, "_value") else value
     return f"{full}: expected {expected}, got {shown!r} ({type(shown).__name__})"
@@ -808,10 +820,6 @@ def _describe(exc: OmegaConfBaseException) -> str:
 def _check_ranges(recipe: Recipe) -> list[str]:
     problems: list[str] = []
     flat = OmegaConf.create(dataclasses.asdict(recipe))
-    for key, choices in CHOICES.items():
-        value = OmegaConf.select(flat, key)
-        if value not in choices:
-            problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}")
     for key, choices in OPTIONAL_CHOICES.items():
         value = OmegaConf.select(flat, key)
         if value is not None and value not in choices:

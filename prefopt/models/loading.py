@@ -441,6 +441,7 @@ def attention_implementation(
         return
     from transformers import PreTrainedModel as Pretrained
 
+    impl = str(impl)  # a recipe's Enum member: transformers gets the plain word
     changed: list[tuple[Any, str]] = []
     seen: set[int] = set()
     try:

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.config import RUNTIME_ONLY_KEYS, Recipe
+from prefopt.config import RUNTIME_ONLY_KEYS, Device, Recipe
 from prefopt.paths import (
     cache_dir,
     exclusive_lock,
@@ -53,7 +53,7 @@ def stage_identity(recipe: Recipe) -> str:
     """12 hex digits of the hash of what a stage learns from: its resolved recipe (without
     where it runs, how it reports and `RUNTIME_ONLY_KEYS`) and the world's format version."""
     learnt = replace(recipe, output_dir=None, resume=None)
-    learnt.trainer = replace(recipe.trainer, device="auto", progress_bar=True)
+    learnt.trainer = replace(recipe.trainer, device=Device.auto, progress_bar=True)
     node = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt))))
     for key in RUNTIME_ONLY_KEYS:  # left out, so that adding such a setting keeps old caches
         section, name = key.split(".")
