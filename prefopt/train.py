@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from prefopt.config import Recipe, save_recipe
-from prefopt.paths import run_dir_for
+from prefopt.paths import is_main_process, run_dir_for
 from prefopt.registry import get_loss
 
 
@@ -68,4 +68,9 @@ def train(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     save_recipe(saved or recipe, run_dir / "recipe.yaml")
-    return trainer.train(), run_dir
+    summary = trainer.train()
+    if is_main_process():
+        from prefopt.eval.html import run_report
+
+        run_report(run_dir)
+    return summary, run_dir

@@ -181,7 +181,8 @@ def test_aggregation_of_hand_made_summaries_matches_hand_computed_statistics(tmp
     hand_made_ablation(tmp_path)
     files = aggregate(tmp_path)
     assert {f.name for f in files} == {
-        "results.csv", "results.md", "gold_vs_kl.png", "eval.gold_reward.png", "eval.kl.png"
+        "results.csv", "results.md", "gold_vs_kl.png", "eval.gold_reward.png", "eval.kl.png",
+        "report.html",
     }  # fmt: skip
     with open(tmp_path / "results.csv") as f:
         header = next(csv.reader(f))
@@ -286,3 +287,35 @@ def test_a_paired_difference_takes_its_standard_error_from_its_sibling_se():
     (group,) = group_stats(rows, ["tau"], ["cmp.a.vs.b.diff"])
     assert group["cmp.a.vs.b.diff"]["mean"] == pytest.approx(0.3)
     assert group["cmp.a.vs.b.diff"]["se_prompts"] == pytest.approx(0.05 / 2)  # sqrt(.03²+.04²)/2
+
+
+def test_the_header_says_what_the_runs_really_were_not_the_sizes_note(tmp_path):
+    """An ablation run with a command-line override (3 steps) must not repeat the size's note
+    (written for the file's settings); the steps and runtimes come from the runs' summaries."""
+    hand_made_ablation(tmp_path)
+    description = json.loads((tmp_path / "ablation.json").read_text())
+    description.update(note="12 PPO steps, took 40 s", cli_overrides=["trainer.max_steps=3"])
+    (tmp_path / "ablation.json").write_text(json.dumps(description))
+    for i, run in enumerate(sorted((tmp_path / "runs").iterdir())):
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update(steps=3, runtime_s=1.5 + i)  # 1.5 + ... + 6.5 = 24
+        (run / "summary.json").write_text(json.dumps(summary))
+    aggregate(tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "12 PPO steps" not in text and "40 s" not in text
+    assert "Command-line overrides for every run: `trainer.max_steps=3`" in text
+    assert "training steps per run: 3; the 6 runs' own runtimes add up to 24 s" in text
+    description.update(cli_overrides=[])  # without overrides the note describes the runs
+    (tmp_path / "ablation.json").write_text(json.dumps(description))
+    aggregate(tmp_path)
+    assert "Size tiny: 12 PPO steps, took 40 s" in (tmp_path / "results.md").read_text()
+
+
+def test_gold_vs_kl_labels_the_shifted_splits_it_plots():
+    from prefopt.pipeline.results import policy_points
+
+    row = {"eval.gold_reward": 1.0, "eval.kl": 0.5, "eval.ood_gold_reward": 0.2,
+           "eval.shift.ood.gold_reward": 0.2, "eval.shift.ood.kl": 0.7,
+           "eval.shift.ood.gold_reward_se": 0.1}  # fmt: skip
+    assert policy_points(row) == [("policy", 0.5, 0.0, 1.0, 0.0),
+                                  ("policy (ood prompts)", 0.7, 0.0, 0.2, 0.1)]  # fmt: skip
