@@ -285,9 +285,13 @@ def _ablate(args: argparse.Namespace) -> int:
     size = args.size or (sizes[0] if sizes else "tiny")
     ablation = load_ablation(args.ablation, size, overrides)  # every run validated first
     out = args.out or default_out_dir(ablation)
+    # the size's note describes the file's settings: not the runs when overrides change them
+    about = f"; {ablation.note}" if ablation.note and not overrides else ""
+    if overrides:
+        about = f"; command-line overrides for every run: {' '.join(overrides)}"
     print(
         f"ablation {ablation.name} (size {size}): {len(ablation.runs)} runs of "
-        f"{ablation.base}, into {out}" + (f"; {ablation.note}" if ablation.note else ""),
+        f"{ablation.base}, into {out}{about}",
         flush=True,
     )
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

@@ -248,6 +248,14 @@ def test_a_real_sweep_runs_through_the_stage_cache_and_resumes(tmp_path):
     rows = read_csv(out / "results.csv")
     assert [r["loss.beta"] for r in rows] == [0.1, 0.2]
     assert all(isinstance(r["eval.gold_reward"], float) for r in rows)
+    from tests.test_report_html import assert_loads_cleanly
+
+    assert_loads_cleanly(
+        out / "report.html",
+        tmp_path,
+        3,
+        *(f'href="runs/{r.id}/report.html"' for r in ablation.runs),
+    )
     summaries = {r.id: out / "runs" / r.id / "summary.json" for r in ablation.runs}
     stamps = {run: path.stat().st_mtime_ns for run, path in summaries.items()}
     again = run_ablation(ablation, tmp_path / "elsewhere", log=lambda _: None)
@@ -319,3 +327,21 @@ def test_gold_vs_kl_labels_the_shifted_splits_it_plots():
            "eval.shift.ood.gold_reward_se": 0.1}  # fmt: skip
     assert policy_points(row) == [("policy", 0.5, 0.0, 1.0, 0.0),
                                   ("policy (ood prompts)", 0.7, 0.0, 0.2, 0.1)]  # fmt: skip
+
+
+def test_the_cli_header_names_the_overrides_not_the_sizes_note(tmp_path, capsys, monkeypatch):
+    from prefopt.cli import main
+    from prefopt.pipeline import ablate
+
+    path = write_ablation(tmp_path, TINY_SWEEP.replace(
+        "tiny: {overrides: {trainer.max_steps: 2}}",
+        'tiny: {overrides: {trainer.max_steps: 2}, note: "2 DPO steps, took 9 s"}',
+    ))  # fmt: skip
+    ran = {"ran": [], "skipped": [], "failed": {}, "files": []}
+    monkeypatch.setattr(ablate, "run_ablation", lambda *args, **kwargs: ran)
+    assert main(["ablate", str(path), "--out", str(tmp_path / "o")]) == 0
+    assert "; 2 DPO steps, took 9 s" in capsys.readouterr().out
+    assert main(["ablate", str(path), "trainer.max_steps=3", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "took 9 s" not in out
+    assert "command-line overrides for every run: trainer.max_steps=3" in out
