@@ -4,14 +4,13 @@ The page is loaded from the disk (``file://``) with a small checker script put i
 (a copy; the report itself has no script): it records every error event (a script error, an
 image or other resource that failed) and, at ``load``, how many images there are and how many
 did not decode. Chromium's own log (``--enable-logging=stderr``) must hold no console error.
-A screenshot is written beside the copy (tests write ``docs/img/report_dpo.png`` from it only
-on request: ``PREFOPT_SCREENSHOTS=1``).
+A screenshot is written beside the copy, in the test's temporary folder (README.md's
+``docs/img/report_dpo.png`` is one, of a 40-step DPO run).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from prefopt.pipeline.run import train
-from tests.conftest import REPO, tiny_recipe
+from tests.conftest import tiny_recipe
 from tests.test_online import ONLINE
 
 CHECKER = (
@@ -105,15 +104,13 @@ def test_a_dpo_runs_report_shows_curves_gold_evaluation_and_samples(tmp_path):
     )  # fmt: skip
     for name in ("training_curves.png", "gold_eval.png", "report.html"):
         assert (run_dir / name).stat().st_size > 0, name
-    record = assert_loads_cleanly(
+    assert_loads_cleanly(
         run_dir / "report.html", tmp_path, 2,
         "Training curves", "Gold evaluation on the world", "gold_reward", "rewards/accuracies",
         "Sample completions",
     )  # fmt: skip
     samples = json.loads((run_dir / "summary.json").read_text())["eval"]["samples"]
     assert len(samples) == 4 and samples[0]["policy"] in (run_dir / "report.html").read_text()
-    if os.environ.get("PREFOPT_SCREENSHOTS"):
-        shutil.copyfile(record["screenshot"], REPO / "docs" / "img" / "report_dpo.png")
 
 
 def test_a_ppo_runs_report_shows_reward_against_kl(tmp_path, tiny_pretrained):
