@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("recipes", help="list shipped recipes")
     p_eval = sub.add_parser("eval", help="evaluate a finished run")
     p_eval.add_argument("run_dir", type=Path)
-    p_eval.add_argument("overrides", nargs="*", help="key=value overrides of the eval section")
+    p_eval.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides of the eval section; data.eval_source=FILE (data.eval_split, "
+        "data.max_eval_rows): held-out data for a run trained on files",
+    )
     p_rm = sub.add_parser("eval-rm", help="RETA reliability curve of reward models")
     p_rm.add_argument(
         "models",
@@ -286,9 +291,13 @@ def _ablate(args: argparse.Namespace) -> int:
     size = args.size or (sizes[0] if sizes else "tiny")
     ablation = load_ablation(args.ablation, size, overrides)  # every run validated first
     out = args.out or default_out_dir(ablation)
+    # the size's note describes the file's settings: not the runs when overrides change them
+    about = f"; {ablation.note}" if ablation.note and not overrides else ""
+    if overrides:
+        about = f"; command-line overrides for every run: {' '.join(overrides)}"
     print(
         f"ablation {ablation.name} (size {size}): {len(ablation.runs)} runs of "
-        f"{ablation.base}, into {out}" + (f"; {ablation.note}" if ablation.note else ""),
+        f"{ablation.base}, into {out}{about}",
         flush=True,
     )
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -323,17 +332,16 @@ def _plot(folder: Path) -> int:
     elif (folder / "metrics.jsonl").exists() or (folder / "comparison.json").exists():
         import json
 
-        from prefopt.eval.plots import overoptimisation_plot
+        from prefopt.eval.html import run_report
         from prefopt.pipeline.report import plot_report
 
-        drawn = []
-        over = overoptimisation_plot(folder / "metrics.jsonl", folder)
-        if over is not None:
-            drawn.append(over)
         if (folder / "comparison.json").exists():
             result = json.loads((folder / "comparison.json").read_text())
             plot_report(result, list(result["test"]), folder / "comparison.png")
-            drawn.append(folder / "comparison.png")
+        report = run_report(folder)
+        names = ("training_curves.png", "overoptimisation.png", "gold_eval.png", "comparison.png")
+        drawn = [folder / n for n in names if (folder / n).exists()]
+        drawn = [*drawn, report] if drawn else []
     else:
         raise ConfigError(
             [f"{folder}: neither an ablation folder (ablation.json, results.csv) nor a run "

@@ -6,8 +6,15 @@ the DPO family. On real data without a gold reward it reports what can be measur
 held-out implicit-reward accuracy and log-probs of a policy, the accuracy and calibration of a
 reward model. Each evaluation is written beside the run's own, into a new folder
 ``RUN_DIR/eval-<timestamp>/`` (``summary.json`` with the results and the settings changed,
-``eval_report.md`` for a world policy); the training-time ``summary.json`` and
-``eval_report.md`` are never changed.
+``eval_report.md`` for a world policy, ``report.html``); the training-time ``summary.json``
+and ``eval_report.md`` are never changed.
+
+A run trained on files has no held-out data unless its recipe named some: ``data.eval_source``
+(and ``data.eval_split``, ``data.max_eval_rows``) may be given on the command line, e.g.
+``prefopt eval RUN data.eval_source=held_out.jsonl``; the evaluation then reports the held-out
+loss, the implicit-reward (reference log-prob) margins and accuracy of a policy, or a reward
+model's accuracy and calibration, and a few held-out prompts' completions from the policy and
+from its reference. Without held-out data it refuses, saying how to give some.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ from prefopt.config import ConfigError, load_recipe
 from prefopt.paths import stamped_dir
 from prefopt.registry import get_loss
 
+# the held-out data of a run may be given to `prefopt eval` (any other key is an eval. key)
+HELD_OUT_KEYS = ("data.eval_source=", "data.eval_split=", "data.max_eval_rows=")
+
 
 def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Evaluate the finished run ``run_dir`` again, into a new ``eval-<timestamp>/`` folder in
     it; returns what that folder's summary.json holds (``eval``, ``overrides``, ``eval_dir``)."""
     run_dir = Path(run_dir)
-    overrides = [o if o.startswith("eval.") else f"eval.{o}" for o in overrides or []]
+    overrides = [
+        o if o.startswith(("eval.", *HELD_OUT_KEYS)) else f"eval.{o}" for o in overrides or []
+    ]
     recipe = load_recipe(run_dir / "recipe.yaml", overrides)
     model_dir = run_dir / "model"
     if not model_dir.exists():
@@ -40,6 +52,9 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
         raise
     summary = {"eval": results, "overrides": overrides, "eval_dir": str(eval_dir)}
     (eval_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from prefopt.eval.html import run_report
+
+    run_report(eval_dir)
     return summary
 
 
@@ -60,7 +75,44 @@ def _evaluate(run_dir: Path, recipe: Any, model_dir: Path, eval_dir: Path) -> di
 
     recipe = resolve_world_models(recipe)  # e.g. an online run's reward model (world:rm)
     trainer = trainer_class(recipe)(recipe, eval_dir, for_eval=True)
-    return {**trainer.evaluate(), **trainer.final_evaluation()}  # the report: in eval_dir
+    on_files = getattr(trainer, "world", None) is None
+    if on_files and kind != "online" and not trainer.eval_examples:
+        raise ConfigError(
+            [
+                f"{run_dir} was trained on data.source={recipe.data.source} and has no held-out "
+                "data to evaluate on: give some, e.g. prefopt eval "
+                f"{run_dir} data.eval_source=held_out.jsonl (data.eval_split for a folder or "
+                "hub dataset)"
+            ]
+        )
+    results = {**trainer.evaluate(), **trainer.final_evaluation()}  # the report: in eval_dir
+    if on_files and kind in ("sft", "pairwise"):
+        results["samples"] = held_out_samples(trainer)
+    return results
+
+
+def held_out_samples(trainer: Any, n: int = 4) -> list[dict[str, str]]:
+    """A completion of the policy and one of its reference for each of the first ``n``
+    held-out prompts (sampled as ``eval`` says), for a run without a gold reward."""
+    from dataclasses import replace
+
+    from prefopt.models.generation import generate
+
+    recipe = trainer.recipe
+    prompts = [
+        trainer.tokenizer.decode(e["prompt_ids"], skip_special_tokens=True)
+        for e in trainer.eval_examples[:n]
+    ]
+    cfg = replace(recipe.eval, samples_per_prompt=1)
+    args = (trainer.tokenizer, prompts, cfg, trainer.device, recipe.seed,
+            recipe.data.max_prompt_length)  # fmt: skip
+    policy = generate(trainer.unwrapped(), *args)
+    with trainer.reference_forward():
+        reference = generate(trainer.reference_model(), *args)
+    return [
+        {"prompt": p, "policy": a[0], "reference": b[0]}
+        for p, a, b in zip(prompts, policy.completions, reference.completions, strict=True)
+    ]
 
 
 def _resolve_model(name: str | None, recipe: Any) -> str | None:

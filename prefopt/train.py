@@ -14,7 +14,7 @@ from prefopt.config import (
     recipe_differences,
     save_recipe,
 )
-from prefopt.paths import FolderInUse, run_dir_for, run_folder_lock
+from prefopt.paths import FolderInUse, is_main_process, run_dir_for, run_folder_lock
 from prefopt.registry import get_loss
 
 
@@ -95,7 +95,12 @@ def _train_locked(recipe: Recipe, run_dir: Path, saved: Recipe, created: bool) -
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     save_recipe(saved, run_dir / "recipe.yaml")
-    return trainer.train()
+    summary = trainer.train()
+    if is_main_process():
+        from prefopt.eval.html import run_report
+
+        run_report(run_dir)
+    return summary
 
 
 def check_model_sources(recipe: Recipe) -> None:

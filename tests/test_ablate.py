@@ -182,7 +182,8 @@ def test_aggregation_of_hand_made_summaries_matches_hand_computed_statistics(tmp
     hand_made_ablation(tmp_path)
     files = aggregate(tmp_path)
     assert {f.name for f in files} == {
-        "results.csv", "results.md", "gold_vs_kl.png", "eval.gold_reward.png", "eval.kl.png"
+        "results.csv", "results.md", "gold_vs_kl.png", "eval.gold_reward.png", "eval.kl.png",
+        "report.html",
     }  # fmt: skip
     with open(tmp_path / "results.csv") as f:
         header = next(csv.reader(f))
@@ -248,6 +249,14 @@ def test_a_real_sweep_runs_through_the_stage_cache_and_resumes(tmp_path):
     rows = read_csv(out / "results.csv")
     assert [r["loss.beta"] for r in rows] == [0.1, 0.2]
     assert all(isinstance(r["eval.gold_reward"], float) for r in rows)
+    from tests.test_report_html import assert_loads_cleanly
+
+    assert_loads_cleanly(
+        out / "report.html",
+        tmp_path,
+        3,
+        *(f'href="runs/{r.id}/report.html"' for r in ablation.runs),
+    )
     summaries = {r.id: out / "runs" / r.id / "summary.json" for r in ablation.runs}
     stamps = {run: path.stat().st_mtime_ns for run, path in summaries.items()}
     again = run_ablation(ablation, tmp_path / "elsewhere", log=lambda _: None)
@@ -287,3 +296,53 @@ def test_a_paired_difference_takes_its_standard_error_from_its_sibling_se():
     (group,) = group_stats(rows, ["tau"], ["cmp.a.vs.b.diff"])
     assert group["cmp.a.vs.b.diff"]["mean"] == pytest.approx(0.3)
     assert group["cmp.a.vs.b.diff"]["se_prompts"] == pytest.approx(0.05 / 2)  # sqrt(.03²+.04²)/2
+
+
+def test_the_header_says_what_the_runs_really_were_not_the_sizes_note(tmp_path):
+    """An ablation run with a command-line override (3 steps) must not repeat the size's note
+    (written for the file's settings); the steps and runtimes come from the runs' summaries."""
+    hand_made_ablation(tmp_path)
+    description = json.loads((tmp_path / "ablation.json").read_text())
+    description.update(note="12 PPO steps, took 40 s", cli_overrides=["trainer.max_steps=3"])
+    (tmp_path / "ablation.json").write_text(json.dumps(description))
+    for i, run in enumerate(sorted((tmp_path / "runs").iterdir())):
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update(steps=3, runtime_s=1.5 + i)  # 1.5 + ... + 6.5 = 24
+        (run / "summary.json").write_text(json.dumps(summary))
+    aggregate(tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "12 PPO steps" not in text and "40 s" not in text
+    assert "Command-line overrides for every run: `trainer.max_steps=3`" in text
+    assert "training steps per run: 3; the 6 runs' own runtimes add up to 24 s" in text
+    description.update(cli_overrides=[])  # without overrides the note describes the runs
+    (tmp_path / "ablation.json").write_text(json.dumps(description))
+    aggregate(tmp_path)
+    assert "Size tiny: 12 PPO steps, took 40 s" in (tmp_path / "results.md").read_text()
+
+
+def test_gold_vs_kl_labels_the_shifted_splits_it_plots():
+    from prefopt.pipeline.results import policy_points
+
+    row = {"eval.gold_reward": 1.0, "eval.kl": 0.5, "eval.ood_gold_reward": 0.2,
+           "eval.shift.ood.gold_reward": 0.2, "eval.shift.ood.kl": 0.7,
+           "eval.shift.ood.gold_reward_se": 0.1}  # fmt: skip
+    assert policy_points(row) == [("policy", 0.5, 0.0, 1.0, 0.0),
+                                  ("policy (ood prompts)", 0.7, 0.0, 0.2, 0.1)]  # fmt: skip
+
+
+def test_the_cli_header_names_the_overrides_not_the_sizes_note(tmp_path, capsys, monkeypatch):
+    from prefopt.cli import main
+    from prefopt.pipeline import ablate
+
+    path = write_ablation(tmp_path, TINY_SWEEP.replace(
+        "tiny: {overrides: {trainer.max_steps: 2}}",
+        'tiny: {overrides: {trainer.max_steps: 2}, note: "2 DPO steps, took 9 s"}',
+    ))  # fmt: skip
+    ran = {"ran": [], "skipped": [], "failed": {}, "files": []}
+    monkeypatch.setattr(ablate, "run_ablation", lambda *args, **kwargs: ran)
+    assert main(["ablate", str(path), "--out", str(tmp_path / "o")]) == 0
+    assert "; 2 DPO steps, took 9 s" in capsys.readouterr().out
+    assert main(["ablate", str(path), "trainer.max_steps=3", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "took 9 s" not in out
+    assert "command-line overrides for every run: trainer.max_steps=3" in out

@@ -371,3 +371,39 @@ def test_margins_scored_in_chunks_equal_one_call_and_report_progress():
         prompts, [r["rejected"] for r in records]
     )
     assert torch.equal(chunked, whole.float())
+
+
+def test_eval_of_a_file_trained_run_takes_held_out_data_or_refuses(tmp_path, capsys):
+    """``prefopt eval`` on a DPO run trained from a file without held-out data refuses (status
+    2, saying how to give some); given ``data.eval_source`` it reports the held-out loss, the
+    reference log-prob margins and accuracy, and policy / reference samples."""
+    rows = [
+        {"prompt": f"keda rufigon {i} :", "chosen": " pulu vunibe", "rejected": " zisa"}
+        for i in range(12)
+    ]
+    for name, chunk in (("train", rows[:8]), ("test", rows[8:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chunk))
+    _, run_dir = train(
+        tiny_recipe("dpo", tmp_path / "run", "model.name_or_path=null", "trainer.max_steps=2",
+                    "trainer.batch_size=4", f"data.source={tmp_path / 'train.jsonl'}")
+    )  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "has no held-out data" in err and "data.eval_source=" in err
+    assert not list(run_dir.glob("eval-*"))  # nothing left behind
+    held_out = f"data.eval_source={tmp_path / 'test.jsonl'}"
+    assert main(["eval", str(run_dir), held_out, "max_new_tokens=4"]) == 0
+    (eval_dir,) = run_dir.glob("eval-*")
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    ev = summary["eval"]
+    assert summary["overrides"] == [held_out, "eval.max_new_tokens=4"]
+    # the held-out pairs' implicit rewards: margins = chosen - rejected, accuracy in [0, 1]
+    assert ev["rewards/margins"] == pytest.approx(
+        ev["rewards/chosen"] - ev["rewards/rejected"], abs=1e-6
+    )
+    assert 0.0 <= ev["rewards/accuracies"] <= 1.0 and "loss" in ev
+    assert len(ev["samples"]) == 4  # the held-out prompts (the world's tokenizer drops digits)
+    assert all(s["prompt"].startswith("keda rufigon") for s in ev["samples"])
+    assert all(set(s) == {"prompt", "policy", "reference"} for s in ev["samples"])
+    assert ev["samples"][0]["policy"] in (eval_dir / "report.html").read_text()

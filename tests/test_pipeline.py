@@ -127,6 +127,13 @@ def test_a_tiny_mpo_runs_end_to_end_then_reuses_every_stage(tmp_path, monkeypatc
     assert (run_dir / "comparison.png").stat().st_size > 0
     comparison = json.loads((run_dir / "comparison.json").read_text())
     assert comparison["test"]["sft"]["kl"] == 0.0
+    # report.html: the comparison table and plot, a link to every stage's own report
+    from tests.test_report_html import assert_loads_cleanly
+
+    assert_loads_cleanly(
+        run_dir / "report.html", tmp_path, 1, "Comparison", "dpo_all",
+        *(f'href="stages/{s}/report.html"' for s in ("sft", "rm", "dpo", "mpo", "ppo_all")),
+    )  # fmt: skip
     # a second run (another run directory) reuses every stage and the report
     again, second = run_pipeline(load_pipeline("mpo", TINY_MPO), tmp_path / "second")
     assert again["ran"] == [] and again["reused"] == summary["ran"]

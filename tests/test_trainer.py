@@ -105,9 +105,46 @@ def test_schedule_warmup_then_linear_decay(tmp_path):
         )
     )
     lrs = [m["lr"] for m in read_metrics(run_dir) if "lr" in m]
-    # lr logged after each step: warmup (step+1)/(warmup+1), then 1 - progress over 4 steps
-    expected = [0.01 * f for f in (2 / 3, 1.0, 0.75, 0.5, 0.25, 0.0)]
-    assert lrs == pytest.approx(expected)
+    # transformers' get_scheduler; the lr logged after step s is the factor of step s (the one
+    # step s + 1 trains with): warm-up s / warmup (step 1 trained at 0, step 2 at 0.5), then
+    # (max_steps - s) / (max_steps - warmup) = (6 - s) / 4
+    expected = [0.01 * f for f in (0.5, 1.0, 0.75, 0.5, 0.25, 0.0)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine", "constant"])
+def test_without_warmup_the_schedule_is_the_one_prefopt_wrote_before(scheduler):
+    """The hand-written schedule that transformers' get_scheduler replaced, kept here as the
+    reference: with no warm-up every factor is the same up to float rounding, so runs without
+    warm-up keep their trajectory (with warm-up, transformers starts at 0 instead of
+    1 / (warmup + 1): a documented change, docs/recipes.md)."""
+    import math
+
+    from prefopt.trainers.base import learning_rate_schedule
+
+    total = 7
+
+    def before(step: int) -> float:  # prefopt's _lr_factor with warmup_steps = 0
+        progress = step / total
+        if scheduler == "constant":
+            return 1.0
+        if scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    cfg = tiny_recipe("sft", None, f"trainer.scheduler={scheduler}", f"trainer.max_steps={total}",
+                      "trainer.warmup_steps=0").trainer  # fmt: skip
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = learning_rate_schedule(optimizer, cfg)
+    factors = []
+    for _ in range(total + 1):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    torch.testing.assert_close(
+        torch.tensor(factors, dtype=torch.float64),
+        torch.tensor([before(s) for s in range(total + 1)], dtype=torch.float64),
+    )
 
 
 def test_run_directory_outputs_load_with_plain_transformers(tmp_path):

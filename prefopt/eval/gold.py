@@ -169,6 +169,7 @@ def gold_evaluation(
         shown.update(2 * number + 2, f"{split}: reference sampled, scored")
         table[split] = split_summary(pol_stats, ref_stats, world.objective_names)
         table[split]["example"] = (pol.prompts[0], pol.completions[0][0])
+        table[split]["samples"] = sample_pairs(pol, ref, pol_stats, ref_stats)
         if split in ("test", "ood"):
             per_input = per_input_diversity(pol.completions, vocab, ngram_space=space)
             across_input = across_input_diversity(pol.completions, vocab, ngram_space=space)
@@ -204,6 +205,7 @@ def gold_evaluation(
             **test["semantic"],
         },  # fmt: skip
         ead_ngram_space=space,
+        samples=test["samples"],
         samples_per_prompt=cfg.samples_per_prompt,
         n_prompts=len(world.eval_prompts("test")[: cfg.n_prompts]),
     )
@@ -219,6 +221,23 @@ def gold_evaluation(
     if report_path is not None:
         report_path.write_text(render_report(results, table, world.objective_names))
     return results
+
+
+def sample_pairs(
+    pol: Samples, ref: Samples, pol_stats: PromptStats, ref_stats: PromptStats, n: int = 4
+) -> list[dict[str, Any]]:
+    """The first sample of the policy and of the reference for each of the first ``n`` prompts
+    (the same prompts), with their gold rewards: what ``report.html`` shows."""
+    return [
+        {
+            "prompt": pol.prompts[i],
+            "policy": pol.completions[i][0],
+            "policy_gold": float(pol_stats.gold[i, 0]),
+            "reference": ref.completions[i][0],
+            "reference_gold": float(ref_stats.gold[i, 0]),
+        }
+        for i in range(min(n, len(pol.prompts)))
+    ]
 
 
 def shift_table(table: dict[str, dict[str, Any]], shifts: list[str]) -> dict[str, Any]:

@@ -49,6 +49,59 @@ def overoptimisation_plot(metrics_path: Path, out_dir: Path) -> Path | None:
     return path
 
 
+# drawn first, in this order, when logged; every other logged number follows (bookkeeping aside)
+CURVE_ORDER = ("loss", "rewards/margins", "rewards/accuracies", "objective/scores",
+               "objective/gold", "objective/kl", "objective/entropy", "objective/length", "lr",
+               "grad_norm")  # fmt: skip
+NOT_CURVES = ("step", "epoch", "examples_per_s")
+
+
+def training_curves(metrics_path: Path, out_dir: Path) -> Path | None:
+    """``training_curves.png``: every number ``metrics.jsonl`` logged against the step, one
+    panel each (loss, reward margins, proxy / gold reward, KL, entropy, length, learning
+    rate... whatever the run logged; periodic ``eval/`` values too). None without records."""
+    records = read_records(Path(metrics_path))
+    keys = [k for r in records for k, v in r.items() if isinstance(v, int | float)]
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    # the final evaluation's figures (logged once, at the last step) are not curves: the run's
+    # report tabulates them; periodic eval/ values (trainer.eval_every) are
+    keys = [
+        k for k in counts if k not in NOT_CURVES and (counts[k] > 1 or not k.startswith("eval/"))
+    ]
+    if not keys:
+        return None
+    keys.sort(key=lambda k: (CURVE_ORDER.index(k) if k in CURVE_ORDER else len(CURVE_ORDER),
+                             k.startswith("eval/")))  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    columns = min(4, len(keys))
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.4 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+        steps, values = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(steps, values, "o" if len(points) < 3 else "-", ms=3, lw=1.2)
+        ax.set_title(key, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    path = Path(out_dir) / "training_curves.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _smooth(values: list[float], window: int = 5) -> list[float]:
     """Trailing running mean (the first points average what there is)."""
     out = []

@@ -82,6 +82,7 @@ class Ablation:
     x: str | None
     note: str = ""
     seeds: list[int] = field(default_factory=list)
+    cli_overrides: list[str] = field(default_factory=list)  # given on the command line
 
     def describe(self) -> dict[str, Any]:
         """What ``ablation.json`` keeps: enough to aggregate and plot from the files alone."""
@@ -89,7 +90,7 @@ class Ablation:
             "name": self.name, "size": self.size, "description": self.description,
             "base": self.base, "swept": self.swept,
             "metrics": self.metrics, "x": self.x, "note": self.note, "seeds": self.seeds,
-            "runs": [asdict(r) for r in self.runs],
+            "cli_overrides": self.cli_overrides, "runs": [asdict(r) for r in self.runs],
         }  # fmt: skip
 
 
@@ -236,6 +237,7 @@ def _expand(
         name=name, size=size, description=str(spec.get("description") or ""), base=base,
         runs=runs, swept=swept, metrics=[str(m) for m in metrics],
         x=str(x) if x else None, note=str(spec.get("note") or ""), seeds=list(seeds),
+        cli_overrides=list(cli),
     )  # fmt: skip
     if validate:
         validate_runs(ablation)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,34 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
+def _settings_lines(description: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """What the runs really were: the command-line overrides and, from the runs' summaries,
+    their training steps and runtimes. The size's note (written for the file's settings) is
+    shown only when no command-line override changed them."""
+    lines: list[str] = []
+    cli = description.get("cli_overrides") or []
+    if cli:
+        shown = ", ".join(f"`{o}`" for o in cli)
+        lines += ["", f"Command-line overrides for every run: {shown} (the size's note is left "
+                  "out: it describes the runs without them)."]  # fmt: skip
+    elif description.get("note"):
+        lines += ["", f"Size {description['size']}: {description['note']}"]
+    done = [r for r in rows if r.get("status") == "done"]
+    steps = sorted(
+        {int(v) for r in done for k, v in r.items()
+         if (k == "steps" or k.endswith(".steps")) and _number(v) is not None}
+    )  # fmt: skip
+    runtimes = [v for r in done if (v := _number(r.get("runtime_s"))) is not None]
+    measured = []
+    if steps:
+        measured.append("training steps per run: " + ", ".join(map(str, steps)))
+    if runtimes:
+        measured.append(f"the {len(runtimes)} runs' own runtimes add up to {sum(runtimes):.0f} s")
+    if measured:
+        lines += ["", "From the runs' summaries: " + "; ".join(measured) + "."]
+    return lines
+
+
 def render_markdown(description: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     swept, metrics = description["swept"], description["metrics"]
     groups = group_stats(rows, swept, metrics)
@@ -162,8 +191,7 @@ def render_markdown(description: dict[str, Any], rows: list[dict[str, Any]]) -> 
         f"Base: `{description['base']}`; seeds {description['seeds']}; {len(rows)} runs: "
         f"{counts['done']} done, {counts['failed']} failed, {counts['missing']} not run.",
     ]
-    if description.get("note"):
-        lines += ["", f"Size {description['size']}: {description['note']}"]
+    lines += _settings_lines(description, rows)
     lines += [
         "",
         "Each cell: the mean over seeds; sd: standard deviation over seeds; SE: sd / sqrt(n); "
@@ -198,9 +226,10 @@ def render_markdown(description: dict[str, Any], rows: list[dict[str, Any]]) -> 
 
 
 def policy_points(row: dict[str, Any]) -> list[tuple[str, float, float, float, float]]:
-    """``(policy, kl, kl_se, gold, gold_se)`` of every policy a run evaluated in
-    distribution: a pipeline's closing comparison (``comparison.test.<policy>.``) where there
-    is one, else every ``eval.`` and ``stages.<stage>.eval.`` evaluation."""
+    """``(policy, kl, kl_se, gold, gold_se)`` of every policy a run evaluated: a pipeline's
+    closing comparison (``comparison.test.<policy>.``) where there is one, else every
+    ``eval.`` and ``stages.<stage>.eval.`` evaluation, in distribution, and on each shifted
+    split it has a KL for (``eval.shift.ood.``: named ``policy (ood prompts)``)."""
     prefixes = sorted(
         k[: -len("gold_reward")]
         for k in row
@@ -213,10 +242,14 @@ def policy_points(row: dict[str, Any]) -> list[tuple[str, float, float, float, f
     points = []
     for prefix in comparison or prefixes:
         name = prefix.removeprefix("comparison.test.").removeprefix("stages.")
+        shift = re.search(r"\.shift\.([^.]+)\.$", name)  # a shifted split: labelled as such
+        if shift:
+            name = name[: shift.start()]
         name = name.removesuffix(".").removesuffix(".eval") or "policy"
+        name = name if name != "eval" else "policy"
         points.append(
             (
-                name if name != "eval" else "policy",
+                f"{name} ({shift.group(1)} prompts)" if shift else name,
                 float(row[prefix + "kl"]),
                 _number(row.get(prefix + "kl_se")) or 0.0,
                 float(row[prefix + "gold_reward"]),
@@ -265,8 +298,13 @@ def plot_gold_vs_kl(rows: list[dict[str, Any]], swept: list[str], path: Path) ->
             )  # fmt: skip
             labelled.add(label)
     ax.set_xlabel("KL(policy || reference), nats per completion")
-    ax.set_ylabel("gold reward (in-distribution prompts)")
-    ax.set_title("every run: gold reward against KL (SE over prompts)", fontsize=10)
+    shifted = any("prompts)" in p for p in policies)
+    ax.set_ylabel("gold reward" + ("" if shifted else " (in-distribution prompts)"))
+    ax.set_title(
+        "every run: gold reward against KL (SE over prompts)"
+        + ("; in distribution, and on the shifted prompts named in the legend" if shifted else ""),
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     if len(labelled) <= 24:
         ax.legend(fontsize=6, loc="best")
@@ -362,11 +400,39 @@ def aggregate(out_dir: Path) -> list[Path]:
     rows = collect_rows(out, description)
     write_csv(rows, description["swept"], out / "results.csv")
     (out / "results.md").write_text(render_markdown(description, rows))
-    return [out / "results.csv", out / "results.md", *draw_plots(rows, description, out)]
+    plots = draw_plots(rows, description, out)
+    return [out / "results.csv", out / "results.md", *plots, write_html(out, plots)]
+
+
+def write_html(out: Path, plots: list[Path]) -> Path:
+    """``report.html``: ``results.md``, every plot inlined, and a link to each run's report."""
+    import html
+
+    from prefopt.eval.html import image, markdown, page
+
+    description = json.loads((out / "ablation.json").read_text())
+    links = []
+    for run in description["runs"]:
+        if (out / "runs" / run["id"] / "report.html").exists():
+            target = html.escape(f"runs/{run['id']}/report.html")
+            links.append(f'<li><a href="{target}">{html.escape(run["id"])}</a></li>')
+    sections = [
+        ("Results", markdown((out / "results.md").read_text())),
+        ("Plots", "\n".join(image(p, p.stem) for p in plots)),
+        ("Runs", f"<ul>{''.join(links)}</ul>" if links else ""),
+    ]
+    path = out / "report.html"
+    path.write_text(page(f"prefopt ablation {description['name']} ({description['size']})",
+                         sections, html.escape(str(out.resolve()))))  # fmt: skip
+    return path
 
 
 def redraw(out_dir: Path) -> list[Path]:
-    """The plots of an ablation folder again, from ``results.csv`` and ``ablation.json``."""
+    """The plots of an ablation folder again, from ``results.csv`` and ``ablation.json``, and
+    its ``report.html``."""
     out = Path(out_dir)
     description = json.loads((out / "ablation.json").read_text())
-    return draw_plots(read_csv(out / "results.csv"), description, out)
+    plots = draw_plots(read_csv(out / "results.csv"), description, out)
+    if (out / "results.md").exists():
+        write_html(out, plots)
+    return plots

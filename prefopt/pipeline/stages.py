@@ -438,6 +438,9 @@ def _run_pipeline(pipeline: Pipeline, run_dir: Path) -> tuple[dict[str, Any], Pa
         summary["comparison"] = _cached_report(pipeline, run_dir)
     summary["runtime_s"] = round(time.time() - start, 2)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from prefopt.eval.html import run_report
+
+    run_report(run_dir)
     return summary, run_dir
 
 

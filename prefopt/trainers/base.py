@@ -22,7 +22,6 @@ and renamed into place, so a crash while saving leaves the previous checkpoint i
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -186,7 +185,7 @@ class Trainer:
             eps=self.cfg.adam_eps,
             **engines.adamw_kernel(self.accelerator, params),
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        self.scheduler = learning_rate_schedule(optimizer, self.cfg)
         if engines.is_sharded(self.model):  # sharded above (FSDP on CPU): no DDP wrapper
             self.optimizer = self.accelerator.prepare(optimizer)
         else:
@@ -199,17 +198,6 @@ class Trainer:
                 f"{len(self.train_examples)} training examples are fewer than one global batch "
                 f"({self.cfg.batch_size} x {world} processes)"
             )
-
-    def _lr_factor(self, step: int) -> float:
-        warmup, total = self.cfg.warmup_steps, self.cfg.max_steps
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if self.cfg.scheduler == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        if self.cfg.scheduler == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     # ------------------------------------------------------------------ data order
 
@@ -620,6 +608,20 @@ class Trainer:
         self.step = int(step)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: Any) -> Any:
+    """transformers' schedule for ``trainer.scheduler`` after ``trainer.warmup_steps`` of
+    linear warm-up (``get_scheduler``: the factor of step ``s < warmup`` is ``s / warmup``,
+    so the first step of a warm-up trains at learning rate 0, as in transformers' Trainer and
+    TRL), decaying to 0 at ``trainer.max_steps`` (``linear``, ``cosine``) or staying at 1
+    (``constant``)."""
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(cfg.scheduler, cfg.scheduler)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
+    )
 
 
 def _optimizer_state_by_name(

@@ -14,7 +14,8 @@ record with ``accelerator.log``. Where each writes:
 * ``mlflow``: wherever ``MLFLOW_TRACKING_URI`` points (MLflow's own default otherwise; MLflow 3
   refuses a ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``: a local
   ``sqlite:///path/mlflow.db`` needs no server); experiment ``trainer.project``;
-* ``trackio``: trackio's local store (``TRACKIO_DIR``), project ``trainer.project``.
+* ``trackio`` (``pip install trackio``; not in the ``trackers`` extra): its local store
+  (``TRACKIO_DIR``), project ``trainer.project``.
 
 The project name is ``trainer.project``; the tracker's run is named after the run folder.
 """
@@ -72,7 +73,7 @@ def log_with(run_dir: Path, report_to: list[str]) -> list[Any]:
     if missing:
         raise TrackerError(
             f"trainer.report_to: {missing} not installed (pip install {' '.join(missing)}, or "
-            "pip install 'prefopt[trackers]' for tensorboard, wandb and mlflow)"
+            "pip install 'prefopt[trackers]' for wandb and mlflow)"
         )
     return [MetricsFile(run_dir), *named]
 
