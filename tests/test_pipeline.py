@@ -60,11 +60,13 @@ def _write(tmp_path: Path, text: str) -> Path:
     [
         (
             "a: {base: sft}\n  b: {base: dpo, model: {name_or_path: '${stages.nope.model}'}}",
-            "stages.b.model.name_or_path: ${stages.nope...}: no such stage before it",
+            "stages.b.model.name_or_path: ${stages.nope.model}: no such stage before it "
+            "(earlier stages: a)",
         ),
         (
             "a: {base: dpo, model: {name_or_path: '${stages.b.model}'}}\n  b: {base: sft}",
-            "stages.a.model.name_or_path: ${stages.b...}: no such stage before it",
+            "stages.a.model.name_or_path: ${stages.b.model}: no such stage before it "
+            "(earlier stages: none)",
         ),
         (
             "a: {kind: split, scorer: world}\n  b: {base: dpo, model: {name_or_path: "
@@ -165,3 +167,25 @@ def test_interrupted_during_ppo_a_rerun_resumes_that_stage_only(tmp_path, monkey
     assert summary["ran"] == ["mpo", "dpo_all", "ppo_all"]
     assert "resuming stage mpo from its checkpoint" in out
     assert "at step 1" in out and summary["stages"]["mpo"]["steps"] == 3
+
+
+def test_stage_references_are_omegaconf_interpolations_resolved_in_text_too(tmp_path):
+    """``${stages.<name>.<output>}`` is resolved by OmegaConf (prefopt's resolver looks the
+    output up): inside longer text as well, recording the dependency; a stage naming itself
+    is refused with the key."""
+    path = _write(
+        tmp_path,
+        "stages:\n  a: {base: sft}\n  b: {base: dpo, description: 'after ${stages.a.run} ends', "
+        "model: {name_or_path: '${stages.a.model}'}}\n",
+    )
+    a, b = load_pipeline(str(path)).stages
+    assert b.settings.model.name_or_path == str(a.folder / "model")
+    assert b.settings.description == f"after {a.folder} ends"
+    assert b.depends == ["a"]
+    itself = "stages:\n  a: {base: sft, model: {name_or_path: '${stages.a.model}'}}\n"
+    path = _write(tmp_path, itself)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(str(path))
+    assert info.value.problems == [
+        "stages.a.model.name_or_path: ${stages.a.model}: it is this stage (earlier stages: none)"
+    ]

@@ -32,13 +32,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from prefopt.config import (
     ConfigError,
@@ -61,7 +63,25 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "expo": ("model", "curve", "report"),
 }
 TOP_LEVEL = ("name", "description", "seed", "output_dir", "stages", "report")
-REFERENCE = re.compile(r"\$\{stages\.([^.}]+)(?:\.([^}]*))?\}")
+
+# ``${stages.<name>.<output>}`` is OmegaConf's own interpolation: each value is resolved against a
+# root whose ``stages.<name>.<output>`` calls this resolver, which asks the stage being built
+# (:func:`_resolve_references`) for that output, so OmegaConf parses and substitutes and prefopt
+# only looks the output up (and records which stages a stage depends on)
+STAGE_RESOLVER = "prefopt.stage_output"
+_LOOKUP: ContextVar[Callable[[str, str], str]] = ContextVar("stage_output_lookup")
+ALL_OUTPUTS = sorted({output for outputs in OUTPUTS.values() for output in outputs})
+
+
+def _stage_output(name: str, output: str) -> str:
+    return _LOOKUP.get()(str(name), str(output))
+
+
+OmegaConf.register_resolver(STAGE_RESOLVER, _stage_output, replace=True)
+
+
+class StageReferenceError(ValueError):
+    """A ``${stages.<name>.<output>}`` that names a stage or output it cannot use."""
 
 
 @dataclass
@@ -199,7 +219,7 @@ def load_pipeline(name_or_path: str | Path, overrides: list[str] | None = None) 
             problems.append(f"stages.{stage_name}: expected a mapping, got {node!r}")
             failed.add(stage_name)
             continue
-        if {ref for _, ref, _ in _references(node, "")} & failed:
+        if _referenced_stages(node, failed) & failed:
             failed.add(stage_name)
             continue
         try:
@@ -219,53 +239,57 @@ def load_pipeline(name_or_path: str | Path, overrides: list[str] | None = None) 
     return pipeline
 
 
-def _references(node: Any, prefix: str) -> list[tuple[str, str, str | None]]:
-    """``(key, stage, output)`` of every ``${stages.x.y}`` in a raw node."""
-    found: list[tuple[str, str, str | None]] = []
-    if isinstance(node, DictConfig):
-        for key in node.keys():
-            found += _references(node._get_node(key), f"{prefix}.{key!s}")
-    elif isinstance(node, ListConfig):
-        for i in range(len(node)):
-            found += _references(node._get_node(i), f"{prefix}[{i}]")
-    else:
-        value = node._value() if hasattr(node, "_value") else node
-        if isinstance(value, str):
-            found += [(prefix, m.group(1), m.group(2)) for m in REFERENCE.finditer(value)]
-    return found
+def _resolve_references(
+    node: DictConfig, prefix: str, names: list[str], lookup: Callable[[str, str], str]
+) -> tuple[Any, list[str]]:
+    """``node`` as a container with every ``${stages.<name>.<output>}`` resolved by OmegaConf,
+    ``stages.<name>.<output>`` (for each of ``names``) answered by ``lookup(name, output)``,
+    which raises StageReferenceError for one it refuses; and the problems, one per value, named
+    by their full key ("no such stage before it" for a name not in ``names``). Other values (other
+    interpolations included) are left as they are."""
+    root = {"stages": {n: {o: f"${{{STAGE_RESOLVER}:{n},{o}}}" for o in ALL_OUTPUTS}
+                       for n in names}}  # fmt: skip
+    problems: list[str] = []
+    refused: list[str] = []
 
+    def checked(name: str, output: str) -> str:
+        try:
+            return lookup(name, output)
+        except StageReferenceError as exc:
+            refused.append(str(exc))
+            raise
 
-def _substitute(node: DictConfig, known: dict[str, Stage]) -> DictConfig:
-    """The node with every ``${stages.x.y}`` replaced by that output's path."""
-    container = OmegaConf.to_container(node, resolve=False)
-
-    def sub(value: Any) -> Any:
+    def walk(value: Any, key: str) -> Any:
         if isinstance(value, dict):
-            return {k: sub(v) for k, v in value.items()}
+            return {k: walk(v, f"{key}.{k}") for k, v in value.items()}
         if isinstance(value, list):
-            return [sub(v) for v in value]
-        if isinstance(value, str):
-            return REFERENCE.sub(lambda m: known[m.group(1)].outputs()[m.group(2)], value)
-        return value
+            return [walk(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if not (isinstance(value, str) and "${stages." in value):
+            return value
+        try:
+            return OmegaConf.create({**root, "value": value}).value
+        except OmegaConfBaseException:
+            why = refused.pop() if refused else "no such stage before it"
+            problems.append(f"{key}: {value}: {why}")
+            return value
 
-    out = OmegaConf.create(sub(container))
-    assert isinstance(out, DictConfig)
-    return out
+    token = _LOOKUP.set(checked)
+    try:
+        return walk(OmegaConf.to_container(node, resolve=False), prefix), problems
+    finally:
+        _LOOKUP.reset(token)
 
 
-def _check_references(name: str, node: DictConfig, known: dict[str, Stage]) -> list[str]:
-    problems = []
-    for key, ref, output in _references(node, f"stages.{name}"):
-        if ref not in known:
-            earlier = ", ".join(known) or "none"
-            why = "it is this stage" if ref == name else "no such stage before it"
-            problems.append(f"{key}: ${{stages.{ref}...}}: {why} (earlier stages: {earlier})")
-        elif output not in known[ref].outputs():
-            kind = known[ref].kind
-            problems.append(
-                f"{key}: stage {ref!r} ({kind}) produces {', '.join(OUTPUTS[kind])}; not {output!r}"
-            )
-    return problems
+def _referenced_stages(node: DictConfig, names: set[str]) -> set[str]:
+    """Which of ``names`` the node's ``${stages.<name>.<output>}`` values name."""
+    used: set[str] = set()
+
+    def record(name: str, output: str) -> str:
+        used.add(name)
+        return ""
+
+    _resolve_references(node, "", sorted(names), record)
+    return used
 
 
 def _build_stage(
@@ -282,19 +306,39 @@ def _build_stage(
         raise ConfigError([f"stages.{name}.kind: {kind!r} is not one of {', '.join(OUTPUTS)}"])
     if cli is not None:
         node = merge_recipe_nodes(node, cli)
-    problems = _check_references(name, node, known)
-    if problems:
-        raise ConfigError(problems)
-    depends = sorted({ref for _, ref, _ in _references(node, "")})
-    node = _substitute(node, known)
+    depends: set[str] = set()
+
+    def output_of(ref: str, output: str) -> str:
+        if ref not in known:
+            why = "it is this stage" if ref == name else "no such stage before it"
+            raise StageReferenceError(why)
+        if output not in known[ref].outputs():
+            kind_of = known[ref].kind
+            raise StageReferenceError(
+                f"stage {ref!r} ({kind_of}) produces {', '.join(OUTPUTS[kind_of])}; not {output!r}"
+            )
+        depends.add(ref)
+        return known[ref].outputs()[output]
+
+    def resolved(part: DictConfig) -> DictConfig:
+        names = [*known, name]
+        container, problems = _resolve_references(part, f"stages.{name}", names, output_of)
+        if problems:
+            earlier = ", ".join(known) or "none"
+            raise ConfigError([f"{p} (earlier stages: {earlier})" for p in problems])
+        out = OmegaConf.create(container)
+        assert isinstance(out, DictConfig)
+        return out
+
+    node = resolved(node)
     if kind == "train":
-        last = _substitute(cli, known) if cli is not None else None  # beats global overrides
+        last = resolved(cli) if cli is not None else None  # beats global overrides
         settings: Any = _train_settings(name, node, seed, shared, last)
     else:
         if "world" in shared:  # the world of every stage, e.g. whose pairs a split splits
             node = merge_recipe_nodes(node, OmegaConf.create({"world": shared.world}))
         settings = _plain_settings(name, kind, node)
-    stage = Stage(name, kind, settings, depends=depends)
+    stage = Stage(name, kind, settings, depends=sorted(depends))
     stage.identity = _identity(stage)
     stage.folder = stages_dir() / f"{_folder_name(stage)}-{stage.identity}"
     return stage
