@@ -9,6 +9,7 @@ from prefopt.losses import (  # noqa: F401  (registration side effects)
     dpo,
     gmpo,
     gspo,
+    online_dpo,
     ppo,
     reward,
     sapo,

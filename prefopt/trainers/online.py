@@ -158,6 +158,11 @@ class OnlineTrainer(PolicyTrainer):
         a fixed 0 (GRPO / RLOO at beta 0, as Dr. GRPO and DAPO run, need none)."""
         return not (isinstance(self.kl_ctl, FixedKLController) and self.kl_ctl.value == 0)
 
+    @property
+    def loss_needs_reference(self) -> bool:
+        """Whether the policy loss itself reads the reference's log-probs (online DPO)."""
+        return bool(getattr(self.loss_fn, "needs_reference", False))
+
     def build_reference(self) -> None:
         """The policy's start: the adapter-disabled base with LoRA (one copy of the weights),
         else a frozen copy (or `reference.name_or_path`, e.g. MPO's DPO model). At a fixed
@@ -166,6 +171,7 @@ class OnlineTrainer(PolicyTrainer):
         super().build_reference()
         needed = (
             self.penalised
+            or self.loss_needs_reference
             or self.recipe.reward.normalise
             or (self.world is not None and self.recipe.eval.enabled)
         )
@@ -493,7 +499,7 @@ class OnlineTrainer(PolicyTrainer):
             old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
-        if self.penalised:
+        if self.penalised or self.loss_needs_reference:
             with self.reference_forward(), self.accelerator.autocast():
                 ref_logps = rollout_token_logps(
                     self.reference_model(), seq, attn, cfg.rollout.temperature, first
@@ -623,8 +629,13 @@ class OnlineTrainer(PolicyTrainer):
         size = min(cfg.minibatch_size, n)
         metrics: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(self.recipe.seed * 7919 + self.step)
+        k = rollout.group_size
         for _ in range(cfg.epochs):
-            order = torch.randperm(n, generator=generator)
+            if getattr(self.loss_fn, "pairs", False):  # a prompt's samples stay together
+                groups = torch.randperm(n // k, generator=generator)
+                order = (groups[:, None] * k + torch.arange(k)).flatten()
+            else:
+                order = torch.randperm(n, generator=generator)
             for start in range(0, n - size + 1, size):
                 idx = order[start : start + size].to(self.device)
                 for name, value in self.update(rollout, idx).items():
@@ -641,8 +652,9 @@ class OnlineTrainer(PolicyTrainer):
         assert rollout.advantages is not None
         logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
         loss_mask, tokens = rollout.loss_mask[idx], self.global_tokens(rollout.loss_mask[idx])
+        extra = {"ref_logps": rollout.ref_logps[idx]} if self.loss_needs_reference else {}
         out = self.loss_fn(
-            logps, rollout.old_logps[idx], rollout.advantages[idx], loss_mask, tokens=tokens
+            logps, rollout.old_logps[idx], rollout.advantages[idx], loss_mask, tokens, **extra
         )
         loss = out.loss
         metrics = {k: float(v) for k, v in out.metrics.items()}
