@@ -8,9 +8,12 @@ details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
    ``rollout.samples_per_prompt`` completions from the current policy (``models.generation``:
    batched ``generate`` with the KV cache, left padding, stop at EOS, everything after the first
    EOS masked, EOS kept); the sampling seed is a function of the seed and the step, so a
-   resumed run samples exactly what an uninterrupted one would;
-2. scores: any Scorer on the decoded text (``reward.scorer``), plus ``reward.missing_eos_penalty``
-   for completions that never stopped, clipped to ``reward.clip``, optionally normalised to the
+   resumed run samples exactly what an uninterrupted one would; with
+   ``rollout.dynamic_sampling`` (DAPO) groups whose scores are all equal are replaced by groups
+   of fresh prompts;
+2. scores: any Scorer on the decoded text (``reward.scorer``, or the weighted rewards of
+   ``reward.components``), plus ``reward.missing_eos_penalty`` for completions that never
+   stopped and DAPO's overlong shaping, clipped to ``reward.clip``, optionally normalised to the
    reference policy's samples (gain / bias: mean 0, std 1); on the world the gold reward of the
    same rollouts is logged as ``objective/gold`` whatever the scorer is;
 3. per-token rewards: ``-coef * penalty_t`` (``regulariser.name``: kl, pm, conditional_pm) plus
@@ -19,7 +22,8 @@ details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
    critic's values, RLOO, GRPO, REINFORCE++, GDPO...) reads the typed rollout record
    (``prefopt.rl.rollout.Rollout``) the steps above filled;
 5. ``loss.epochs`` x minibatches of ``loss.minibatch_size`` rollouts: the policy-loss form
-   ``loss.name`` (PPO's clipped surrogate, GSPO, CISPO, SAPO, GMPO) on log-probs recomputed at
+   ``loss.name`` (PPO's clipped surrogate, GSPO, CISPO, SAPO, GMPO, online DPO: the ``online``
+   losses of ``prefopt.registry``; docs/algorithms/grpo.md) on log-probs recomputed at
    the sampling temperature, the clipped value loss for the critic
    (``value.mode: separate`` has its own optimiser; ``shared`` is a head on the policy trained
    with ``vf_coef`` in the same loss), one optimiser step per minibatch; the learning-rate
@@ -453,7 +457,10 @@ class OnlineTrainer(PolicyTrainer):
             kept.append(_select(samples, scored, groups, k))
             dropped.append(_select(samples, scored, rest, k))
             have += len(groups)
-            if have == wanted:
+            # every process runs the same rounds (a sharded policy gathers its weights for each
+            # generation, a collective): stop when no process is short
+            short = torch.tensor(float(wanted - have), device=self.device)
+            if float(self.accelerator.reduce(short, reduction="sum")) == 0:
                 break
         while have < wanted:  # out of tries: dropped groups (zero advantage) fill the batch
             part = dropped.pop(0)
