@@ -150,6 +150,14 @@ def test_overlong_shaping_and_length_by_correctness_by_hand():
     assert_close(overlong_penalty(lengths, 10, 4, 2.0)[3], torch.tensor(-1.0))
     bias = length_by_correctness(torch.tensor([2, 4, 6, 8]), torch.tensor([1.0, -1, 0.5, -2]))
     assert bias == {"correct_fraction": 0.5, "length_correct": 4.0, "length_incorrect": 6.0}
+    # one threshold per sample (the reference's gold on the same prompt): only row 2 beats its
+    against = torch.tensor([2.0, 0.0, 0.0, -1.0])
+    bias = length_by_correctness(
+        torch.tensor([2, 4, 6, 8]), torch.tensor([1.0, -1, 0.5, -2]), against
+    )
+    assert bias == pytest.approx(
+        {"correct_fraction": 0.25, "length_correct": 6.0, "length_incorrect": 14 / 3}
+    )
 
 
 def test_the_estimator_registry_declares_critic_and_group():
@@ -379,3 +387,26 @@ def test_online_dpo_keeps_pairs_together_and_runs_the_reference(
     # the policy moved: the reference's log-probs (a forward of its own) now differ
     moved, _, _ = trainer.make_rollout(prompts)
     assert not torch.equal(moved.ref_logps, moved.old_logps)
+
+
+def test_the_gold_evaluation_splits_lengths_by_beating_the_reference():
+    """Policy gold (1, 3 | 0, 0), words (2, 4 | 6, 8); the reference's mean gold per prompt 2 and
+    0: only the sample with gold 3 beats it -> correct length 4, incorrect (2 + 6 + 8) / 3."""
+    from prefopt.eval.gold import PromptStats, split_summary
+
+    def stats(gold, length):
+        return PromptStats(
+            torch.tensor(gold, dtype=torch.float64),
+            torch.tensor(length, dtype=torch.float64),
+            torch.ones(2, dtype=torch.float64),
+            torch.zeros(5, dtype=torch.float64),
+            torch.zeros(2, 2, dtype=torch.float64),
+        )
+
+    out = split_summary(
+        stats([[1.0, 3.0], [0.0, 0.0]], [[2, 4], [6, 8]]),
+        stats([[2.0, 2.0], [1.0, -1.0]], [[1, 1], [1, 1]]),
+        OBJECTIVES,
+    )
+    assert out["correct_fraction"] == 0.25 and out["length_correct"] == 4.0
+    assert out["length_incorrect"] == pytest.approx(16 / 3)

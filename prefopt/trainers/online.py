@@ -568,7 +568,8 @@ class OnlineTrainer(PolicyTrainer):
         if self.world is not None:
             gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
             metrics["objective/gold"] = float(gold.mean())
-            bias = length_by_correctness(rollout.lengths.cpu(), gold)
+            # "correct": the better half of the batch under the gold reward
+            bias = length_by_correctness(rollout.lengths.cpu(), gold, gold.median())
             metrics.update({f"objective/{k}": v for k, v in bias.items()})
         return metrics
 
