@@ -1023,6 +1023,11 @@ def _check_online(recipe: Recipe) -> list[str]:
             f"advantage.name {a.name} compares the samples of one prompt: set "
             f"rollout.samples_per_prompt >= 2, got {r.samples_per_prompt}"
         )
+    if getattr(get_loss(recipe.loss.name).build, "pairs", False) and r.samples_per_prompt != 2:
+        problems.append(
+            f"loss.name {recipe.loss.name} trains on pairs: set rollout.samples_per_prompt: 2, "
+            f"got {r.samples_per_prompt}"
+        )
     if r.dynamic_sampling and not needs_group:
         problems.append(
             "rollout.dynamic_sampling drops groups whose rewards are all equal: it needs a "

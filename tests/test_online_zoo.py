@@ -150,6 +150,14 @@ def test_overlong_shaping_and_length_by_correctness_by_hand():
     assert_close(overlong_penalty(lengths, 10, 4, 2.0)[3], torch.tensor(-1.0))
     bias = length_by_correctness(torch.tensor([2, 4, 6, 8]), torch.tensor([1.0, -1, 0.5, -2]))
     assert bias == {"correct_fraction": 0.5, "length_correct": 4.0, "length_incorrect": 6.0}
+    # one threshold per sample (the reference's gold on the same prompt): only row 2 beats its
+    against = torch.tensor([2.0, 0.0, 0.0, -1.0])
+    bias = length_by_correctness(
+        torch.tensor([2, 4, 6, 8]), torch.tensor([1.0, -1, 0.5, -2]), against
+    )
+    assert bias == pytest.approx(
+        {"correct_fraction": 0.25, "length_correct": 6.0, "length_incorrect": 14 / 3}
+    )
 
 
 def test_the_estimator_registry_declares_critic_and_group():
@@ -329,3 +337,76 @@ def test_the_gold_objectives_as_separate_rewards_sum_to_the_gold_reward(tmp_path
     # GDPO's advantages: one per completion, whitened over the batch
     per_completion = (rollout.advantages * rollout.mask).sum(-1) / rollout.mask.sum(-1)
     assert float(per_completion.mean()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_online_dpo_by_hand():
+    """Pair 0 (A +1, -1): chosen row 0, u_c = -3 - (-4) = 1, u_r = -5 - (-4) = -1, z = 0.1 * 2
+    -> log(1 + e^-0.2) = 0.5981389. Pair 1 (A -0.5, +0.5): chosen row 3, u_c = -6 - (-5) = -1,
+    u_r = 0, z = -0.1 -> log(1 + e^0.1) = 0.7443967. Pair 2 is a tie: left out (and gets no
+    gradient). Mean 0.6712678."""
+    logps = torch.tensor([[-3.0], [-5.0], [-2.0], [-6.0], [-1.0], [-1.5]], requires_grad=True)
+    ref = torch.tensor([[-4.0], [-4.0], [-2.0], [-5.0], [-1.0], [-1.0]])
+    adv = torch.tensor([1.0, -1.0, -0.5, 0.5, 0.0, 0.0])
+    loss_fn = get_loss("online_dpo").build(get_loss("online_dpo").config_cls())
+    out = loss_fn(logps, logps.detach(), adv, torch.ones(6, 1), ref_logps=ref)
+    assert_close(
+        out.loss, torch.tensor((math.log1p(math.exp(-0.2)) + math.log1p(math.exp(0.1))) / 2)
+    )
+    assert out.metrics["online_dpo/ties"] == pytest.approx(1 / 3)
+    out.loss.backward()
+    assert logps.grad[4:].abs().sum() == 0 and logps.grad[:4].abs().min() > 0
+
+
+def test_online_dpo_keeps_pairs_together_and_runs_the_reference(
+    tmp_path, tiny_pretrained, monkeypatch
+):
+    from tests.test_online import online_trainer
+
+    trainer = online_trainer(
+        tmp_path,
+        tiny_pretrained,
+        "trainer.batch_size=4",
+        "loss.minibatch_size=4",
+        "loss.epochs=2",
+        recipe="online_dpo",
+    )
+    assert trainer.reference is not None and not trainer.penalised  # coef 0, yet a reference
+    seen = []
+    update = trainer.update
+    monkeypatch.setattr(
+        trainer, "update", lambda r, idx: seen.append(idx.tolist()) or update(r, idx)
+    )
+    prompts = [e["prompt"] for e in trainer.train_examples[:4]]
+    rollout, _, _ = trainer.make_rollout(prompts)
+    metrics = trainer.optimise(rollout)
+    assert len(seen) == 4  # 2 epochs x 2 minibatches of 2 pairs
+    for idx in seen:
+        pairs = zip(idx[::2], idx[1::2], strict=True)
+        assert all(a % 2 == 0 and b == a + 1 for a, b in pairs)
+    assert "online_dpo/rewards/margins" in metrics
+    # the policy moved: the reference's log-probs (a forward of its own) now differ
+    moved, _, _ = trainer.make_rollout(prompts)
+    assert not torch.equal(moved.ref_logps, moved.old_logps)
+
+
+def test_the_gold_evaluation_splits_lengths_by_beating_the_reference():
+    """Policy gold (1, 3 | 0, 0), words (2, 4 | 6, 8); the reference's mean gold per prompt 2 and
+    0: only the sample with gold 3 beats it -> correct length 4, incorrect (2 + 6 + 8) / 3."""
+    from prefopt.eval.gold import PromptStats, split_summary
+
+    def stats(gold, length):
+        return PromptStats(
+            torch.tensor(gold, dtype=torch.float64),
+            torch.tensor(length, dtype=torch.float64),
+            torch.ones(2, dtype=torch.float64),
+            torch.zeros(5, dtype=torch.float64),
+            torch.zeros(2, 2, dtype=torch.float64),
+        )
+
+    out = split_summary(
+        stats([[1.0, 3.0], [0.0, 0.0]], [[2, 4], [6, 8]]),
+        stats([[2.0, 2.0], [1.0, -1.0]], [[1, 1], [1, 1]]),
+        OBJECTIVES,
+    )
+    assert out["correct_fraction"] == 0.25 and out["length_correct"] == 4.0
+    assert out["length_incorrect"] == pytest.approx(16 / 3)

@@ -16,6 +16,9 @@ EXTRA = {
 ONLINE_EXTRA = ["reward.scorer=world", "value.init=policy", "trainer.batch_size=4"]
 for _name in ("ppo", "ppo_pm", "ppo_cpm", "ppo_gold", "rloo", "grpo", "reinforce_pp"):
     EXTRA[_name] = ONLINE_EXTRA
+for _name in ("dr_grpo", "dapo", "gspo", "cispo", "sapo", "gmpo", "online_dpo"):
+    EXTRA[_name] = ONLINE_EXTRA
+EXTRA["gdpo"] = ["trainer.batch_size=4"]  # its rewards are the world's gold objectives
 
 
 # staged recipes (pipelines) run end to end in tests/test_pipeline.py

@@ -5,7 +5,8 @@ trainer (`object.__new__`, only the attributes that method reads; the accelerato
 one-process stand-in) whose log-prob forward returns the given per-token log-probs, so every
 line of TRL's loss (ratio, clipping, SAPO's gate, CISPO's weight, the aggregation of each
 ``loss_type``) is TRL's. For each TRL ``loss_type`` (and GSPO: ``importance_sampling_level=
-"sequence"``; two-sided clipping: ``delta``) the loss and its gradient with respect to the
+"sequence"``; two-sided clipping: ``delta``; LUSPO, which is GSPO with ``loss.aggregate:
+constant`` and ``loss.constant: 1``) the loss and its gradient with respect to the
 log-probs equal prefopt's to fp32 rounding. No training, no model.
 """
 
@@ -116,6 +117,11 @@ CASES = {
     "gspo_wide": (  # a clip range the sequence ratios fall inside and outside of
         ("grpo", {"level": "sequence", "epsilon_low": 0.05, "epsilon_high": 0.1}),
         ("gspo", {"clip": 0.05, "clip_high": 0.1}),
+    ),
+    # LUSPO: GSPO's sequence ratio, each sequence's loss scaled by its length (a token sum)
+    "luspo": (
+        ("luspo", {"level": "sequence", "epsilon_low": 0.05, "epsilon_high": 0.1}),
+        ("gspo", {"clip": 0.05, "clip_high": 0.1, "aggregate": "constant", "constant": 1.0}),
     ),
     "cispo": (("cispo", {"epsilon_high": 1.2}), ("cispo", {"ratio_max": 1.2})),
     "cispo_default": (("cispo", {"epsilon_high": 5.0}), ("cispo", {})),

@@ -11,7 +11,8 @@ from the policy and from the reference policy:
 * win rate against the reference under the gold reward (sample k of the policy against sample k
   of the reference for the same prompt; ties count one half);
 * mean completion length in words, and (the length bias DAPO and Dr. GRPO report) the mean
-  length of correct and of incorrect samples, "correct" meaning a gold reward above 0;
+  length of correct and of incorrect samples, "correct" meaning a gold reward above the
+  reference's mean gold on the same prompt;
 * diversity (Kirk et al. 2023, arXiv 2310.06452): per-input (over the K samples of one prompt)
   and across-input (one sample per prompt) distinct-n and EAD; sentence-embedding and NLI
   diversity when ``eval.embedding_model`` / ``eval.nli_model`` name models
@@ -330,8 +331,10 @@ def split_summary(pol: PromptStats, ref: PromptStats, names: list[str]) -> dict[
     # empty completions add no n-gram, so EAD cannot see a collapse onto them: count them
     out["empty_rate"] = float((pol.length == 0).double().mean())
     out["reference_mean_length"] = float(ref.length.mean())
-    # the length bias of DAPO / Dr. GRPO: mean words of correct (gold > 0) and incorrect samples
-    out.update(length_by_correctness(pol.length.flatten(), pol.gold.flatten()))
+    # the length bias of DAPO / Dr. GRPO: mean words of the correct samples (gold above the
+    # reference's mean gold on the same prompt) and of the incorrect ones
+    beats = ref.gold.mean(1, keepdim=True).expand_as(pol.gold)
+    out.update(length_by_correctness(pol.length.flatten(), pol.gold.flatten(), beats.flatten()))
     out["objectives"] = dict(zip(names, pol.objectives.tolist(), strict=True))
     return out
 

@@ -16,6 +16,7 @@ from prefopt.losses import (  # noqa: F401  (registration side effects)
     gspo,
     kto,
     mix,
+    online_dpo,
     orpo,
     ppo,
     reward,

@@ -11,7 +11,10 @@
   tokens, the EOS included; a completion cut at ``L_max`` gets the full -1.
 * Length bias -- Dr. GRPO (Liu et al. 2025, arXiv 2503.20783, sec. 3.1, fig. 5) and DAPO report
   the mean length of correct and of incorrect responses: GRPO's per-sequence normalisation
-  lets incorrect responses grow. On the world "correct" is a gold reward above ``threshold``.
+  lets incorrect responses grow. The world's gold reward is not binary, so "correct" is a gold
+  reward above a ``threshold``: in the gold evaluation the reference policy's mean gold on the
+  same prompt (the sample beats the SFT policy there), in a rollout batch the batch's median
+  (the better half).
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ def overlong_penalty(lengths: Tensor, max_length: int, buffer: int, penalty: flo
 
 
 def length_by_correctness(
-    lengths: Tensor, gold: Tensor, threshold: float = 0.0
+    lengths: Tensor, gold: Tensor, threshold: Tensor | float = 0.0
 ) -> dict[str, float]:
-    """Mean completion length of the correct (``gold > threshold``) and incorrect rollouts
-    and the fraction correct; a side with no rollout is left out (no NaN in the logs)."""
+    """Mean completion length of the correct (``gold > threshold``; ``threshold`` a number or
+    one per sample) and incorrect samples and the fraction correct; a side with no sample is
+    left out (no NaN in the logs)."""
     correct = gold > threshold
     out = {"correct_fraction": float(correct.float().mean())}
     for name, rows in (("length_correct", correct), ("length_incorrect", ~correct)):

@@ -8,9 +8,12 @@ details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
    ``rollout.samples_per_prompt`` completions from the current policy (``models.generation``:
    batched ``generate`` with the KV cache, left padding, stop at EOS, everything after the first
    EOS masked, EOS kept); the sampling seed is a function of the seed and the step, so a
-   resumed run samples exactly what an uninterrupted one would;
-2. scores: any Scorer on the decoded text (``reward.scorer``), plus ``reward.missing_eos_penalty``
-   for completions that never stopped, clipped to ``reward.clip``, optionally normalised to the
+   resumed run samples exactly what an uninterrupted one would; with
+   ``rollout.dynamic_sampling`` (DAPO) groups whose scores are all equal are replaced by groups
+   of fresh prompts;
+2. scores: any Scorer on the decoded text (``reward.scorer``, or the weighted rewards of
+   ``reward.components``), plus ``reward.missing_eos_penalty`` for completions that never
+   stopped and DAPO's overlong shaping, clipped to ``reward.clip``, optionally normalised to the
    reference policy's samples (gain / bias: mean 0, std 1); on the world the gold reward of the
    same rollouts is logged as ``objective/gold`` whatever the scorer is;
 3. per-token rewards: ``-coef * penalty_t`` (``regulariser.name``: kl, pm, conditional_pm) plus
@@ -19,7 +22,8 @@ details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
    critic's values, RLOO, GRPO, REINFORCE++, GDPO...) reads the typed rollout record
    (``prefopt.rl.rollout.Rollout``) the steps above filled;
 5. ``loss.epochs`` x minibatches of ``loss.minibatch_size`` rollouts: the policy-loss form
-   ``loss.name`` (PPO's clipped surrogate, GSPO, CISPO, SAPO, GMPO) on log-probs recomputed at
+   ``loss.name`` (PPO's clipped surrogate, GSPO, CISPO, SAPO, GMPO, online DPO: the ``online``
+   losses of ``prefopt.registry``; docs/algorithms/grpo.md) on log-probs recomputed at
    the sampling temperature, the clipped value loss for the critic
    (``value.mode: separate`` has its own optimiser; ``shared`` is a head on the policy trained
    with ``vf_coef`` in the same loss), one optimiser step per minibatch; the learning-rate
@@ -158,6 +162,11 @@ class OnlineTrainer(PolicyTrainer):
         a fixed 0 (GRPO / RLOO at beta 0, as Dr. GRPO and DAPO run, need none)."""
         return not (isinstance(self.kl_ctl, FixedKLController) and self.kl_ctl.value == 0)
 
+    @property
+    def loss_needs_reference(self) -> bool:
+        """Whether the policy loss itself reads the reference's log-probs (online DPO)."""
+        return bool(getattr(self.loss_fn, "needs_reference", False))
+
     def build_reference(self) -> None:
         """The policy's start: the adapter-disabled base with LoRA (one copy of the weights),
         else a frozen copy (or `reference.name_or_path`, e.g. MPO's DPO model). At a fixed
@@ -166,6 +175,7 @@ class OnlineTrainer(PolicyTrainer):
         super().build_reference()
         needed = (
             self.penalised
+            or self.loss_needs_reference
             or self.recipe.reward.normalise
             or (self.world is not None and self.recipe.eval.enabled)
         )
@@ -447,7 +457,10 @@ class OnlineTrainer(PolicyTrainer):
             kept.append(_select(samples, scored, groups, k))
             dropped.append(_select(samples, scored, rest, k))
             have += len(groups)
-            if have == wanted:
+            # every process runs the same rounds (a sharded policy gathers its weights for each
+            # generation, a collective): stop when no process is short
+            short = torch.tensor(float(wanted - have), device=self.device)
+            if float(self.accelerator.reduce(short, reduction="sum")) == 0:
                 break
         while have < wanted:  # out of tries: dropped groups (zero advantage) fill the batch
             part = dropped.pop(0)
@@ -493,7 +506,7 @@ class OnlineTrainer(PolicyTrainer):
             old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
-        if self.penalised:
+        if self.penalised or self.loss_needs_reference:
             with self.reference_forward(), self.accelerator.autocast():
                 ref_logps = rollout_token_logps(
                     self.reference_model(), seq, attn, cfg.rollout.temperature, first
@@ -555,7 +568,8 @@ class OnlineTrainer(PolicyTrainer):
         if self.world is not None:
             gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
             metrics["objective/gold"] = float(gold.mean())
-            bias = length_by_correctness(rollout.lengths.cpu(), gold)
+            # "correct": the better half of the batch under the gold reward
+            bias = length_by_correctness(rollout.lengths.cpu(), gold, gold.median())
             metrics.update({f"objective/{k}": v for k, v in bias.items()})
         return metrics
 
@@ -623,8 +637,13 @@ class OnlineTrainer(PolicyTrainer):
         size = min(cfg.minibatch_size, n)
         metrics: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(self.recipe.seed * 7919 + self.step)
+        k = rollout.group_size
         for _ in range(cfg.epochs):
-            order = torch.randperm(n, generator=generator)
+            if getattr(self.loss_fn, "pairs", False):  # a prompt's samples stay together
+                groups = torch.randperm(n // k, generator=generator)
+                order = (groups[:, None] * k + torch.arange(k)).flatten()
+            else:
+                order = torch.randperm(n, generator=generator)
             for start in range(0, n - size + 1, size):
                 idx = order[start : start + size].to(self.device)
                 for name, value in self.update(rollout, idx).items():
@@ -641,8 +660,9 @@ class OnlineTrainer(PolicyTrainer):
         assert rollout.advantages is not None
         logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
         loss_mask, tokens = rollout.loss_mask[idx], self.global_tokens(rollout.loss_mask[idx])
+        extra = {"ref_logps": rollout.ref_logps[idx]} if self.loss_needs_reference else {}
         out = self.loss_fn(
-            logps, rollout.old_logps[idx], rollout.advantages[idx], loss_mask, tokens=tokens
+            logps, rollout.old_logps[idx], rollout.advantages[idx], loss_mask, tokens, **extra
         )
         loss = out.loss
         metrics = {k: float(v) for k, v in out.metrics.items()}
