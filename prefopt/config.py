@@ -287,6 +287,12 @@ class RewardConfig:
     # gold reward), a reward-model run dir / folder, an ArmoRM folder, or "A,B" (an ensemble);
     # null with `components`
     scorer: str | None = "world:rm"
+    # how an ensemble scorer ("A,B,...") combines its members' scores per completion
+    # (prefopt/rewards/ensemble.py; Coste et al. 2024, arXiv 2310.02743): mean, min (WCO),
+    # mean_minus_var (UWO: mean - ensemble_coef * variance, Coste et al.'s objective) or
+    # mean_minus_std (mean - ensemble_coef * standard deviation)
+    ensemble: str = "mean"
+    ensemble_coef: float = 0.5  # Coste et al.'s UWO weight for best-of-n (0.1 for their PPO)
     # several rewards, each scored and logged on its own; the score is their weighted sum
     # (GDPO, advantage.name: gdpo, normalises each within its group instead). Needs scorer: null
     components: list[RewardComponent] = field(default_factory=list)
@@ -355,6 +361,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.on_nan": ("error", "skip"),
     "eval.ead_ngram_space": ("power", "vocab"),
     "value.mode": ("separate", "shared"),
+    # prefopt.rewards.ensemble.ENSEMBLE_MODES (config sits below rewards; a test keeps them equal)
+    "reward.ensemble": ("mean", "mean_minus_std", "min", "mean_minus_var"),
     "value.init": ("auto", "reward_model", "policy"),
 }
 OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {
@@ -1038,6 +1046,8 @@ def _check_reward(reward: RewardConfig, max_new_tokens: int) -> list[str]:
     problems = []
     if reward.clip is not None and reward.clip <= 0:
         problems.append(f"reward.clip must be > 0 or null, got {reward.clip}")
+    if reward.ensemble_coef < 0 or not math.isfinite(reward.ensemble_coef):
+        problems.append(f"reward.ensemble_coef must be finite and >= 0, got {reward.ensemble_coef}")
     if reward.normalise_prompts < 2:
         problems.append("reward.normalise_prompts must be >= 2")
     if reward.components and reward.scorer is not None:

@@ -320,8 +320,11 @@ class PolicyTrainer(Trainer):
         if self.recipe.eval.best_of_n > 1:  # best-of-n: reward.scorer picks among n samples
             from prefopt.rewards.scorers import load_scorer
 
-            spec = self.recipe.reward.scorer
-            chooser = self.world if spec == "world" else load_scorer(spec, device=str(self.device))
+            reward = self.recipe.reward
+            chooser = self.world if reward.scorer == "world" else load_scorer(
+                reward.scorer, device=str(self.device), ensemble_mode=reward.ensemble,
+                ensemble_coef=reward.ensemble_coef,
+            )  # fmt: skip
         # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
         with engines.full_weights_for_generation(self.unwrapped()):
             results = gold_evaluation(
