@@ -37,7 +37,7 @@ sizes:
 
 SHIPPED = {
     "accuracy_paradox", "rlhf_vs_sft", "mpo_tau", "pm_beta_alpha", "expo_alpha", "ids_beta",
-    "dpo_variants", "kl_coef",
+    "dpo_variants", "kl_coef", "overoptimisation_bon", "overoptimisation_rl", "ensembles",
 }  # fmt: skip
 
 
