@@ -71,3 +71,66 @@ def test_bad_input_is_an_error():
         fit_gao([0.0, 2.0], [0.0, 0.2], "rl")
     with pytest.raises(ValueError, match="values"):
         fit_gao([1.0, 2.0], [0.1], "rl")
+
+
+def _write_results(out, swept, rows):
+    import csv
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps({"swept": swept, "runs": []}))
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_gao_report_fits_a_best_of_n_sweep_per_reward_model(tmp_path):
+    """results.csv of a best-of-n sweep (two reward models, n = 1..16) whose gold gains are
+    exactly d (1 - 0.2 d) and d (0.5 - 0.5 d): one fit per reward model recovering both."""
+    from prefopt.pipeline.gao import gao_report
+
+    rows = []
+    for steps, (alpha, beta) in ((40, (1.0, 0.2)), (300, (0.5, 0.5))):
+        for n in (1, 2, 4, 8, 16):
+            kl = best_of_n_kl(n)
+            gain = float(gao_curve([math.sqrt(kl)], alpha, beta, "bon")[0])
+            rows.append({"run": f"r{steps}-{n}", "stages.rm.trainer.max_steps": steps,
+                         "stages.bon.eval.best_of_n": n, "seed": 0, "status": "done",
+                         "stages.bon.eval.kl": kl, "stages.bon.eval.gold_gain": gain,
+                         "stages.bon.eval.proxy_reward": 0.1 * n if n > 1 else ""})  # fmt: skip
+    _write_results(tmp_path, ["stages.rm.trainer.max_steps", "stages.bon.eval.best_of_n"], rows)
+    report = gao_report(tmp_path)
+    assert report["form"] == "bon"
+    fits = {name: item["fit"] for name, item in report["fits"].items()}
+    first = fits["stages.rm.trainer.max_steps=40, seed=0"]
+    assert (first["alpha"], first["beta"]) == (pytest.approx(1.0), pytest.approx(0.2))
+    second = fits["stages.rm.trainer.max_steps=300, seed=0"]
+    assert (second["alpha"], second["beta"]) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert (tmp_path / "gao.md").read_text().count("| stages.rm") == 2
+    assert (tmp_path / "gao_bon.png").exists()
+
+
+def test_gao_report_fits_the_training_log_of_an_rl_run(tmp_path):
+    """A run whose log's gold follows 2 + d (0.8 - 0.3 log d) along training: gains are taken
+    against the first batch (d = 0), and the RL form recovers 0.8 and 0.3."""
+    import json
+
+    from prefopt.pipeline.gao import gao_report
+
+    _write_results(tmp_path, ["stages.rm.trainer.max_steps"],
+                   [{"run": "a", "stages.rm.trainer.max_steps": 40, "seed": 0,
+                     "status": "done"}])  # fmt: skip
+    log = tmp_path / "runs" / "a" / "ppo"
+    log.mkdir(parents=True)
+    d = np.linspace(0.0, 5.0, 30)
+    gold = 2.0 + gao_curve(d, 0.8, 0.3, "rl")
+    lines = [
+        json.dumps({"step": i, "objective/kl": float(x**2), "objective/gold": float(g),
+                    "objective/scores": float(x)})
+        for i, (x, g) in enumerate(zip(d, gold, strict=True))
+    ]  # fmt: skip
+    (log / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    fit = gao_report(tmp_path)["fits"]["a"]["fit"]
+    assert (fit["alpha"], fit["beta"]) == (pytest.approx(0.8), pytest.approx(0.3))
