@@ -122,7 +122,7 @@ def test_gao_report_fits_the_training_log_of_an_rl_run(tmp_path):
     _write_results(tmp_path, ["stages.rm.trainer.max_steps"],
                    [{"run": "a", "stages.rm.trainer.max_steps": 40, "seed": 0,
                      "status": "done"}])  # fmt: skip
-    log = tmp_path / "runs" / "a" / "ppo"
+    log = tmp_path / "runs" / "a" / "stages" / "ppo"  # a pipeline's stage folder
     log.mkdir(parents=True)
     d = np.linspace(0.0, 5.0, 30)
     gold = 2.0 + gao_curve(d, 0.8, 0.3, "rl")

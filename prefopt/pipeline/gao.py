@@ -54,7 +54,12 @@ def rl_curves(out_dir: Path, rows: list[dict[str, Any]]) -> dict[str, dict[str, 
     curves = {}
     for row in rows:
         run_dir = out_dir / "runs" / str(row["run"])
-        for path in [run_dir / "metrics.jsonl", *sorted(run_dir.glob("*/metrics.jsonl"))]:
+        # a single recipe's run folder, or a pipeline's stage folders (runs/<id>/stages/<stage>)
+        found = [
+            *sorted(run_dir.glob("*/metrics.jsonl")),
+            *sorted(run_dir.glob("stages/*/metrics.jsonl")),
+        ]
+        for path in [run_dir / "metrics.jsonl", *found]:
             if not path.exists():
                 continue
             lines = filter(None, path.read_text().splitlines())
