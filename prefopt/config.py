@@ -153,6 +153,10 @@ class DataConfig:
     # right-padded rows (TRL's layout; needed for attention kernels without custom masks)
     layout: str = "packed"
     pack_length: int | None = None  # tokens per packed row; null: 2 x max_length
+    # share of the training preference pairs with chosen and rejected swapped (chosen at
+    # random by the recipe's seed; held-out pairs untouched): Coste et al. 2024's 25% label
+    # noise for reward models (prefopt/data/noise.py); pairwise losses and reward models only
+    label_noise: float = 0.0
 
 
 @dataclass
@@ -846,6 +850,8 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         problems.append(f"trainer.lr must be > 0, got {t.lr}")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
         problems.append(f"trainer.adam_betas must be two numbers in [0, 1), got {t.adam_betas}")
+    if not 0 <= recipe.data.label_noise <= 1:
+        problems.append(f"data.label_noise must be in [0, 1], got {recipe.data.label_noise}")
     if not 0 <= recipe.data.max_unknown_fraction <= 1:
         problems.append(
             f"data.max_unknown_fraction must be in [0, 1], got {recipe.data.max_unknown_fraction}"
