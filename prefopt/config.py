@@ -78,6 +78,8 @@ ValueMode = StrEnum("ValueMode", ["separate", "shared"])
 ValueInit = StrEnum("ValueInit", ["auto", "reward_model", "policy"])
 # the attention implementations that take the packed layouts' custom masks
 TrainAttention = StrEnum("TrainAttention", ["eager", "sdpa"])
+# prefopt.rewards.ensemble.ENSEMBLE_MODES (config sits below rewards; a test keeps them equal)
+EnsembleMode = StrEnum("EnsembleMode", ["mean", "mean_minus_std", "min", "mean_minus_var"])
 
 
 # --------------------------------------------------------------------------- schema
@@ -180,6 +182,10 @@ class DataConfig:
     # right-padded rows (TRL's layout; needed for attention kernels without custom masks)
     layout: PairLayout = PairLayout.packed
     pack_length: int | None = None  # tokens per packed row; null: 2 x max_length
+    # share of the training preference pairs with chosen and rejected swapped (chosen at
+    # random by the recipe's seed; held-out pairs untouched): Coste et al. 2024's 25% label
+    # noise for reward models (prefopt/data/noise.py); pairwise losses and reward models only
+    label_noise: float = 0.0
 
 
 @dataclass
@@ -314,6 +320,12 @@ class RewardConfig:
     # gold reward), a reward-model run dir / folder, an ArmoRM folder, or "A,B" (an ensemble);
     # null with `components`
     scorer: str | None = "world:rm"
+    # how an ensemble scorer ("A,B,...") combines its members' scores per completion
+    # (prefopt/rewards/ensemble.py; Coste et al. 2024, arXiv 2310.02743): mean, min (WCO),
+    # mean_minus_var (UWO: mean - ensemble_coef * variance, Coste et al.'s objective) or
+    # mean_minus_std (mean - ensemble_coef * standard deviation)
+    ensemble: EnsembleMode = EnsembleMode.mean
+    ensemble_coef: float = 0.5  # Coste et al.'s UWO weight for best-of-n (0.1 for their PPO)
     # several rewards, each scored and logged on its own; the score is their weighted sum
     # (GDPO, advantage.name: gdpo, normalises each within its group instead). Needs scorer: null
     components: list[RewardComponent] = field(default_factory=list)
@@ -853,6 +865,8 @@ def _check_ranges(recipe: Recipe) -> list[str]:
         problems.append(f"trainer.lr must be > 0, got {t.lr}")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
         problems.append(f"trainer.adam_betas must be two numbers in [0, 1), got {t.adam_betas}")
+    if not 0 <= recipe.data.label_noise <= 1:
+        problems.append(f"data.label_noise must be in [0, 1], got {recipe.data.label_noise}")
     if not 0 <= recipe.data.max_unknown_fraction <= 1:
         problems.append(
             f"data.max_unknown_fraction must be in [0, 1], got {recipe.data.max_unknown_fraction}"
@@ -1058,6 +1072,8 @@ def _check_reward(reward: RewardConfig, max_new_tokens: int) -> list[str]:
     problems = []
     if reward.clip is not None and reward.clip <= 0:
         problems.append(f"reward.clip must be > 0 or null, got {reward.clip}")
+    if reward.ensemble_coef < 0 or not math.isfinite(reward.ensemble_coef):
+        problems.append(f"reward.ensemble_coef must be finite and >= 0, got {reward.ensemble_coef}")
     if reward.normalise_prompts < 2:
         problems.append("reward.normalise_prompts must be >= 2")
     if reward.components and reward.scorer is not None:

@@ -224,5 +224,45 @@ def test_new_eval_settings_at_their_defaults_keep_cached_stage_identities():
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(OmegaConf.create(node))}"
     before = hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
     assert stage_identity(recipe) == before
-    for override in ("eval.best_of_n=4", "eval.shifts=[long]", "eval.embedding_model=minilm"):
+    for override in (
+        "eval.best_of_n=4",
+        "eval.shifts=[long]",
+        "eval.embedding_model=minilm",
+        "reward.ensemble=min",
+        "reward.ensemble_coef=0.1",
+    ):
         assert stage_identity(load_recipe("dpo", [override])) != before, override
+
+
+def test_best_of_n_reports_the_proxy_reward_of_the_chosen_samples():
+    """eval.best_of_n = 3 with a scorer counting words: proxy_reward is, per prompt, the mean
+    over its reported samples of the largest word count among each group of 3 candidates (the
+    same candidates, redrawn here with the same seed), then averaged over prompts."""
+    from dataclasses import replace
+
+    from prefopt.config import EvalConfig
+    from prefopt.eval.compare import standard_error
+    from prefopt.eval.gold import gold_evaluation
+    from prefopt.models.generation import generate
+    from prefopt.world import WorldConfig, build_world
+    from tests.test_expo import tiny_gpt2
+
+    class Words:
+        def score(self, prompts, completions):
+            return torch.tensor([float(len(c.split())) for c in completions])
+
+    world = build_world(WorldConfig())
+    tokenizer = world.tokenizer()
+    policy = tiny_gpt2(0, len(tokenizer), tokenizer=tokenizer)
+    cfg = EvalConfig(n_prompts=4, samples_per_prompt=2, max_new_tokens=8, batch_size=24,
+                     best_of_n=3)  # fmt: skip
+    out = gold_evaluation(policy, policy, tokenizer, world, cfg, torch.device("cpu"), seed=5,
+                          best_of_scorer=Words(), progress=False)  # fmt: skip
+    prompts = world.eval_prompts("test")[:4]
+    many = generate(policy, tokenizer, prompts, replace(cfg, samples_per_prompt=6),
+                    torch.device("cpu"), 5)  # fmt: skip
+    words = Words().score(many.flat_prompts, many.flat_completions).double()
+    per_prompt = words.reshape(4, 2, 3).max(dim=-1).values.mean(dim=1)
+    assert out["proxy_reward"] == pytest.approx(float(per_prompt.mean()), abs=1e-12)
+    assert out["proxy_reward_se"] == pytest.approx(standard_error(per_prompt), abs=1e-12)
+    assert out["kl"] == pytest.approx(math.log(3) - 2 / 3, abs=1e-5)  # policy = reference

@@ -14,7 +14,17 @@ EXTRA = {
 }
 # online recipes score with the gold reward here: world:rm would train a reward model first
 ONLINE_EXTRA = ["reward.scorer=world", "value.init=policy", "trainer.batch_size=4"]
-for _name in ("ppo", "ppo_pm", "ppo_cpm", "ppo_gold", "rloo", "grpo", "reinforce_pp"):
+for _name in (
+    "ppo",
+    "ppo_pm",
+    "ppo_cpm",
+    "ppo_pm_authors",
+    "ppo_cpm_authors",
+    "ppo_gold",
+    "rloo",
+    "grpo",
+    "reinforce_pp",
+):
     EXTRA[_name] = ONLINE_EXTRA
 for _name in ("dr_grpo", "dapo", "gspo", "cispo", "sapo", "gmpo", "online_dpo"):
     EXTRA[_name] = ONLINE_EXTRA

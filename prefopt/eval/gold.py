@@ -20,7 +20,9 @@ from the policy and from the reference policy:
 * generalisation (Kirk et al.): the gap between in-distribution and OOD gold with its standard
   error, and under ``eval.shifts`` a graded shift (``prefopt.world.data.SHIFTS``);
 * with ``eval.best_of_n`` > 1, the policy is best-of-n of the model (a scorer picks among n
-  samples), its KL the model's log-ratio plus ``log n - (n-1)/n``.
+  samples), its KL the model's log-ratio plus ``log n - (n-1)/n``, and ``proxy_reward`` (with
+  ``_se``) the chooser's mean score of the chosen samples on the test split (Gao et al.'s
+  proxy curve).
 
 Every figure comes with its standard error over prompts (the K samples of a prompt are not
 independent draws of the prompt distribution, so the prompt is the unit): the per-prompt means'
@@ -47,6 +49,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from prefopt.eval.compare import standard_error
 from prefopt.eval.diversity import (
     NgramSpace,
     across_input_diversity,
@@ -152,8 +155,13 @@ def gold_evaluation(
                 policy, tokenizer, prompts, replace(cfg, samples_per_prompt=cfg.samples_per_prompt
                 * best_of), device, seed, max_prompt_length,
             )  # fmt: skip
-            scores = best_of_scorer.score(many.flat_prompts, many.flat_completions)
-            pol = best_of_n(many, torch.as_tensor(scores), best_of)
+            scores = torch.as_tensor(best_of_scorer.score(many.flat_prompts,
+                                                          many.flat_completions))  # fmt: skip
+            pol = best_of_n(many, scores, best_of)
+            # the proxy reward of the selection (Gao et al.'s proxy curve): per prompt, the mean
+            # over its K reported samples of the chooser's best score among n
+            chosen = scores.double().reshape(len(prompts), -1, best_of).max(dim=-1).values
+            proxy = chosen.mean(dim=1)
         else:
             pol = generate(policy, tokenizer, prompts, cfg, device, seed, max_prompt_length)
         shown.update(2 * number + 1, f"{split}: policy sampled")
@@ -169,6 +177,10 @@ def gold_evaluation(
         ref_stats = sample_stats(world, ref, vocab, space)
         shown.update(2 * number + 2, f"{split}: reference sampled, scored")
         table[split] = split_summary(pol_stats, ref_stats, world.objective_names)
+        if best_of > 1:
+            table[split].update(
+                proxy_reward=float(proxy.mean()), proxy_reward_se=standard_error(proxy)
+            )
         table[split]["example"] = (pol.prompts[0], pol.completions[0][0])
         table[split]["samples"] = sample_pairs(pol, ref, pol_stats, ref_stats)
         if split in ("test", "ood"):
@@ -214,6 +226,8 @@ def gold_evaluation(
         results["kl_note"] = "samples not drawn at temperature 1 without truncation: kl is biased"
     if best_of > 1:
         results["best_of_n"] = best_of
+        results["proxy_reward"] = test["proxy_reward"]
+        results["proxy_reward_se"] = test["proxy_reward_se"]
         results["kl_note"] = (
             f"best-of-{best_of}: kl adds the analytic KL of the selection to the policy it "
             f"filters, log n - (n-1)/n = {best_of_n_kl(best_of):.3f} (an upper bound, Beirami "

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.data.collate import causal_mask, lay_shared_prefix
 from prefopt.models.logps import attention_layout, takes_logits_to_keep, token_logps
+from prefopt.models.penalties import sampling_processors
 from prefopt.models.quiet import without_log_messages
 
 
@@ -149,8 +150,9 @@ def generate(
 ) -> Samples:
     """Sample ``cfg.samples_per_prompt`` completions per prompt in batches of
     ``cfg.batch_size`` sequences (``temperature``, ``top_k``, ``top_p``, ``max_new_tokens``;
-    stop at EOS). Each batch is seeded with ``seed + its first prompt's index``, so a set of
-    prompts always gets the same samples from the same model."""
+    stop at EOS; ``presence_penalty`` / ``frequency_penalty`` when ``cfg`` has them,
+    :mod:`prefopt.models.penalties`). Each batch is seeded with ``seed + its first prompt's
+    index``, so a set of prompts always gets the same samples from the same model."""
     examples = tokenize_prompts(
         [{"prompt": p} for p in prompts], tokenizer, max_prompt_length=max_prompt_length
     )
@@ -213,6 +215,20 @@ def _generate_batch(
         prefilled = {"cache": cache}
     else:
         k_rows = k
+    sampling: dict[str, Any] = {
+        "temperature": cfg.temperature, "top_k": cfg.top_k or None, "top_p": cfg.top_p,
+    }  # fmt: skip
+    chain = sampling_processors(cfg, ids.shape[1])
+    if chain is not None:  # presence / frequency penalties: the whole chain in vLLM's order
+        if with_logps:
+            raise ValueError(
+                "presence / frequency penalties change the sampled distribution: its "
+                "log-probabilities are not those of logits / temperature"
+            )
+        from transformers import LogitsProcessorList
+
+        sampling = {"logits_processor": LogitsProcessorList(chain), "temperature": 1.0,
+                    "top_k": None, "top_p": 1.0}  # fmt: skip
     torch.manual_seed(seed)
     # a transformers model or a PeftModel: both have generate(), which nn.Module lacks
     out = cast(Any, model).generate(
@@ -220,9 +236,7 @@ def _generate_batch(
         attention_mask=mask,
         **prefilled,
         do_sample=True,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k or None,
-        top_p=cfg.top_p,
+        **sampling,
         max_new_tokens=cfg.max_new_tokens,
         num_return_sequences=k_rows,
         pad_token_id=tokenizer.pad_token_id,

@@ -46,6 +46,8 @@ SUMMARY = "summary.json"
 LATER_SETTINGS: dict[str, dict[str, Any]] = {
     "eval": {"shifts": [], "best_of_n": 1, "embedding_model": None, "nli_model": None},
     "rollout": {"logps_from_generation": False},
+    "reward": {"ensemble": "mean", "ensemble_coef": 0.5},
+    "data": {"label_noise": 0.0},
 }
 
 

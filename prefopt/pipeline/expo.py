@@ -6,7 +6,8 @@ ExPO's one hyperparameter, the extrapolation strength alpha in
 each alpha of a grid, sample completions on held-out prompts, score them with a reward model
 (here any scorer: a trained reward model, or the synthetic world's gold reward), and keep the
 alpha with the highest mean score. The authors sampled at temperature 0.7, top-k 50, top-p 0.9
-(:data:`PAPER_SAMPLING`); the sampling settings here are the caller's ``gen_cfg``.
+with presence and frequency penalties 0.1 (:data:`PAPER_SAMPLING`,
+:mod:`prefopt.models.penalties`); the sampling settings here are the caller's ``gen_cfg``.
 
 Additions to the paper, for telling a real gain from noise on a small prompt set: the grid
 always contains alpha = 0 (the aligned model itself); every alpha samples with the same seed,
@@ -46,8 +47,15 @@ from prefopt.models.loading import save_model
 if TYPE_CHECKING:
     from prefopt.rewards.scorers import Scorer
 
-#: the sampling settings the authors used to select alpha (ALGORITHMS.md section 7)
-PAPER_SAMPLING = {"temperature": 0.7, "top_k": 50, "top_p": 0.9}
+#: the sampling settings the authors used to select alpha (ALGORITHMS.md section 7; vLLM's
+#: SamplingParams in chujiezheng/LLM-Extrapolation, generate_ultrafeedback.py)
+PAPER_SAMPLING = {
+    "temperature": 0.7,
+    "top_k": 50,
+    "top_p": 0.9,
+    "presence_penalty": 0.1,
+    "frequency_penalty": 0.1,
+}
 
 CURVE_COLUMNS = ("alpha", "mean", "se", "diff_vs_0", "diff_se")
 GENERATION_FIELDS = (
@@ -56,6 +64,8 @@ GENERATION_FIELDS = (
     "temperature",
     "top_k",
     "top_p",
+    "presence_penalty",
+    "frequency_penalty",
     "batch_size",
 )
 
@@ -78,7 +88,8 @@ def alpha_search(
 
     ``gen_cfg`` has the fields of :class:`prefopt.config.EvalConfig` that sampling uses
     (``samples_per_prompt``, ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``,
-    ``batch_size``); ``scorer`` is anything with ``score(prompts, completions) -> [N]``.
+    ``batch_size``; optionally ``presence_penalty``, ``frequency_penalty``); ``scorer`` is
+    anything with ``score(prompts, completions) -> [N]``.
 
     Writes into ``out_dir``: ``expo_curve.csv`` (one row per alpha: ``alpha, mean, se,
     diff_vs_0, diff_se``), ``expo_curve.png`` (when matplotlib imports), ``expo.json`` (the

@@ -104,14 +104,22 @@ class ExpoSettings:
     sft: str = "world:sft"
     aligned: str = ""
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 1.0, 2.0])
-    scorer: str = "world"  # the gold reward on the world; or a reward model
-    world: WorldConfig = field(default_factory=WorldConfig)  # whose held-out prompts are used
+    # "world": the gold reward (prefopt's first reading: selection by the final metric);
+    # "world:rm": the world's learned reward model, a proxy (the authors': a separate RM)
+    scorer: str = "world"
+    world: WorldConfig = field(default_factory=WorldConfig)  # whose prompts are used
+    # "train": prompts of the training pairs; "heldout": prompts of the world's test pairs that
+    # are not evaluation prompts (the authors: held-out prompts, UltraFeedback's test_gen)
+    prompts: str = "train"
     n_prompts: int = 256
     samples_per_prompt: int = 2
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # vLLM / OpenAI penalties (prefopt/models/penalties.py); the authors: 0.1 and 0.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     batch_size: int = 64
     max_prompt_length: int = 48
 
@@ -128,6 +136,7 @@ class ReportSettings:
 
 
 SETTINGS = {"split": SplitSettings, "expo": ExpoSettings}
+EXPO_PROMPTS = ("train", "heldout")
 
 
 @dataclass
@@ -386,6 +395,10 @@ def _plain_settings(name: str, kind: str, node: DictConfig) -> Any:
         raise ConfigError([f"stages.{name}.mode: {settings.mode!r} is not absolute or quantile"])
     if kind == "expo" and not settings.aligned:
         raise ConfigError([f"stages.{name}.aligned: the aligned model is required"])
+    if kind == "expo" and settings.prompts not in EXPO_PROMPTS:
+        raise ConfigError(
+            [f"stages.{name}.prompts: {settings.prompts!r} is not one of {', '.join(EXPO_PROMPTS)}"]
+        )
     return settings
 
 
@@ -572,16 +585,23 @@ def run_expo(cfg: ExpoSettings, folder: Path) -> dict[str, Any]:
     from prefopt.world import build_world
 
     world = build_world(cfg.world, cache_dir=cache_dir())
-    # alpha is chosen on prompts of the training pairs, never on the evaluation prompts that a
-    # report compares the chosen model on (no selection bias in the reported gold)
-    seen = dict.fromkeys(r["prompt"] for r in world.preference_records("train"))
-    prompts = list(seen)[: cfg.n_prompts]
+    prompts = expo_prompts(world, cfg.prompts, cfg.n_prompts)
     sft = _model_path(cfg.sft, cfg.world)
     aligned = _model_path(cfg.aligned, cfg.world)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return alpha_search(
         sft, aligned, cfg.alphas, _scorer(cfg.scorer, cfg.world), prompts, cfg, device, folder,
     )  # fmt: skip
+
+
+def expo_prompts(world: Any, which: str, n: int) -> list[str]:
+    """The first ``n`` distinct prompts ExPO chooses alpha on: of the training pairs
+    (``train``) or of the world's test pairs (``heldout``), never an evaluation prompt that a
+    report compares the chosen model on (no selection bias in the reported gold)."""
+    split = {"train": "train", "heldout": "test"}[which]
+    evaluated = set(world.eval_prompts("test")) | set(world.eval_prompts("ood"))
+    seen = dict.fromkeys(r["prompt"] for r in world.preference_records(split))
+    return [p for p in seen if p not in evaluated][:n]
 
 
 def _model_path(spec: str, world_cfg: WorldConfig) -> str:

@@ -220,7 +220,9 @@ class OnlineTrainer(PolicyTrainer):
 
         path = self._resolve(spec, key)
         try:
-            return load_scorer(path, device=str(self.device))
+            reward = self.recipe.reward  # an ensemble "A,B": reward.ensemble combines them
+            return load_scorer(path, device=str(self.device), ensemble_mode=reward.ensemble,
+                               ensemble_coef=reward.ensemble_coef)  # fmt: skip
         except (OSError, ValueError) as exc:
             raise TrainingError(f"{key}: cannot load {spec!r}: {exc}") from exc
 

@@ -69,6 +69,11 @@ class PolicyTrainer(Trainer):
         self._collator = self.make_collator()
         self.bad_rows = BadRows()
         records, eval_records = self.load_data()
+        flipped = 0
+        if recipe.data.label_noise and self.data_kind == "preference":
+            from prefopt.data.noise import flip_labels  # Coste et al.'s label noise
+
+            records, flipped = flip_labels(records, recipe.data.label_noise, recipe.seed)
         self.check_known_tokens(records, eval_records)
         self.train_examples = self._indexed(self.tokenize(records), "train")
         self.eval_examples = (
@@ -78,6 +83,7 @@ class PolicyTrainer(Trainer):
             "train_examples": len(self.train_examples),
             "eval_examples": len(self.eval_examples),
             "bad_rows": self.bad_rows.as_dict(),
+            "labels_flipped": flipped,
         }
         if self.bad_rows.noteworthy and self.is_main:
             print(self.bad_rows.report())
@@ -320,8 +326,11 @@ class PolicyTrainer(Trainer):
         if self.recipe.eval.best_of_n > 1:  # best-of-n: reward.scorer picks among n samples
             from prefopt.rewards.scorers import load_scorer
 
-            spec = self.recipe.reward.scorer
-            chooser = self.world if spec == "world" else load_scorer(spec, device=str(self.device))
+            reward = self.recipe.reward
+            chooser = self.world if reward.scorer == "world" else load_scorer(
+                reward.scorer, device=str(self.device), ensemble_mode=reward.ensemble,
+                ensemble_coef=reward.ensemble_coef,
+            )  # fmt: skip
         # a sharded policy (FSDP, ZeRO-3) holds its full weights while it samples
         with engines.full_weights_for_generation(self.unwrapped()):
             results = gold_evaluation(
