@@ -17,8 +17,8 @@ recipes | train | eval | plot | ablate`` and ``make train | ablate`` on shipped 
 ``runs/<recipe>-<stamp>`` standing for the run an earlier command of the same block made.
 ``test_every_shell_block_is_run_or_explicitly_skipped`` (in ``make test``) checks the
 classification; the transcripts run in ``make test`` too (each fails before a model loads);
-the runnable blocks run at tiny size in the slow suite (``make test-slow``), all sharing one
-cache (one tiny world), in a temporary working directory.
+the runnable blocks run at tiny size in ``make test`` too (CI), all sharing one cache (one tiny
+world), in a temporary working directory.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def test_a_transcripts_command_prints_what_the_docs_show(
             position = found + len(piece.strip())
 
 
-@pytest.mark.slow  # every runnable block at tiny size: a few minutes
+# every runnable block at tiny size, in CI's `make test`: about 4 CPU-minutes on 2 free cores
 @pytest.mark.parametrize(
     "block", [b for b in shell_blocks() if b.note != "transcript"], ids=lambda b: b.where
 )
