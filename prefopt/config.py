@@ -559,17 +559,10 @@ def _attribute_problems(obj: Any, prefix: str = "") -> list[str]:
     Python type the field's annotation does not admit, by full key."""
     problems: list[str] = []
     names = [f.name for f in dataclasses.fields(obj)]
-    where = prefix.rstrip(".") or "the top level"
-    for attribute in vars(obj):
-        if attribute not in names:
-            close = difflib.get_close_matches(attribute, names, n=3, cutoff=0.6)
-            hint = (
-                f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
-            )
-            problems.append(
-                f"unknown key {prefix + attribute!r}{hint} (valid keys under {where}: "
-                f"{', '.join(names)})"
-            )
+    unknown = [attribute for attribute in vars(obj) if attribute not in names]
+    if unknown:  # the message a YAML key gets (suggestions among the section's keys)
+        schema = OmegaConf.structured(type(obj))
+        problems += [_unknown_key(prefix + a, a, schema, prefix, []) for a in unknown]
     hints = typing.get_type_hints(type(obj))
     for name in names:
         value, key = getattr(obj, name), prefix + name
