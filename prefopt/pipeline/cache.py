@@ -45,9 +45,39 @@ SUMMARY = "summary.json"
 #: option does not orphan every cached stage (a changed value is in the identity as usual).
 LATER_SETTINGS: dict[str, dict[str, Any]] = {
     "eval": {"shifts": [], "best_of_n": 1, "embedding_model": None, "nli_model": None},
-    "rollout": {"logps_from_generation": False},
-    "reward": {"ensemble": "mean", "ensemble_coef": 0.5},
-    "data": {"label_noise": 0.0},
+    "rollout": {
+        "logps_from_generation": False,
+        "dynamic_sampling": False,
+        "dynamic_sampling_tries": 3,
+        "mask_truncated": False,
+    },
+    "reward": {
+        "ensemble": "mean",
+        "ensemble_coef": 0.5,
+        "components": [],
+        "overlong_buffer": None,
+        "overlong_penalty": 1.0,
+    },
+    "data": {
+        "label_noise": 0.0,
+        "unpaired": "rows",
+        "max_field_chars": 1_000_000,
+        "allow_empty_prompt": False,
+    },
+    "trainer": {"project": "prefopt"},
+    "loss": {
+        "f_divergence": "reverse_kl",
+        "f_alpha": 0.5,
+        "ld_alpha": None,
+        "wpo_weighting": False,
+        "per_token": True,  # IPO's per-token log-ratios: what it always used
+    },
+}
+#: Settings renamed after stages were first cached: their new key is written under the old
+#: name in the identity, so the rename alone does not orphan a cached stage. The advantage
+#: section of every recipe had ``grpo_scale: group`` before the estimators owned their config.
+RENAMED_SETTINGS: dict[str, tuple[str, str, Any]] = {
+    "advantage": ("scale_rewards", "grpo_scale", "group"),
 }
 
 
@@ -63,8 +93,11 @@ def stage_identity(recipe: Recipe) -> str:
     for section, defaults in LATER_SETTINGS.items():
         part = cast(DictConfig, node[section])
         for key, value in defaults.items():
-            if part[key] == value:
+            if key in part and part[key] == value:
                 part.pop(key)
+    for section, (new_key, old_key, old_default) in RENAMED_SETTINGS.items():
+        part = cast(DictConfig, node[section])
+        part[old_key] = part.pop(new_key) if new_key in part else old_default
     # the world's format version is in the key: a world whose generation or gold reward
     # changed must not reuse a model trained on the old one
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"
