@@ -208,14 +208,22 @@ def test_new_eval_settings_at_their_defaults_keep_cached_stage_identities():
     from omegaconf import OmegaConf
 
     from prefopt.config import load_recipe
-    from prefopt.pipeline.cache import LATER_SETTINGS, RUNTIME_ONLY_KEYS, portable, stage_identity
+    from prefopt.pipeline.cache import (
+        LATER_SETTINGS,
+        RENAMED_SETTINGS,
+        RUNTIME_ONLY_KEYS,
+        portable,
+        stage_identity,
+    )
     from prefopt.world.config import WORLD_FORMAT_VERSION
 
     recipe = load_recipe("dpo")
     node = OmegaConf.to_container(OmegaConf.structured(recipe))
     for section, later in LATER_SETTINGS.items():  # the recipe before these settings existed
-        for key in later:
-            del node[section][key]
+        for key in later:  # a loss's own later settings exist only in that loss's section
+            node[section].pop(key, None)
+    for section, (new_key, old_key, old_default) in RENAMED_SETTINGS.items():
+        node[section][old_key] = node[section].pop(new_key, old_default)
     for key in RUNTIME_ONLY_KEYS:  # never part of an identity
         section, name = key.split(".")
         del node[section][name]

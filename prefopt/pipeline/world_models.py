@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from prefopt.config import ConfigError, Recipe, load_recipe
-from prefopt.paths import say
+from prefopt.paths import clock, say
 from prefopt.pipeline.cache import run_in_folder, stage_identity, stages_dir
 from prefopt.registry import get_loss
 from prefopt.world.config import PAIR_ONLY_FIELDS
@@ -54,9 +54,10 @@ def world_model_folder(recipe: Recipe, name: str) -> Path:
     return stages_dir() / f"{staged.name}-{stage_identity(name_folders(staged))}"
 
 
-#: rough build times on 2 free CPU cores at the shipped sizes (the `sft` and `rm` recipes'
-#: runs; a loaded machine takes several times longer): said before a build starts
-BUILD_MINUTES = {"sft": 2, "rm": 12}
+#: rough build times in seconds on 2 free CPU cores at the shipped sizes (sft: measured 10 s
+#: for its 300 steps, plus the world's generation; rm: the `rm` recipe's 12 CPU-minutes; a
+#: loaded machine takes several times longer): said before a build starts
+BUILD_SECONDS = {"sft": 20, "rm": 720}
 WHAT = {"sft": "SFT policy", "rm": "Bradley-Terry reward model"}
 
 
@@ -78,12 +79,12 @@ def world_model(recipe: Recipe, name: str, needed_by: str = "") -> Path:
 def build_notice(name: str, staged: Recipe, folder: Path, needed_by: str) -> str:
     stage = WORLD_MODEL_STAGES[name]
     steps, full = staged.trainer.max_steps, load_recipe(stage).trainer.max_steps
-    minutes = max(1, round(BUILD_MINUTES[stage] * steps / max(1, full)))
+    seconds = BUILD_SECONDS[stage] * steps / max(1, full)
     why = f" for {needed_by}" if needed_by else ""
     resumed = " (resuming its checkpoint)" if any(folder.glob("checkpoint-*")) else ""
     return (
         f"building {name}{why}: the world's {WHAT[stage]} (the `{stage}` recipe, {steps} steps, "
-        f"roughly {minutes} min on 2 free CPU cores){resumed}. It is trained once and cached in "
+        f"roughly {clock(seconds)} on 2 free CPU cores){resumed}. It is trained once and cached in "
         f"{folder}; later runs on this world reuse it. Ctrl-C keeps its last checkpoint: the "
         "same command resumes it."
     )
