@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -144,7 +146,20 @@ def check_same_run(run_dir: Path, recipe: Recipe, resume: str) -> None:
             f"resume: the run's stored recipe {stored_file} no longer loads ({exc.problems[0]}); "
             "continue it with the prefopt version that wrote it, or start a new output_dir"
         ) from None
-    differences = recipe_differences(stored, recipe, RESUMABLE_CHANGES)
+    allowed: tuple[str, ...] = RESUMABLE_CHANGES
+    before, now = _checkpoint_processes(source), int(os.environ.get("WORLD_SIZE", "1") or 1)
+    same_batch = _global_batch(stored, before) == _global_batch(recipe, now)
+    if same_batch:
+        # another process count with the per-process batch scaled to keep the global batch
+        # (2 processes x 4 resumed as 1 x 8): the same trajectory (docs/scaling.md)
+        allowed = (*allowed, "trainer.batch_size", "trainer.grad_accum")
+    differences = recipe_differences(stored, recipe, allowed)
+    if not same_batch and before != now:
+        differences.append(
+            f"global batch (trainer.batch_size x grad_accum x processes): "
+            f"{_global_batch(stored, before)} over {before} process(es) -> "
+            f"{_global_batch(recipe, now)} over {now}"
+        )
     if differences:
         shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
         raise TrainingError(
@@ -153,3 +168,21 @@ def check_same_run(run_dir: Path, recipe: Recipe, resume: str) -> None:
             f"its own recipe (prefopt train {stored_file} resume=auto output_dir="
             f"{stored_file.parent}), or train this one in another output_dir"
         )
+
+
+def _global_batch(recipe: Recipe, processes: int) -> int:
+    return recipe.trainer.batch_size * recipe.trainer.grad_accum * processes
+
+
+def _checkpoint_processes(source: Path) -> int:
+    """How many processes wrote the checkpoint a resume from ``source`` (a run folder or a
+    checkpoint) would continue: its ``trainer_state.json`` says so (1 when it does not)."""
+    from prefopt.trainers.base import list_checkpoints
+
+    states = [source / "trainer_state.json"] if (source / "trainer_state.json").is_file() else [
+        c / "trainer_state.json" for c in list_checkpoints(source)[-1:]
+    ]  # fmt: skip
+    try:
+        return int(json.loads(states[0].read_text()).get("processes", 1)) if states else 1
+    except (OSError, ValueError, AttributeError):
+        return 1  # an unreadable checkpoint is reported by the trainer's own checks

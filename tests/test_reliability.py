@@ -3,13 +3,14 @@ the run stored in its folder, and a recipe edited in Python is checked as strict
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 
 import pytest
 
-from prefopt.config import ConfigError, load_recipe, validate_recipe
+from prefopt.config import ConfigError, load_recipe, save_recipe, validate_recipe
 from prefopt.pipeline.run import train
 from prefopt.trainers.base import TrainingError
 from tests.conftest import REPO, TINY, read_metrics, tiny_recipe
@@ -131,6 +132,33 @@ def test_resume_allows_what_resuming_changes_and_names_anything_else(tmp_path):
         )  # fmt: skip
     )
     assert summary["steps"] == 4
+
+
+def test_resume_on_another_process_count_may_scale_the_batch_to_keep_the_global_batch(
+    tmp_path, monkeypatch
+):
+    """A checkpoint written by 2 processes with 4 rows each resumes in one process with 8 (the
+    same global batch: docs/scaling.md's engine moves); any other batch is another run, and the
+    message says what the global batch was and would be."""
+    from prefopt.train import check_same_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stored = tiny_recipe("dpo", run, *DPO, "trainer.batch_size=4")
+    save_recipe(stored, run / "recipe.yaml")
+    checkpoint = run / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2, "processes": 2}))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_same_run(run, tiny_recipe("dpo", run, *DPO, "trainer.batch_size=8"), "auto")
+    check_same_run(run, tiny_recipe("dpo", run, *DPO, "trainer.batch_size=4",
+                                    "trainer.grad_accum=2"), str(checkpoint))  # fmt: skip
+    with pytest.raises(TrainingError, match=r"global batch .*: 8 over 2 process\(es\) -> 4 over 1"):
+        check_same_run(run, tiny_recipe("dpo", run, *DPO, "trainer.batch_size=4"), "auto")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the same process count: the batch is the run's
+    check_same_run(run, tiny_recipe("dpo", run, *DPO, "trainer.batch_size=4"), "auto")
+    with pytest.raises(TrainingError, match=r"trainer\.batch_size: 4 -> 8"):
+        check_same_run(run, tiny_recipe("dpo", run, *DPO, "trainer.batch_size=8"), "auto")
 
 
 def test_a_recipe_edited_in_python_is_checked_as_strictly_as_yaml():

@@ -385,3 +385,37 @@ def test_kill_9_inside_a_checkpoint_write_keeps_the_previous_one_resumable(tmp_p
     resumed = losses(run)
     assert summary["steps"] == 6 and not unfinished.exists()
     assert [resumed[s] for s in range(1, 7)] == [straight[s] for s in range(1, 7)]
+
+
+def test_each_process_resumes_its_own_random_streams_when_the_process_count_matches(tmp_path):
+    """A checkpoint written by 2 processes holds rank 0's RNG states in state.pt and rank 1's in
+    rng-1.pt (as accelerate's random_states_<rank>): under 2 processes rank 1 continues its own
+    streams; with another process count, or without the file, every rank takes rank 0's."""
+    from types import SimpleNamespace
+
+    from prefopt.trainers.base import Trainer, _rng_state
+
+    torch.manual_seed(0)
+    rank0 = _rng_state()
+    torch.manual_seed(1)
+    rank1 = _rng_state()
+    assert not torch.equal(rank0["torch"], rank1["torch"])
+    path = tmp_path / "checkpoint-6"
+    path.mkdir()
+    (path / "trainer_state.json").write_text(json.dumps({"step": 6, "processes": 2}))
+    torch.save(rank1, path / "rng-1.pt")
+    state = {"rng": rank0}
+
+    def rng_for(rank: int, processes: int) -> dict:
+        fake = SimpleNamespace(
+            accelerator=SimpleNamespace(process_index=rank, num_processes=processes)
+        )
+        return Trainer._process_rng(fake, path, state)  # type: ignore[arg-type]
+
+    assert torch.equal(rng_for(1, 2)["torch"], rank1["torch"])
+    assert rng_for(1, 2)["python"] == rank1["python"]
+    assert torch.equal(rng_for(0, 2)["torch"], rank0["torch"])
+    assert torch.equal(rng_for(1, 3)["torch"], rank0["torch"])  # another process count
+    assert torch.equal(rng_for(0, 1)["torch"], rank0["torch"])
+    (path / "rng-1.pt").unlink()
+    assert torch.equal(rng_for(1, 2)["torch"], rank0["torch"])  # a one-process layout

@@ -430,6 +430,10 @@ class Trainer:
         elif sharded:  # every process takes part in the gathering; rank 0 receives it
             weights = engines.full_model_state(model)
             optimizer_state = engines.full_optimizer_state(model, self.optimizer.optimizer)
+        if not self.is_main:  # every other process's own random streams, beside rank 0's
+            rank = self.accelerator.process_index
+            torch.save(rng if rng is not None else _rng_state(), tmp / f"rng-{rank}.pt")
+        self.accelerator.wait_for_everyone()
         if self.is_main:
             self._write_checkpoint(tmp, model, rng, weights, optimizer_state, layout)
             os.replace(tmp, final)  # atomic on POSIX: the folder appears complete or not at all
@@ -601,13 +605,27 @@ class Trainer:
                         params[name].copy_(value)
                 self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(self._process_rng(path, state))
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state.get("extra", {}))
         self.step = int(step)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
+
+    def _process_rng(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """This process's random states: its own file when the checkpoint was written by as
+        many processes as run now (``rng-<rank>.pt``; rank 0's are in ``state.pt``), else rank
+        0's, on every process (a different process count cannot continue per-rank streams)."""
+        rank = self.accelerator.process_index
+        own = path / f"rng-{rank}.pt"
+        written_by = json.loads((path / "trainer_state.json").read_text()).get("processes", 1)
+        if rank == 0 or written_by != self.accelerator.num_processes or not own.exists():
+            return state["rng"]
+        try:
+            return torch.load(own, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged file: name it
+            raise TrainingError(f"checkpoint {path}: {own.name} is unreadable ({exc})") from exc
 
 
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, cfg: Any) -> Any:
