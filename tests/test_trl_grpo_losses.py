@@ -5,7 +5,8 @@ trainer (`object.__new__`, only the attributes that method reads; the accelerato
 one-process stand-in) whose log-prob forward returns the given per-token log-probs, so every
 line of TRL's loss (ratio, clipping, SAPO's gate, CISPO's weight, the aggregation of each
 ``loss_type``) is TRL's. For each TRL ``loss_type`` (and GSPO: ``importance_sampling_level=
-"sequence"``; two-sided clipping: ``delta``; LUSPO, which is GSPO with ``loss.aggregate:
+"sequence"``; two-sided clipping: ``delta``; VESPO's gamma kernel at TRL's defaults and at a
+wider one; LUSPO, which is GSPO with ``loss.aggregate:
 constant`` and ``loss.constant: 1``) the loss and its gradient with respect to the
 log-probs equal prefopt's to fp32 rounding. No training, no model.
 """
@@ -61,6 +62,10 @@ def trl_loss(loss_type, logps, old, advantages, mask, *, level="token", **args):
             use_bias_correction_kl=False,
             sapo_temperature_pos=1.0,
             sapo_temperature_neg=1.05,
+            vespo_k_pos=args.pop("vespo_k_pos", 2.0),
+            vespo_lambda_pos=args.pop("vespo_lambda_pos", 3.0),
+            vespo_k_neg=args.pop("vespo_k_neg", 3.0),
+            vespo_lambda_neg=args.pop("vespo_lambda_neg", 2.0),
             steps_per_generation=1,
         ),
     }
@@ -126,6 +131,12 @@ CASES = {
     "cispo": (("cispo", {"epsilon_high": 1.2}), ("cispo", {"ratio_max": 1.2})),
     "cispo_default": (("cispo", {"epsilon_high": 5.0}), ("cispo", {})),
     "sapo": (("sapo", {}), ("sapo", {})),
+    "vespo": (("vespo", {}), ("vespo", {})),
+    # a flatter kernel: seed 1's sequence with W = 6.8 keeps phi 0.26 (0 at TRL's defaults)
+    "vespo_wide": (
+        ("vespo", {"vespo_k_pos": 0.5, "vespo_lambda_pos": 0.4, "vespo_k_neg": 0.3}),
+        ("vespo", {"k_pos": 0.5, "lambda_pos": 0.4, "k_neg": 0.3}),
+    ),
 }
 
 

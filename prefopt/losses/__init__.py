@@ -22,6 +22,7 @@ from prefopt.losses import (  # noqa: F401  (registration side effects)
     reward,
     sapo,
     sft,
+    vespo,
 )
 from prefopt.losses.base import LossConfig, LossOutput, PairLogps
 from prefopt.losses.dpo import DPOConfig, PairwiseLoss

@@ -6,7 +6,7 @@ a module registers its estimator in `prefopt.registry.ADVANTAGES` with its confi
 prompt. A new estimator is one module here (config + class + the registration) and its test.
 """
 
-from prefopt.rl.estimators import gae, gdpo, grpo, reinforce_pp, rloo  # noqa: F401
+from prefopt.rl.estimators import bnpo, gae, gdpo, grpo, reinforce_pp, rloo  # noqa: F401
 from prefopt.rl.estimators.base import AdvantageConfig, AdvantageEstimator
 
 __all__ = ["AdvantageConfig", "AdvantageEstimator"]
