@@ -46,11 +46,11 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
+from prefopt.models.engines import RolloutEngine, build_engine, open_engine
 from prefopt.models.generation import (
     Samples,
     check_special_tokens,
     concat_samples,
-    generate,
     pad_columns,
     position_ids,
     rollout_token_logps,
@@ -120,6 +120,10 @@ class OnlineTrainer(PolicyTrainer):
                 "(world:sft on the world)"
             )
         self.scorer = self.build_scorer()
+        # the rollout engine (rollout.engine), built at the first rollout; stale: the policy's
+        # weights changed since it last had them (an optimiser step, a resume)
+        self._engine: RolloutEngine | None = None
+        self._engine_stale = False
         self.critic: ValueModel | None = None
         self.value_head: SharedValueHead | None = None
         if self.estimator_entry.needs_critic and not self.for_eval:
@@ -313,17 +317,13 @@ class OnlineTrainer(PolicyTrainer):
     def sample(
         self, model: nn.Module, prompts: list[str], seed: int, with_logps: bool = False
     ) -> Samples:
+        """Samples of ``model`` (e.g. the reference, for reward normalisation) with an engine
+        ``rollout.engine`` builds for this one call; the policy's rollouts use the run's own
+        engine (:meth:`sample_rollout`)."""
         r = self.recipe.rollout
-        return generate(
-            model,
-            self.tokenizer,
-            prompts,
-            r,
-            self.device,
-            seed=seed,
-            max_prompt_length=self.recipe.data.max_prompt_length,
-            with_logps=with_logps,
-        )
+        with open_engine(model, self.tokenizer, self.device, r.engine) as engine:
+            length = self.recipe.data.max_prompt_length
+            return engine.sample(prompts, r, seed, max_prompt_length=length, with_logps=with_logps)
 
     def reward_terms(self, samples: Samples) -> Tensor:
         """[R, M] each reward's own scores of the decoded completions (M = 1: the scorer's); a
@@ -418,19 +418,54 @@ class OnlineTrainer(PolicyTrainer):
         metrics.update(self.rollout_metrics(rollout, samples, scored))
         return rollout, samples, metrics
 
+    @property
+    def old_logps_from_engine(self) -> bool:
+        """The old log-probs are the engine's (``rollout.logps_from_generation``; not with a
+        shared value head, whose values need the trainer's forward anyway)."""
+        return self.recipe.rollout.logps_from_generation and self.value_head is None
+
     def sample_rollout(self, prompts: list[str], seed: int) -> Samples:
-        """``rollout.samples_per_prompt`` completions of each prompt from the current policy:
-        the one place the online trainer samples (a sharded policy, FSDP or ZeRO-3, holds its
-        full weights while it does)."""
-        cfg = self.recipe
+        """``rollout.samples_per_prompt`` completions of each prompt from the current policy
+        with the run's engine (``rollout.engine``, built once): the one place the online
+        trainer samples (a sharded policy, FSDP or ZeRO-3, holds its full weights while it
+        does, so an engine that copies them gets them whole)."""
+        cfg = self.recipe.rollout
         policy = self.unwrapped()
-        # the sampling log-probs from generate's own logits (rollout.logps_from_generation)
-        from_generation = cfg.rollout.logps_from_generation and self.value_head is None
+        with_logps = self.old_logps_from_engine
         with (
-            engines.full_weights_for_generation(policy, cfg.rollout.gather_zero3_weights),
+            engines.full_weights_for_generation(policy, cfg.gather_zero3_weights),
             self.accelerator.autocast(),
         ):
-            return self.sample(policy, prompts, seed=seed, with_logps=from_generation)
+            engine = self.rollout_engine(policy)
+            length = self.recipe.data.max_prompt_length
+            samples = engine.sample(
+                prompts, cfg, seed, max_prompt_length=length, with_logps=with_logps
+            )
+            if cfg.engine.sleep:
+                engine.sleep()
+            return samples
+
+    def rollout_engine(self, policy: nn.Module) -> RolloutEngine:
+        """The run's engine, built at the first rollout and given the policy's weights whenever
+        they changed since (after the previous batch's optimiser steps, after a resume):
+        syncing before a rollout rather than after each of the batch's optimiser steps gives
+        the engine the same weights for every rollout with one copy instead of several."""
+        if self._engine is None:
+            self._engine = build_engine(
+                policy, self.tokenizer, self.device, self.recipe.rollout.engine
+            )
+        else:
+            if self.recipe.rollout.engine.sleep:
+                self._engine.wake_up()
+            if self._engine_stale:
+                self._engine.sync_weights(policy)
+        self._engine_stale = False
+        return self._engine
+
+    def close_rollout_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def sample_and_score(self, prompts: list[str]) -> tuple[Samples, Scored, dict[str, float]]:
         """Samples of ``prompts`` and their scores. With ``rollout.dynamic_sampling`` (DAPO,
@@ -502,8 +537,11 @@ class OnlineTrainer(PolicyTrainer):
         mask = samples.completion_mask.to(device)[:, 1:].float()  # [R, T-1]: token t+1's mask
         # completions start after the prompt block: no logits at the prompt's positions
         first = max(samples.prompt_width - 1, 0)
-        if samples.logps is not None:
-            old_logps, old_values = samples.logps.to(device), None
+        engine_logps = samples.logps.to(device) if samples.logps is not None else None
+        from_engine = engine_logps is not None and self.old_logps_from_engine
+        old_values: Tensor | None = None
+        if engine_logps is not None and from_engine:
+            old_logps = engine_logps
         else:  # with a shared value head its values come with the same forward
             old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
         # the reference and the critic run under the same autocast as the policy: otherwise a
@@ -698,6 +736,7 @@ class OnlineTrainer(PolicyTrainer):
         self.accelerator.backward(loss)
         metrics["objective/entropy"] = float(masked_mean(self._last_entropy, mask))
         norm = self._optimizer_step(schedule=False)
+        self._engine_stale = True  # the engine samples these weights at the next rollout
         if norm is not None:
             metrics["grad_norm"] = norm
         metrics["loss"] = float(loss.detach())
@@ -745,6 +784,7 @@ class OnlineTrainer(PolicyTrainer):
         return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._engine_stale = True  # resumed weights: the engine takes them at the next rollout
         if "kl_controller" not in state:
             raise TrainingError("the checkpoint has no KL controller state: not an online run")
         self.kl_ctl.load_state_dict(state["kl_controller"])
@@ -763,7 +803,14 @@ class OnlineTrainer(PolicyTrainer):
 
     # ---------------------------------------------------------------- outputs
 
+    def train(self) -> dict[str, Any]:
+        try:
+            return super().train()
+        finally:
+            self.close_rollout_engine()
+
     def final_evaluation(self) -> dict[str, Any]:
+        self.close_rollout_engine()  # the evaluation samples with eval.engine: free this one
         results = super().final_evaluation()
         if self.world is not None and self.recipe.eval.enabled:
             from prefopt.eval.pm import pm_divergence
