@@ -326,6 +326,11 @@ class RolloutConfig:
     logps_from_generation: bool = False
     # what samples the rollouts (docs/engines.md); hf: transformers' generate on the live policy
     engine: EngineSettings = field(default_factory=EngineSettings)
+    # truncated importance sampling (verl; TRL's vllm_importance_sampling_mode token_truncate):
+    # the engine also returns its sampled tokens' log-probs, the old log-probs are the
+    # trainer's, and each token's policy loss is weighted by min(exp(old - engine), tis_cap),
+    # detached; 0: off. Not with logps_from_generation (then the old log-probs are the engine's)
+    tis_cap: float = 0.0
     # DAPO's dynamic sampling (Yu et al. 2025, arXiv 2503.14476, sec. 3.2, eq. 11): groups
     # whose k rewards are all equal (zero advantage, no gradient) are dropped and more prompts
     # are sampled until the batch is full again, in at most `dynamic_sampling_tries` generation
@@ -1080,7 +1085,7 @@ def _check_online(recipe: Recipe) -> list[str]:
         problems.append(
             f"rollout.dynamic_sampling_tries must be >= 1, got {r.dynamic_sampling_tries}"
         )
-    problems += r.engine.validate("rollout.engine")
+    problems += r.engine.validate("rollout.engine") + _check_tis(recipe)
     problems += _check_reward(recipe.reward, r.max_new_tokens)
     if recipe.trainer.grad_accum != 1:
         problems.append(
@@ -1096,6 +1101,29 @@ def _check_online(recipe: Recipe) -> list[str]:
             "as large: the rest would never be trained on"
         )
     return problems
+
+
+def _check_tis(recipe: Recipe) -> list[str]:
+    """``rollout.tis_cap``: 0 (off) or a cap >= 1 on a per-token policy loss, with the old
+    log-probs recomputed by the trainer."""
+    r = recipe.rollout
+    if r.tis_cap == 0:
+        return []
+    if r.tis_cap < 1:
+        return [
+            f"rollout.tis_cap must be 0 (off) or >= 1, got {r.tis_cap}: a cap below 1 would "
+            "scale down even the tokens where engine and trainer agree (weight 1)"
+        ]
+    if r.logps_from_generation:
+        return [
+            "rollout.tis_cap corrects the old log-probs the trainer recomputes towards the "
+            "engine's; with rollout.logps_from_generation the old log-probs are the engine's "
+            "own and PPO's ratio already corrects against them: set one of the two"
+        ]
+    if not getattr(get_loss(recipe.loss.name).build, "takes_token_weights", False):
+        return [f"rollout.tis_cap weights a per-token policy loss; loss.name "
+                f"{recipe.loss.name} has none"]  # fmt: skip
+    return []
 
 
 def _check_reward(reward: RewardConfig, max_new_tokens: int) -> list[str]:

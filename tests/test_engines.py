@@ -1,10 +1,13 @@
 """Rollout engines (prefopt.models.engines): the hf engine, the registry, bad input, the online
-trainer's engine."""
+trainer's engine log-probs (mismatch metrics, truncated importance sampling)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch.testing import assert_close
 
 from prefopt.config import ConfigError, EngineName, EngineSettings, EvalConfig
 from prefopt.models.engines import (
@@ -17,8 +20,12 @@ from prefopt.models.engines import (
 from prefopt.models.engines.base import RolloutEngine
 from prefopt.models.engines.hf import HFEngine
 from prefopt.models.generation import generate
-from tests.conftest import tiny_recipe
+from prefopt.rl.mismatch import logp_mismatch, truncated_importance_weights
+from tests.conftest import read_metrics, tiny_recipe
 from tests.test_online import ONLINE, online_trainer
+
+# GRPO's groups at tiny size: 4 prompts x 2 samples, one minibatch
+GROUP = ("rollout.samples_per_prompt=2", "trainer.batch_size=4", "loss.minibatch_size=8")
 
 
 def problem(settings, model_cfg):
@@ -152,12 +159,21 @@ def test_the_hf_engine_samples_the_model_it_was_last_given(world_policy):
         ("eval.engine.cpu_memory_utilization=0",
          "eval.engine.cpu_memory_utilization must be in (0, 1], got 0"),
         ("rollout.engine.max_model_len=-1", "rollout.engine.max_model_len must be >= 0"),
+        ("rollout.tis_cap=0.5", "rollout.tis_cap must be 0 (off) or >= 1, got 0.5"),
     ],
 )  # fmt: skip
 def test_a_bad_engine_setting_fails_when_the_recipe_loads(override, message):
     with pytest.raises(ConfigError) as err:
         tiny_recipe("ppo", None, override)
     assert any(message in p for p in err.value.problems), err.value.problems
+
+
+def test_tis_needs_trainer_old_logps_and_a_per_token_loss():
+    with pytest.raises(ConfigError, match="set one of the two"):
+        tiny_recipe("grpo", None, "rollout.tis_cap=2", "rollout.logps_from_generation=true")
+    with pytest.raises(ConfigError, match="loss.name online_dpo has none"):
+        tiny_recipe("online_dpo", None, "rollout.tis_cap=2")
+    assert tiny_recipe("grpo", None, "rollout.tis_cap=2").rollout.tis_cap == 2.0
 
 
 def test_a_missing_engine_fails_before_any_model_loads(tmp_path, monkeypatch):
@@ -189,6 +205,46 @@ def test_a_missing_engine_fails_before_any_model_loads(tmp_path, monkeypatch):
     assert recipe_engine_problems(dpo, online=False) == []
 
 
+# ------------------------------------------------------------------ mismatch and TIS math
+
+
+def test_truncated_importance_weights_by_hand():
+    """trainer - engine = [0, 1, -1.5, 3]: exp -> [1, e, e^-1.5, e^3]; the cap 2 binds on e and
+    e^3; the fourth token is off the mask (weight 1)."""
+    trainer = torch.tensor([[0.0, -1.0, -2.0, -0.5]])
+    engine = torch.tensor([[0.0, -2.0, -0.5, -3.5]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    weights = truncated_importance_weights(trainer, engine, mask, cap=2.0)
+    assert_close(weights, torch.tensor([[1.0, 2.0, math.exp(-1.5), 1.0]]))
+    # mismatch over the mask: |0|, |1|, |-1.5| -> mean 2.5 / 3, max 1.5 (the 3 off the mask)
+    out = logp_mismatch(trainer, engine, mask)
+    assert_close(out["logp_diff_mean"], torch.tensor(2.5 / 3))
+    assert_close(out["logp_diff_max"], torch.tensor(1.5))
+    assert float(logp_mismatch(trainer, engine, torch.zeros_like(mask))["logp_diff_max"]) == 0
+    with pytest.raises(ValueError, match="cap must be >= 1"):
+        truncated_importance_weights(trainer, engine, mask, cap=0.5)
+
+
+def test_token_weights_scale_each_tokens_policy_loss_and_its_gradient():
+    """PPO at ratio 1 (logps = old): the token term is -A; weights [2, 1.5] and A = [1, 2] over
+    2 valid tokens (token_mean): loss (-1*2 - 2*1.5) / 2 = -2.5 (unweighted: -1.5);
+    d loss / d logp_t = -A_t w_t / 2 = [-1, -1.5] (the weights are constants)."""
+    from prefopt.losses.ppo import PPOConfig, PPOLoss
+
+    loss_fn = PPOLoss(PPOConfig())
+    logps = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    old = logps.detach().clone()
+    advantages = torch.tensor([[1.0, 2.0]])
+    mask = torch.ones(1, 2)
+    weights = torch.tensor([[2.0, 1.5]], requires_grad=True)
+    out = loss_fn(logps, old, advantages, mask, token_weights=weights)
+    assert_close(out.loss, torch.tensor(-2.5))
+    out.loss.backward()
+    assert_close(logps.grad, torch.tensor([[-1.0, -1.5]]))
+    assert weights.grad is None
+    assert_close(loss_fn(logps, old, advantages, mask).loss, torch.tensor(-1.5))
+
+
 # ------------------------------------------------------------------ the online trainer
 
 
@@ -209,6 +265,88 @@ def test_the_online_trainer_builds_its_engine_once_and_syncs_it_after_updates(
     assert engine.synced == [trainer.unwrapped()]
     trainer.close_rollout_engine()
     assert engine.closed and trainer._engine is None
+
+
+def test_with_logps_from_generation_the_first_update_measures_the_mismatch(
+    tmp_path, tiny_pretrained
+):
+    """Old log-probs from the engine: the first minibatch's forward (no optimiser step since
+    the rollout) gives the trainer's own log-probs of its rows; the metrics are their distance
+    to the engine's, and only that minibatch reports them."""
+    trainer = online_trainer(tmp_path, tiny_pretrained, "rollout.logps_from_generation=true")
+    rollout, samples, metrics = trainer.make_rollout(
+        [e["prompt"] for e in trainer.train_examples[:8]]
+    )
+    assert rollout.old_from_engine and rollout.mismatch_pending
+    assert "rollout/logp_diff_mean" not in metrics and rollout.tis_weights is None
+    idx = torch.arange(4)
+    with torch.no_grad():
+        own, _ = trainer.policy_forward(
+            rollout.sequences[idx], rollout.attention_mask[idx], grad=False, first=rollout.first
+        )
+    expected = logp_mismatch(own, samples.logps[idx], rollout.mask[idx])
+    first = trainer.update(rollout, idx)
+    assert first["rollout/logp_diff_mean"] == pytest.approx(float(expected["logp_diff_mean"]))
+    assert first["rollout/logp_diff_max"] == pytest.approx(float(expected["logp_diff_max"]))
+    # generate's cached forward against the full one: rounding only
+    assert 0 <= first["rollout/logp_diff_mean"] <= first["rollout/logp_diff_max"] < 1e-4
+    assert "rollout/logp_diff_mean" not in trainer.update(rollout, idx)
+
+
+def test_tis_weights_from_the_engines_logps_reach_the_loss(tmp_path, tiny_pretrained):
+    """rollout.tis_cap = 2: the engine returns its log-probs, the old log-probs stay the
+    trainer's, the weights are min(exp(old - engine), 2) on the mask, and the update's loss is
+    the loss function's with those weights."""
+    overrides = ("rollout.tis_cap=2", *GROUP)
+    trainer = online_trainer(tmp_path, tiny_pretrained, *overrides, recipe="grpo")
+    rollout, samples, metrics = trainer.make_rollout(
+        [e["prompt"] for e in trainer.train_examples[:4]]
+    )
+    assert samples.logps is not None and not rollout.old_from_engine
+    assert rollout.engine_logps is not None and rollout.tis_weights is not None
+    expected = torch.exp(rollout.old_logps - samples.logps).clamp(max=2.0)
+    expected = torch.where(rollout.mask.bool(), expected, torch.ones_like(expected))
+    assert_close(rollout.tis_weights, expected)
+    mismatch = logp_mismatch(rollout.old_logps, samples.logps, rollout.mask)
+    assert metrics["rollout/logp_diff_mean"] == pytest.approx(float(mismatch["logp_diff_mean"]))
+    assert metrics["rollout/logp_diff_max"] == pytest.approx(float(mismatch["logp_diff_max"]))
+    assert metrics["rollout/tis_weight_mean"] == pytest.approx(
+        float(expected[rollout.mask.bool()].mean())
+    )
+    # the weights enter the loss: scaled weights (here x 3, far from 1) scale the policy loss
+    idx = torch.arange(rollout.size)
+    logps, _ = trainer.policy_forward(
+        rollout.sequences, rollout.attention_mask, first=rollout.first
+    )
+    args = (logps, rollout.old_logps, rollout.advantages, rollout.loss_mask)
+    weighted = trainer.loss_fn(*args, token_weights=rollout.tis_weights * 3)
+    plain = trainer.loss_fn(*args, token_weights=rollout.tis_weights)
+    assert_close(weighted.loss, 3 * plain.loss)
+    rollout.tis_weights = rollout.tis_weights * 3
+    assert trainer.update(rollout, idx)["loss/policy"] == pytest.approx(
+        float(weighted.loss.detach())
+    )
+
+
+def test_a_tiny_online_run_logs_the_engine_metrics_it_should(tmp_path, tiny_pretrained):
+    from prefopt.pipeline.run import train
+
+    common = [f"model.name_or_path={tiny_pretrained}", *ONLINE, "trainer.max_steps=2",
+              "trainer.batch_size=4", "rollout.engine.name=hf", "eval.enabled=false"]  # fmt: skip
+    train(tiny_recipe("ppo", tmp_path / "plain", *common))
+    train(tiny_recipe("ppo", tmp_path / "gen", *common, "rollout.logps_from_generation=true"))
+    train(tiny_recipe("grpo", tmp_path / "tis", *common, *GROUP[:1], "rollout.tis_cap=3"))
+    keys = ("rollout/logp_diff_mean", "rollout/logp_diff_max")
+    plain = [m for m in read_metrics(tmp_path / "plain") if "loss" in m]
+    gen = [m for m in read_metrics(tmp_path / "gen") if "loss" in m]
+    tis = [m for m in read_metrics(tmp_path / "tis") if "loss" in m]
+    assert len(plain) == len(gen) == len(tis) == 2
+    assert not any(k in m for m in plain for k in (*keys, "rollout/tis_weight_mean"))
+    for m in gen + tis:
+        assert 0 <= m["rollout/logp_diff_mean"] <= m["rollout/logp_diff_max"] < 1e-4
+    for m in tis:  # hf's engine log-probs are the trainer's up to rounding: weights ~ 1
+        assert m["rollout/tis_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+        assert m["rollout/tis_capped"] == 0.0
 
 
 def test_an_expo_stage_keeps_its_identity_at_the_default_engine():

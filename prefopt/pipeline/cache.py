@@ -56,6 +56,7 @@ LATER_SETTINGS: dict[str, dict[str, Any]] = {
     "rollout": {
         "logps_from_generation": False,
         "engine": ENGINE_DEFAULTS,
+        "tis_cap": 0.0,
         "dynamic_sampling": False,
         "dynamic_sampling_tries": 3,
         "mask_truncated": False,

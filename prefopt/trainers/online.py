@@ -5,10 +5,13 @@ on it for `loss.epochs` passes of minibatches (Ziegler et al. 2019; Ouyang et al
 details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
 
 1. rollout: ``trainer.batch_size`` prompts (drawn in the base's deterministic data order) x
-   ``rollout.samples_per_prompt`` completions from the current policy (``models.generation``:
+   ``rollout.samples_per_prompt`` completions from the current policy, drawn by the rollout
+   engine ``rollout.engine`` (``models.engines``, docs/engines.md; ``hf``: ``models.generation``,
    batched ``generate`` with the KV cache, left padding, stop at EOS, everything after the first
-   EOS masked, EOS kept); the sampling seed is a function of the seed and the step, so a
-   resumed run samples exactly what an uninterrupted one would; with
+   EOS masked, EOS kept), built once and given the policy's new weights before each rollout;
+   when it returns its sampled tokens' log-probs their distance to the trainer's is logged
+   (``rollout/logp_diff_*``, ``prefopt.rl.mismatch``); the sampling seed is a function of the
+   seed and the step, so a resumed run samples exactly what an uninterrupted one would; with
    ``rollout.dynamic_sampling`` (DAPO) groups whose scores are all equal are replaced by groups
    of fresh prompts;
 2. scores: any Scorer on the decoded text (``reward.scorer``, or the weighted rewards of
@@ -24,7 +27,8 @@ details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
 5. ``loss.epochs`` x minibatches of ``loss.minibatch_size`` rollouts: the policy-loss form
    ``loss.name`` (PPO's clipped surrogate, GSPO, CISPO, SAPO, GMPO, online DPO: the ``online``
    losses of ``prefopt.registry``; docs/algorithms/grpo.md) on log-probs recomputed at
-   the sampling temperature, the clipped value loss for the critic
+   the sampling temperature (each token's term weighted by truncated importance weights with
+   ``rollout.tis_cap``, docs/algorithms/ppo.md), the clipped value loss for the critic
    (``value.mode: separate`` has its own optimiser; ``shared`` is a head on the policy trained
    with ``vf_coef`` in the same loss), one optimiser step per minibatch; the learning-rate
    schedule and the KL controller advance once per rollout batch.
@@ -70,6 +74,7 @@ from prefopt.registry import get_advantage, get_loss, get_regulariser
 from prefopt.rl.advantages import masked_mean
 from prefopt.rl.kl import FixedKLController, kl_penalty
 from prefopt.rl.length import length_by_correctness, overlong_penalty
+from prefopt.rl.mismatch import logp_mismatch, truncated_importance_weights
 from prefopt.rl.ppo import entropy_from_logits, explained_variance, token_aggregate
 from prefopt.rl.rollout import Rollout
 from prefopt.trainers import engines
@@ -428,10 +433,11 @@ class OnlineTrainer(PolicyTrainer):
         """``rollout.samples_per_prompt`` completions of each prompt from the current policy
         with the run's engine (``rollout.engine``, built once): the one place the online
         trainer samples (a sharded policy, FSDP or ZeRO-3, holds its full weights while it
-        does, so an engine that copies them gets them whole)."""
+        does, so an engine that copies them gets them whole). The engine returns its sampled
+        tokens' log-probs when they are the old log-probs or ``rollout.tis_cap`` weighs them."""
         cfg = self.recipe.rollout
         policy = self.unwrapped()
-        with_logps = self.old_logps_from_engine
+        with_logps = self.old_logps_from_engine or cfg.tis_cap > 0
         with (
             engines.full_weights_for_generation(policy, cfg.gather_zero3_weights),
             self.accelerator.autocast(),
@@ -544,6 +550,11 @@ class OnlineTrainer(PolicyTrainer):
             old_logps = engine_logps
         else:  # with a shared value head its values come with the same forward
             old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
+        tis_weights = None
+        if engine_logps is not None and cfg.rollout.tis_cap > 0:
+            tis_weights = truncated_importance_weights(
+                old_logps, engine_logps, mask, cfg.rollout.tis_cap
+            )
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
         if self.penalised or self.loss_needs_reference:
@@ -582,6 +593,10 @@ class OnlineTrainer(PolicyTrainer):
             loss_mask=loss_mask,
             group_size=cfg.rollout.samples_per_prompt,
             first=first,
+            engine_logps=engine_logps,
+            old_from_engine=from_engine,
+            tis_weights=tis_weights,
+            mismatch_pending=from_engine,
         )
 
     def rollout_metrics(
@@ -605,6 +620,15 @@ class OnlineTrainer(PolicyTrainer):
                 metrics[f"objective/rewards/{name}"] = float(column.mean())
         if self.penalised:  # without a reference forward there is no KL to report
             metrics["objective/kl"] = float(rollout.kl.mean())
+        if rollout.engine_logps is not None and not rollout.old_from_engine:
+            # the trainer's old log-probs against the engine's, every token of the rollout
+            mismatch = logp_mismatch(rollout.old_logps, rollout.engine_logps, rollout.mask)
+            metrics.update({f"rollout/{k}": float(v) for k, v in mismatch.items()})
+        if rollout.tis_weights is not None:
+            weights = rollout.tis_weights[rollout.mask.bool()]
+            metrics["rollout/tis_weight_mean"] = float(weights.mean()) if weights.numel() else 1.0
+            capped = (weights >= self.recipe.rollout.tis_cap).float()
+            metrics["rollout/tis_capped"] = float(capped.mean()) if weights.numel() else 0.0
         if self.world is not None:
             gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
             metrics["objective/gold"] = float(gold.mean())
@@ -700,12 +724,22 @@ class OnlineTrainer(PolicyTrainer):
         assert rollout.advantages is not None
         logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
         loss_mask, tokens = rollout.loss_mask[idx], self.global_tokens(rollout.loss_mask[idx])
-        extra = {"ref_logps": rollout.ref_logps[idx]} if self.loss_needs_reference else {}
+        extra: dict[str, Tensor] = {}
+        if self.loss_needs_reference:
+            extra["ref_logps"] = rollout.ref_logps[idx]
+        if rollout.tis_weights is not None:
+            extra["token_weights"] = rollout.tis_weights[idx]
         out = self.loss_fn(
             logps, rollout.old_logps[idx], rollout.advantages[idx], loss_mask, tokens, **extra
         )
         loss = out.loss
         metrics = {k: float(v) for k, v in out.metrics.items()}
+        if rollout.mismatch_pending:
+            # no optimiser step since the rollout: this forward's log-probs are the trainer's
+            # own old log-probs of these rows, against the engine's (the old ones here)
+            mismatch = logp_mismatch(logps, rollout.old_logps[idx], mask)
+            metrics.update({f"rollout/{k}": float(v) for k, v in mismatch.items()})
+            rollout.mismatch_pending = False
         metrics["loss/policy"] = float(out.loss.detach())
         if self.recipe.loss.penalty_in == "loss":  # aggregated as the policy loss's terms
             penalty = self.regulariser.penalty(logps, rollout.ref_logps[idx], loss_mask)
