@@ -90,6 +90,9 @@ def test_engine_problem_names_a_missing_engine_module_and_asks_the_engines_own_c
 ):
     monkeypatch.setitem(ENGINES, "vllm", "prefopt.models.engines.not_there:Engine")
     line = engine_problem(EngineSettings(name=EngineName.vllm), None, "eval.engine")
+    with pytest.raises(ValueError, match="engine.name: vllm: the engine module .* not part"):
+        build_engine(torch.nn.Linear(1, 1), None, torch.device("cpu"),
+                     EngineSettings(name=EngineName.vllm))  # fmt: skip
     assert line == (
         "eval.engine.name: vllm: the engine module prefopt.models.engines.not_there is not part "
         "of this prefopt (not installed or not built yet); use the hf engine"

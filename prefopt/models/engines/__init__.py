@@ -92,8 +92,13 @@ def build_engine(
     device: torch.device,
     settings: EngineSettings | None = None,
 ) -> RolloutEngine:
-    """The engine ``settings.name`` (default ``hf``) for ``model``, built once."""
+    """The engine ``settings.name`` (default ``hf``) for ``model``, built once. An engine
+    that cannot run here raises ValueError with :func:`engine_problem`'s line (callers that
+    have a recipe check it before any model loads)."""
     settings = settings if settings is not None else EngineSettings()
+    problem = engine_problem(settings, None)
+    if problem:
+        raise ValueError(problem)
     module, cls = _module_and_class(str(settings.name))
     engine_cls = getattr(importlib.import_module(module), cls)
     return engine_cls(model, tokenizer, device, settings)
