@@ -80,6 +80,8 @@ ValueInit = StrEnum("ValueInit", ["auto", "reward_model", "policy"])
 TrainAttention = StrEnum("TrainAttention", ["eager", "sdpa"])
 # prefopt.rewards.ensemble.ENSEMBLE_MODES (config sits below rewards; a test keeps them equal)
 EnsembleMode = StrEnum("EnsembleMode", ["mean", "mean_minus_std", "min", "mean_minus_var"])
+# prefopt.models.engines.ENGINES (config sits below models; a test keeps them equal)
+EngineName = StrEnum("EngineName", ["hf", "vllm"])
 
 
 # --------------------------------------------------------------------------- schema
@@ -241,6 +243,34 @@ TRACKERS = ("jsonl", "tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "a
 
 
 @dataclass
+class EngineSettings:
+    """The rollout engine that samples completions (``prefopt.models.engines``,
+    docs/engines.md): ``rollout.engine`` for the online trainer, ``eval.engine`` for the gold
+    evaluation, ExPO's alpha search and ``prefopt eval``."""
+
+    # hf: transformers' generate on the live model (no copy, nothing to sync); vllm: a vLLM
+    # engine colocated in the training process (extra prefopt[vllm])
+    name: EngineName = EngineName.hf
+    # vLLM: the share of GPU memory it may take (weights, KV cache)
+    gpu_memory_utilization: float = 0.3
+    # vLLM's CPU backend: the share of host memory it reserves (vLLM's own 0.92 refuses to start
+    # beside a trainer)
+    cpu_memory_utilization: float = 0.05
+    sleep: bool = False  # vLLM's sleep mode between rollouts (GPU only)
+    max_model_len: int = 0  # 0: data.max_prompt_length + max_new_tokens
+
+    def validate(self, key: str) -> list[str]:
+        problems = []
+        for name in ("gpu_memory_utilization", "cpu_memory_utilization"):
+            if not 0 < getattr(self, name) <= 1:
+                problems.append(f"{key}.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.max_model_len < 0:
+            problems.append(f"{key}.max_model_len must be >= 0 (0: automatic), got "
+                            f"{self.max_model_len}")  # fmt: skip
+        return problems
+
+
+@dataclass
 class EvalConfig:
     """Generation-based evaluation on the world (gold reward, KL, win rate, diversity)."""
 
@@ -268,6 +298,8 @@ class EvalConfig:
     embedding_model: str | None = None
     # NLI diversity (Kirk et al.): a local sequence-classification NLI model; null: not measured
     nli_model: str | None = None
+    # what samples the evaluated policies (docs/engines.md); hf: transformers' generate
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
 
 @dataclass
@@ -289,8 +321,16 @@ class RolloutConfig:
     # already computed (as TRL's PPOTrainer does) instead of a second, full forward: one
     # forward fewer per rollout; equal up to float rounding (the cached incremental forward
     # against the full one), so the first minibatch's ratio is 1 up to that rounding. Not with
-    # a shared value head (its values need the full forward anyway)
+    # a shared value head (its values need the full forward anyway). Whatever the engine, these
+    # are the engine's own log-probs of the tokens it sampled (docs/algorithms/ppo.md)
     logps_from_generation: bool = False
+    # what samples the rollouts (docs/engines.md); hf: transformers' generate on the live policy
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    # truncated importance sampling (verl; TRL's vllm_importance_sampling_mode token_truncate):
+    # the engine also returns its sampled tokens' log-probs, the old log-probs are the
+    # trainer's, and each token's policy loss is weighted by min(exp(old - engine), tis_cap),
+    # detached; 0: off. Not with logps_from_generation (then the old log-probs are the engine's)
+    tis_cap: float = 0.0
     # DAPO's dynamic sampling (Yu et al. 2025, arXiv 2503.14476, sec. 3.2, eq. 11): groups
     # whose k rewards are all equal (zero advantage, no gradient) are dropped and more prompts
     # are sampled until the batch is full again, in at most `dynamic_sampling_tries` generation
@@ -854,6 +894,7 @@ def _check_ranges(recipe: Recipe) -> list[str]:
             f"eval sampling: need temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
             f"{e.temperature}, {e.top_p}, {e.top_k}"
         )
+    problems += e.engine.validate("eval.engine")
     if t.lr <= 0:
         problems.append(f"trainer.lr must be > 0, got {t.lr}")
     if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
@@ -1044,6 +1085,7 @@ def _check_online(recipe: Recipe) -> list[str]:
         problems.append(
             f"rollout.dynamic_sampling_tries must be >= 1, got {r.dynamic_sampling_tries}"
         )
+    problems += r.engine.validate("rollout.engine") + _check_tis(recipe)
     problems += _check_reward(recipe.reward, r.max_new_tokens)
     if recipe.trainer.grad_accum != 1:
         problems.append(
@@ -1059,6 +1101,29 @@ def _check_online(recipe: Recipe) -> list[str]:
             "as large: the rest would never be trained on"
         )
     return problems
+
+
+def _check_tis(recipe: Recipe) -> list[str]:
+    """``rollout.tis_cap``: 0 (off) or a cap >= 1 on a per-token policy loss, with the old
+    log-probs recomputed by the trainer."""
+    r = recipe.rollout
+    if r.tis_cap == 0:
+        return []
+    if r.tis_cap < 1:
+        return [
+            f"rollout.tis_cap must be 0 (off) or >= 1, got {r.tis_cap}: a cap below 1 would "
+            "scale down even the tokens where engine and trainer agree (weight 1)"
+        ]
+    if r.logps_from_generation:
+        return [
+            "rollout.tis_cap corrects the old log-probs the trainer recomputes towards the "
+            "engine's; with rollout.logps_from_generation the old log-probs are the engine's "
+            "own and PPO's ratio already corrects against them: set one of the two"
+        ]
+    if not getattr(get_loss(recipe.loss.name).build, "takes_token_weights", False):
+        return [f"rollout.tis_cap weights a per-token policy loss; loss.name "
+                f"{recipe.loss.name} has none"]  # fmt: skip
+    return []
 
 
 def _check_reward(reward: RewardConfig, max_new_tokens: int) -> list[str]:

@@ -40,6 +40,11 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict[str,
         o if o.startswith(("eval.", *HELD_OUT_KEYS)) else f"eval.{o}" for o in overrides or []
     ]
     recipe = load_recipe(run_dir / "recipe.yaml", overrides)
+    from prefopt.models.engines import recipe_engine_problems
+
+    problems = recipe_engine_problems(recipe, online=False)  # eval.engine: before any model loads
+    if problems:
+        raise ConfigError(problems)
     model_dir = run_dir / "model"
     if not model_dir.exists():
         raise ConfigError([f"{run_dir} has no trained model (model/); did the run finish?"])
@@ -96,7 +101,7 @@ def held_out_samples(trainer: Any, n: int = 4) -> list[dict[str, str]]:
     held-out prompts (sampled as ``eval`` says), for a run without a gold reward."""
     from dataclasses import replace
 
-    from prefopt.models.generation import generate
+    from prefopt.models.engines import sample_once
 
     recipe = trainer.recipe
     prompts = [
@@ -106,9 +111,9 @@ def held_out_samples(trainer: Any, n: int = 4) -> list[dict[str, str]]:
     cfg = replace(recipe.eval, samples_per_prompt=1)
     args = (trainer.tokenizer, prompts, cfg, trainer.device, recipe.seed,
             recipe.data.max_prompt_length)  # fmt: skip
-    policy = generate(trainer.unwrapped(), *args)
+    policy = sample_once(trainer.unwrapped(), *args)
     with trainer.reference_forward():
-        reference = generate(trainer.reference_model(), *args)
+        reference = sample_once(trainer.reference_model(), *args)
     return [
         {"prompt": p, "policy": a[0], "reference": b[0]}
         for p, a, b in zip(prompts, policy.completions, reference.completions, strict=True)

@@ -90,6 +90,7 @@ def _train_locked(recipe: Recipe, run_dir: Path, saved: Recipe, created: bool) -
         if recipe.resume is not None:
             check_same_run(run_dir, saved, recipe.resume)
         check_model_sources(recipe)
+        check_engines(recipe)
         trainer = trainer_class(recipe)(recipe, run_dir)
         trainer.resume_checkpoint()  # a resume that cannot work fails before the recipe is written
     except BaseException:
@@ -123,6 +124,16 @@ def check_model_sources(recipe: Recipe) -> None:
     ]
     if any(problems):
         raise ConfigError([p for p in problems if p])
+
+
+def check_engines(recipe: Recipe) -> None:
+    """The rollout engines the run will build (``rollout.engine``, ``eval.engine``), refused in
+    one line each before any model loads (an engine not installed, a policy it cannot load)."""
+    from prefopt.models.engines import recipe_engine_problems
+
+    problems = recipe_engine_problems(recipe, online=get_loss(recipe.loss.name).kind == "online")
+    if problems:
+        raise ConfigError(problems)
 
 
 def check_same_run(run_dir: Path, recipe: Recipe, resume: str) -> None:

@@ -238,6 +238,10 @@ def test_new_eval_settings_at_their_defaults_keep_cached_stage_identities():
         "eval.embedding_model=minilm",
         "reward.ensemble=min",
         "reward.ensemble_coef=0.1",
+        "eval.engine.name=vllm",
+        "rollout.engine.name=vllm",
+        "rollout.engine.gpu_memory_utilization=0.5",
+        "rollout.tis_cap=2",
     ):
         assert stage_identity(load_recipe("dpo", [override])) != before, override
 

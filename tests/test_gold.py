@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from prefopt.eval.gold import completion_logps, generate
+from prefopt.models.generation import completion_logps, generate
 from prefopt.models.loading import load_pretrained
 from prefopt.models.logps import sequence_logps
 from prefopt.world import WorldConfig, build_world

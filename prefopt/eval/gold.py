@@ -56,7 +56,8 @@ from prefopt.eval.diversity import (
     ead_mean,
     per_input_diversity,
 )
-from prefopt.models.generation import Samples, completion_logps, generate
+from prefopt.models.engines import RolloutEngine, engine_settings, open_engine, sample_once
+from prefopt.models.generation import Samples, completion_logps
 from prefopt.paths import Progress
 from prefopt.rl.length import length_by_correctness
 
@@ -127,10 +128,39 @@ def gold_evaluation(
 ) -> dict[str, Any]:
     """Evaluate `policy` against `reference` on the world. See the module docstring.
     ``best_of_scorer`` scores the candidates when ``cfg.best_of_n`` > 1; ``progress`` prints a
-    line with the elapsed time and the time left after each half of a split."""
+    line with the elapsed time and the time left after each half of a split. Both policies
+    sample with the engine ``cfg.engine`` names (:mod:`prefopt.models.engines`), each built
+    once (the reference's inside ``reference_context``)."""
     import contextlib
 
     ref_ctx = reference_context or contextlib.nullcontext
+    settings = engine_settings(cfg)
+    with contextlib.ExitStack() as engines:
+        pol_engine = engines.enter_context(open_engine(policy, tokenizer, device, settings))
+        with ref_ctx():
+            ref_engine = engines.enter_context(open_engine(reference, tokenizer, device, settings))
+        return _gold_evaluation(
+            pol_engine, ref_engine, policy, reference, ref_ctx, tokenizer, world, cfg, device,
+            seed, report_path, max_prompt_length, best_of_scorer, progress,
+        )  # fmt: skip
+
+
+def _gold_evaluation(
+    pol_engine: RolloutEngine,
+    ref_engine: RolloutEngine,
+    policy: nn.Module,
+    reference: nn.Module,
+    ref_ctx: Callable[[], AbstractContextManager[Any]],
+    tokenizer: Any,
+    world: Any,
+    cfg: Any,
+    device: torch.device,
+    seed: int,
+    report_path: Path | None,
+    max_prompt_length: int,
+    best_of_scorer: Any,
+    progress: bool,
+) -> dict[str, Any]:
     vocab = len(world.tokenizer())
     space = cast(NgramSpace, getattr(cfg, "ead_ngram_space", "power"))
     best_of = getattr(cfg, "best_of_n", 1)
@@ -151,9 +181,9 @@ def gold_evaluation(
         else:
             prompts = world.shifted_prompts(split)[: cfg.n_prompts]
         if best_of > 1:
-            many = generate(
-                policy, tokenizer, prompts, replace(cfg, samples_per_prompt=cfg.samples_per_prompt
-                * best_of), device, seed, max_prompt_length,
+            many = pol_engine.sample(
+                prompts, replace(cfg, samples_per_prompt=cfg.samples_per_prompt * best_of), seed,
+                max_prompt_length=max_prompt_length,
             )  # fmt: skip
             scores = torch.as_tensor(best_of_scorer.score(many.flat_prompts,
                                                           many.flat_completions))  # fmt: skip
@@ -163,12 +193,10 @@ def gold_evaluation(
             chosen = scores.double().reshape(len(prompts), -1, best_of).max(dim=-1).values
             proxy = chosen.mean(dim=1)
         else:
-            pol = generate(policy, tokenizer, prompts, cfg, device, seed, max_prompt_length)
+            pol = pol_engine.sample(prompts, cfg, seed, max_prompt_length=max_prompt_length)
         shown.update(2 * number + 1, f"{split}: policy sampled")
         with ref_ctx():
-            ref = generate(
-                reference, tokenizer, prompts, cfg, device, seed + 7919, max_prompt_length
-            )
+            ref = ref_engine.sample(prompts, cfg, seed + 7919, max_prompt_length=max_prompt_length)
             ref_logp_of_pol = completion_logps(reference, pol, device)
         log_ratio = completion_logps(policy, pol, device) - ref_logp_of_pol
         if best_of > 1:  # the selection's own KL to the policy it filters (analytic)
@@ -417,7 +445,7 @@ def _policy_stats(
     space = getattr(cfg, "ead_ngram_space", "power")
     stats = {}
     for name, model in policies.items():
-        samples = generate(model, tokenizer, prompts, cfg, device, seed, max_prompt_length)
+        samples = sample_once(model, tokenizer, prompts, cfg, device, seed, max_prompt_length)
         ratio = None
         if reference is model:
             ratio = torch.zeros(len(prompts), cfg.samples_per_prompt, dtype=torch.float64)

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from prefopt.eval.compare import standard_error
-from prefopt.models.generation import completion_logps, generate
+from prefopt.models.engines import sample_once
+from prefopt.models.generation import completion_logps
 
 
 @torch.no_grad()
@@ -35,10 +36,11 @@ def pm_divergence(
     max_prompt_length: int = 64,
 ) -> dict[str, float]:
     """``{"pm_divergence", "pm_divergence_se", "pm_n_prompts"}`` on two samples per prompt of
-    ``prompts`` (sampling settings from ``cfg``, an EvalConfig)."""
+    ``prompts`` (sampling settings and the engine, ``cfg.engine``, from ``cfg``, an
+    EvalConfig)."""
     # two samples per prompt at temperature 1 without truncation: log pi is their distribution's
     two = replace(cfg, samples_per_prompt=2, temperature=1.0, top_k=0, top_p=1.0)
-    samples = generate(policy, tokenizer, prompts, two, device, seed, max_prompt_length)
+    samples = sample_once(policy, tokenizer, prompts, two, device, seed, max_prompt_length)
     logps = completion_logps(policy, samples, device, temperature=1.0).double().reshape(-1, 2)
     scores = torch.as_tensor(
         scorer.score(samples.flat_prompts, samples.flat_completions), dtype=torch.float64

@@ -73,6 +73,7 @@ def pair_logps(logps: Tensor, mask: Tensor, chosen_first: Tensor) -> PairLogps:
 class OnlineDPOLoss(OnlinePolicyLoss):
     needs_reference: ClassVar[bool] = True
     pairs: ClassVar[bool] = True  # rows (2i, 2i+1) are one prompt's two samples
+    takes_token_weights: ClassVar[bool] = False  # a loss of whole completions
     cfg: OnlineDPOConfig
 
     def __init__(self, cfg: OnlineDPOConfig):

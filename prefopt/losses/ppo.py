@@ -18,6 +18,7 @@ with its options: clip-higher (DAPO), two-sided clipping (``delta``) and the seq
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -78,6 +79,9 @@ class OnlinePolicyLoss:
     base aggregates them (``loss.aggregate``), names the metrics ``policy/*`` and owns the
     clipped value loss of a critic."""
 
+    # the per-token loss terms can be weighted (``rollout.tis_cap``'s importance weights)
+    takes_token_weights: ClassVar[bool] = True
+
     def __init__(self, cfg: OnlineLossConfig):
         self.cfg = cfg
 
@@ -94,11 +98,16 @@ class OnlinePolicyLoss:
         advantages: Tensor,
         mask: Tensor,
         tokens: Tensor | float | None = None,
+        token_weights: Tensor | None = None,
     ) -> LossOutput:
         """All ``[R, T]``: the current and rollout-time log-probs of each token, its advantage
-        and the completion mask; ``tokens`` the divisor of ``global_token_mean``. Returns the
-        scalar loss and `policy/*` metrics."""
+        and the completion mask; ``tokens`` the divisor of ``global_token_mean``;
+        ``token_weights`` (detached, e.g. truncated importance weights) multiply each token's
+        loss term before the aggregation (whose divisor stays the mask's). Returns the scalar
+        loss and `policy/*` metrics."""
         per_token, metrics = self.terms(logps, old_logps, advantages, mask)
+        if token_weights is not None:
+            per_token = per_token * token_weights.detach()
         loss = token_aggregate(per_token, mask, self.cfg.aggregate, self.cfg.constant, tokens)
         return LossOutput(loss, detached(**{f"policy/{k}": v for k, v in metrics.items()}))
 

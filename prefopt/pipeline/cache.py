@@ -22,13 +22,13 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.config import RUNTIME_ONLY_KEYS, Device, Recipe
+from prefopt.config import RUNTIME_ONLY_KEYS, Device, EngineSettings, Recipe
 from prefopt.paths import (
     cache_dir,
     exclusive_lock,
@@ -39,14 +39,24 @@ from prefopt.paths import (
 from prefopt.world.config import WORLD_FORMAT_VERSION
 
 SUMMARY = "summary.json"
+#: ``rollout.engine`` and ``eval.engine`` at their defaults (the hf engine: what every stage used)
+ENGINE_DEFAULTS: dict[str, Any] = asdict(EngineSettings())
 
 #: Settings added to the recipe after stages were first cached, at the value that does what
 #: every stage did before they existed: left out of the identity at that value, so adding an
 #: option does not orphan every cached stage (a changed value is in the identity as usual).
 LATER_SETTINGS: dict[str, dict[str, Any]] = {
-    "eval": {"shifts": [], "best_of_n": 1, "embedding_model": None, "nli_model": None},
+    "eval": {
+        "shifts": [],
+        "best_of_n": 1,
+        "embedding_model": None,
+        "nli_model": None,
+        "engine": ENGINE_DEFAULTS,
+    },
     "rollout": {
         "logps_from_generation": False,
+        "engine": ENGINE_DEFAULTS,
+        "tis_cap": 0.0,
         "dynamic_sampling": False,
         "dynamic_sampling_tries": 3,
         "mask_truncated": False,

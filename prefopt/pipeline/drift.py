@@ -20,7 +20,7 @@ import torch
 
 from prefopt.config import EvalConfig, load_recipe
 from prefopt.eval.completions import completion_summary
-from prefopt.models.generation import generate
+from prefopt.models.engines import sample_once
 from prefopt.models.loading import load_pretrained
 from prefopt.pipeline.world_models import world_sft_model
 from prefopt.world import build_world
@@ -33,12 +33,13 @@ def drift_table(runs: list[Path], n_prompts: int, samples: int, seed: int) -> di
     tokenizer = world.tokenizer()
     prompts = world.eval_prompts("test")[:n_prompts]
     cfg = EvalConfig(n_prompts=n_prompts, samples_per_prompt=samples,
-                     max_new_tokens=recipe.rollout.max_new_tokens)  # fmt: skip
+                     max_new_tokens=recipe.rollout.max_new_tokens,
+                     engine=recipe.eval.engine)  # fmt: skip
     models = {"sft": world_sft_model(recipe)} | {run.name: run / "model" for run in runs}
     table = {}
     for name, folder in models.items():
         policy = load_pretrained(str(folder))
-        drawn = generate(policy, tokenizer, prompts, cfg, torch.device("cpu"), seed)
+        drawn = sample_once(policy, tokenizer, prompts, cfg, torch.device("cpu"), seed)
         gold = world.gold_reward(drawn.flat_prompts, drawn.flat_completions)
         table[name] = completion_summary(drawn, gold, tokenizer.eos_token_id)
     return table

@@ -28,6 +28,7 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -37,11 +38,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from prefopt.eval.compare import paired, standard_error
+from prefopt.models.engines import RolloutEngine, engine_settings, open_engine
 from prefopt.models.expo import extrapolate_model, load_pair
-from prefopt.models.generation import generate
 from prefopt.models.loading import save_model
 
 if TYPE_CHECKING:
@@ -114,13 +115,19 @@ def alpha_search(
 
     per_prompt: dict[float, Tensor] = {}
     lengths: dict[float, float] = {}
-    for alpha in grid:
-        model = extrapolate_model(pair.sft, pair.aligned, alpha)
-        # the same seed for every alpha: paired samples, prompt by prompt
-        per_prompt[alpha], lengths[alpha] = score_policy(
-            model, pair.tokenizer, prompts, scorer, gen_cfg, device, seed
-        )
-        del model
+    # one engine (``gen_cfg.engine``) for the whole grid, given each alpha's weights in turn
+    with contextlib.ExitStack() as stack:
+        engine: RolloutEngine | None = None
+        for alpha in grid:
+            model = extrapolate_model(pair.sft, pair.aligned, alpha)
+            if engine is None:
+                settings = engine_settings(gen_cfg)
+                engine = stack.enter_context(open_engine(model, pair.tokenizer, device, settings))
+            else:
+                engine.sync_weights(model)
+            # the same seed for every alpha: paired samples, prompt by prompt
+            per_prompt[alpha], lengths[alpha] = score_policy(engine, prompts, scorer, gen_cfg, seed)
+            del model
     rows = curve_rows(per_prompt)
     for row in rows:
         row["completion_tokens"] = lengths[row["alpha"]]
@@ -169,19 +176,18 @@ def alpha_grid(alphas: Sequence[float]) -> list[float]:
 
 @torch.no_grad()
 def score_policy(
-    model: nn.Module,
-    tokenizer: Any,
+    engine: RolloutEngine,
     prompts: list[str],
     scorer: Scorer,
     gen_cfg: Any,
-    device: torch.device,
     seed: int,
 ) -> tuple[Tensor, float]:
-    """Sample ``gen_cfg.samples_per_prompt`` completions per prompt and score them.
+    """Sample ``gen_cfg.samples_per_prompt`` completions per prompt with ``engine`` (holding the
+    model to score) and score them.
 
     Returns ``[P]`` float64 per-prompt mean scores (mean over that prompt's samples) and the
     mean completion length in tokens (EOS included)."""
-    samples = generate(model, tokenizer, prompts, gen_cfg, device, seed)
+    samples = engine.sample(prompts, gen_cfg, seed)
     k = gen_cfg.samples_per_prompt
     scores = torch.as_tensor(scorer.score(samples.flat_prompts, samples.flat_completions))
     scores = scores.detach().double().cpu().reshape(-1)

@@ -44,6 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from prefopt.config import (
     ConfigError,
+    EngineSettings,
     Recipe,
     merge_recipe_nodes,
     parse_overrides,
@@ -122,6 +123,8 @@ class ExpoSettings:
     frequency_penalty: float = 0.0
     batch_size: int = 64
     max_prompt_length: int = 48
+    # what samples each alpha's model (docs/engines.md): one engine for the grid
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
 
 @dataclass
@@ -393,6 +396,14 @@ def _plain_settings(name: str, kind: str, node: DictConfig) -> Any:
         raise ConfigError([f"stages.{name}.world: {exc}"]) from None
     if kind == "split" and settings.mode not in ("absolute", "quantile"):
         raise ConfigError([f"stages.{name}.mode: {settings.mode!r} is not absolute or quantile"])
+    if kind == "expo":
+        from prefopt.models.engines import engine_problem
+
+        key = f"stages.{name}.engine"
+        problem = engine_problem(settings.engine, None, key)
+        problems = settings.engine.validate(key) + ([problem] if problem else [])
+        if problems:
+            raise ConfigError(problems)
     if kind == "expo" and not settings.aligned:
         raise ConfigError([f"stages.{name}.aligned: the aligned model is required"])
     if kind == "expo" and settings.prompts not in EXPO_PROMPTS:
@@ -412,9 +423,11 @@ def _identity(stage: Stage) -> str:
 
     if stage.kind == "train":
         return stage_identity(name_folders(stage.settings))
+    settings = dataclasses.asdict(stage.settings)
+    if settings.get("engine") == dataclasses.asdict(EngineSettings()):
+        del settings["engine"]  # added later: at its default, the identity it had before
     payload = json.dumps(
-        {"kind": stage.kind, "world_format": WORLD_FORMAT_VERSION,
-         "settings": dataclasses.asdict(stage.settings)},
+        {"kind": stage.kind, "world_format": WORLD_FORMAT_VERSION, "settings": settings},
         sort_keys=True, default=str,
     )  # fmt: skip
     return hashlib.sha256(portable(payload).encode()).hexdigest()[:12]

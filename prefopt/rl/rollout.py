@@ -50,6 +50,14 @@ class Rollout:
     group_size: k, the samples of each prompt.
     first: the first column (T-1 convention) that can hold a completion token (the prompt
         block's last column): per-token log-probs are computed from there on, 0 before.
+    engine_logps: [R, T-1] the rollout engine's own log-probs of the tokens it sampled (0 off
+        the mask), or None when it returned none (docs/algorithms/ppo.md, "Engine log-probs").
+    old_from_engine: ``old_logps`` are ``engine_logps`` (``rollout.logps_from_generation``):
+        no trainer forward at rollout time; the mismatch is measured on the first update.
+    tis_weights: [R, T-1] detached truncated importance weights ``min(exp(old_logps -
+        engine_logps), rollout.tis_cap)`` of each token's policy loss (1 off the mask), or None.
+    mismatch_pending: the trainer's log-probs of the first update still equal the old ones
+        (no optimiser step since the rollout): that update measures the mismatch.
     """
 
     sequences: Tensor
@@ -71,6 +79,10 @@ class Rollout:
     loss_mask: Tensor
     group_size: int = 1
     first: int = 0
+    engine_logps: Tensor | None = None
+    old_from_engine: bool = False
+    tis_weights: Tensor | None = None
+    mismatch_pending: bool = False
 
     @property
     def size(self) -> int:

@@ -5,10 +5,13 @@ on it for `loss.epochs` passes of minibatches (Ziegler et al. 2019; Ouyang et al
 details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
 
 1. rollout: ``trainer.batch_size`` prompts (drawn in the base's deterministic data order) x
-   ``rollout.samples_per_prompt`` completions from the current policy (``models.generation``:
+   ``rollout.samples_per_prompt`` completions from the current policy, drawn by the rollout
+   engine ``rollout.engine`` (``models.engines``, docs/engines.md; ``hf``: ``models.generation``,
    batched ``generate`` with the KV cache, left padding, stop at EOS, everything after the first
-   EOS masked, EOS kept); the sampling seed is a function of the seed and the step, so a
-   resumed run samples exactly what an uninterrupted one would; with
+   EOS masked, EOS kept), built once and given the policy's new weights before each rollout;
+   when it returns its sampled tokens' log-probs their distance to the trainer's is logged
+   (``rollout/logp_diff_*``, ``prefopt.rl.mismatch``); the sampling seed is a function of the
+   seed and the step, so a resumed run samples exactly what an uninterrupted one would; with
    ``rollout.dynamic_sampling`` (DAPO) groups whose scores are all equal are replaced by groups
    of fresh prompts;
 2. scores: any Scorer on the decoded text (``reward.scorer``, or the weighted rewards of
@@ -24,7 +27,8 @@ details of Huang et al., arXiv 2403.17031; ALGORITHMS.md sections 3, 5 and 12):
 5. ``loss.epochs`` x minibatches of ``loss.minibatch_size`` rollouts: the policy-loss form
    ``loss.name`` (PPO's clipped surrogate, GSPO, CISPO, SAPO, GMPO, online DPO: the ``online``
    losses of ``prefopt.registry``; docs/algorithms/grpo.md) on log-probs recomputed at
-   the sampling temperature, the clipped value loss for the critic
+   the sampling temperature (each token's term weighted by truncated importance weights with
+   ``rollout.tis_cap``, docs/algorithms/ppo.md), the clipped value loss for the critic
    (``value.mode: separate`` has its own optimiser; ``shared`` is a head on the policy trained
    with ``vf_coef`` in the same loss), one optimiser step per minibatch; the learning-rate
    schedule and the KL controller advance once per rollout batch.
@@ -46,11 +50,11 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
+from prefopt.models.engines import RolloutEngine, build_engine, open_engine
 from prefopt.models.generation import (
     Samples,
     check_special_tokens,
     concat_samples,
-    generate,
     pad_columns,
     position_ids,
     rollout_token_logps,
@@ -70,6 +74,7 @@ from prefopt.registry import get_advantage, get_loss, get_regulariser
 from prefopt.rl.advantages import masked_mean
 from prefopt.rl.kl import FixedKLController, kl_penalty
 from prefopt.rl.length import length_by_correctness, overlong_penalty
+from prefopt.rl.mismatch import logp_mismatch, truncated_importance_weights
 from prefopt.rl.ppo import entropy_from_logits, explained_variance, token_aggregate
 from prefopt.rl.rollout import Rollout
 from prefopt.trainers import engines
@@ -120,6 +125,10 @@ class OnlineTrainer(PolicyTrainer):
                 "(world:sft on the world)"
             )
         self.scorer = self.build_scorer()
+        # the rollout engine (rollout.engine), built at the first rollout; stale: the policy's
+        # weights changed since it last had them (an optimiser step, a resume)
+        self._engine: RolloutEngine | None = None
+        self._engine_stale = False
         self.critic: ValueModel | None = None
         self.value_head: SharedValueHead | None = None
         if self.estimator_entry.needs_critic and not self.for_eval:
@@ -313,17 +322,13 @@ class OnlineTrainer(PolicyTrainer):
     def sample(
         self, model: nn.Module, prompts: list[str], seed: int, with_logps: bool = False
     ) -> Samples:
+        """Samples of ``model`` (e.g. the reference, for reward normalisation) with an engine
+        ``rollout.engine`` builds for this one call; the policy's rollouts use the run's own
+        engine (:meth:`sample_rollout`)."""
         r = self.recipe.rollout
-        return generate(
-            model,
-            self.tokenizer,
-            prompts,
-            r,
-            self.device,
-            seed=seed,
-            max_prompt_length=self.recipe.data.max_prompt_length,
-            with_logps=with_logps,
-        )
+        with open_engine(model, self.tokenizer, self.device, r.engine) as engine:
+            length = self.recipe.data.max_prompt_length
+            return engine.sample(prompts, r, seed, max_prompt_length=length, with_logps=with_logps)
 
     def reward_terms(self, samples: Samples) -> Tensor:
         """[R, M] each reward's own scores of the decoded completions (M = 1: the scorer's); a
@@ -418,19 +423,55 @@ class OnlineTrainer(PolicyTrainer):
         metrics.update(self.rollout_metrics(rollout, samples, scored))
         return rollout, samples, metrics
 
+    @property
+    def old_logps_from_engine(self) -> bool:
+        """The old log-probs are the engine's (``rollout.logps_from_generation``; not with a
+        shared value head, whose values need the trainer's forward anyway)."""
+        return self.recipe.rollout.logps_from_generation and self.value_head is None
+
     def sample_rollout(self, prompts: list[str], seed: int) -> Samples:
-        """``rollout.samples_per_prompt`` completions of each prompt from the current policy:
-        the one place the online trainer samples (a sharded policy, FSDP or ZeRO-3, holds its
-        full weights while it does)."""
-        cfg = self.recipe
+        """``rollout.samples_per_prompt`` completions of each prompt from the current policy
+        with the run's engine (``rollout.engine``, built once): the one place the online
+        trainer samples (a sharded policy, FSDP or ZeRO-3, holds its full weights while it
+        does, so an engine that copies them gets them whole). The engine returns its sampled
+        tokens' log-probs when they are the old log-probs or ``rollout.tis_cap`` weighs them."""
+        cfg = self.recipe.rollout
         policy = self.unwrapped()
-        # the sampling log-probs from generate's own logits (rollout.logps_from_generation)
-        from_generation = cfg.rollout.logps_from_generation and self.value_head is None
+        with_logps = self.old_logps_from_engine or cfg.tis_cap > 0
         with (
-            engines.full_weights_for_generation(policy, cfg.rollout.gather_zero3_weights),
+            engines.full_weights_for_generation(policy, cfg.gather_zero3_weights),
             self.accelerator.autocast(),
         ):
-            return self.sample(policy, prompts, seed=seed, with_logps=from_generation)
+            engine = self.rollout_engine(policy)
+            length = self.recipe.data.max_prompt_length
+            samples = engine.sample(
+                prompts, cfg, seed, max_prompt_length=length, with_logps=with_logps
+            )
+            if cfg.engine.sleep:
+                engine.sleep()
+            return samples
+
+    def rollout_engine(self, policy: nn.Module) -> RolloutEngine:
+        """The run's engine, built at the first rollout and given the policy's weights whenever
+        they changed since (after the previous batch's optimiser steps, after a resume):
+        syncing before a rollout rather than after each of the batch's optimiser steps gives
+        the engine the same weights for every rollout with one copy instead of several."""
+        if self._engine is None:
+            self._engine = build_engine(
+                policy, self.tokenizer, self.device, self.recipe.rollout.engine
+            )
+        else:
+            if self.recipe.rollout.engine.sleep:
+                self._engine.wake_up()
+            if self._engine_stale:
+                self._engine.sync_weights(policy)
+        self._engine_stale = False
+        return self._engine
+
+    def close_rollout_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def sample_and_score(self, prompts: list[str]) -> tuple[Samples, Scored, dict[str, float]]:
         """Samples of ``prompts`` and their scores. With ``rollout.dynamic_sampling`` (DAPO,
@@ -502,10 +543,18 @@ class OnlineTrainer(PolicyTrainer):
         mask = samples.completion_mask.to(device)[:, 1:].float()  # [R, T-1]: token t+1's mask
         # completions start after the prompt block: no logits at the prompt's positions
         first = max(samples.prompt_width - 1, 0)
-        if samples.logps is not None:
-            old_logps, old_values = samples.logps.to(device), None
+        engine_logps = samples.logps.to(device) if samples.logps is not None else None
+        from_engine = engine_logps is not None and self.old_logps_from_engine
+        old_values: Tensor | None = None
+        if engine_logps is not None and from_engine:
+            old_logps = engine_logps
         else:  # with a shared value head its values come with the same forward
             old_logps, old_values = self.policy_forward(seq, attn, grad=False, first=first)
+        tis_weights = None
+        if engine_logps is not None and cfg.rollout.tis_cap > 0:
+            tis_weights = truncated_importance_weights(
+                old_logps, engine_logps, mask, cfg.rollout.tis_cap
+            )
         # the reference and the critic run under the same autocast as the policy: otherwise a
         # bf16 / fp16 run would see a KL that is only rounding at the first step
         if self.penalised or self.loss_needs_reference:
@@ -544,6 +593,10 @@ class OnlineTrainer(PolicyTrainer):
             loss_mask=loss_mask,
             group_size=cfg.rollout.samples_per_prompt,
             first=first,
+            engine_logps=engine_logps,
+            old_from_engine=from_engine,
+            tis_weights=tis_weights,
+            mismatch_pending=from_engine,
         )
 
     def rollout_metrics(
@@ -567,6 +620,15 @@ class OnlineTrainer(PolicyTrainer):
                 metrics[f"objective/rewards/{name}"] = float(column.mean())
         if self.penalised:  # without a reference forward there is no KL to report
             metrics["objective/kl"] = float(rollout.kl.mean())
+        if rollout.engine_logps is not None and not rollout.old_from_engine:
+            # the trainer's old log-probs against the engine's, every token of the rollout
+            mismatch = logp_mismatch(rollout.old_logps, rollout.engine_logps, rollout.mask)
+            metrics.update({f"rollout/{k}": float(v) for k, v in mismatch.items()})
+        if rollout.tis_weights is not None:
+            weights = rollout.tis_weights[rollout.mask.bool()]
+            metrics["rollout/tis_weight_mean"] = float(weights.mean()) if weights.numel() else 1.0
+            capped = (weights >= self.recipe.rollout.tis_cap).float()
+            metrics["rollout/tis_capped"] = float(capped.mean()) if weights.numel() else 0.0
         if self.world is not None:
             gold = self.world.gold_reward(samples.flat_prompts, samples.flat_completions)
             metrics["objective/gold"] = float(gold.mean())
@@ -662,12 +724,22 @@ class OnlineTrainer(PolicyTrainer):
         assert rollout.advantages is not None
         logps, values = self.policy_forward(seq, attn, grad=True, first=rollout.first)
         loss_mask, tokens = rollout.loss_mask[idx], self.global_tokens(rollout.loss_mask[idx])
-        extra = {"ref_logps": rollout.ref_logps[idx]} if self.loss_needs_reference else {}
+        extra: dict[str, Tensor] = {}
+        if self.loss_needs_reference:
+            extra["ref_logps"] = rollout.ref_logps[idx]
+        if rollout.tis_weights is not None:
+            extra["token_weights"] = rollout.tis_weights[idx]
         out = self.loss_fn(
             logps, rollout.old_logps[idx], rollout.advantages[idx], loss_mask, tokens, **extra
         )
         loss = out.loss
         metrics = {k: float(v) for k, v in out.metrics.items()}
+        if rollout.mismatch_pending:
+            # no optimiser step since the rollout: this forward's log-probs are the trainer's
+            # own old log-probs of these rows, against the engine's (the old ones here)
+            mismatch = logp_mismatch(logps, rollout.old_logps[idx], mask)
+            metrics.update({f"rollout/{k}": float(v) for k, v in mismatch.items()})
+            rollout.mismatch_pending = False
         metrics["loss/policy"] = float(out.loss.detach())
         if self.recipe.loss.penalty_in == "loss":  # aggregated as the policy loss's terms
             penalty = self.regulariser.penalty(logps, rollout.ref_logps[idx], loss_mask)
@@ -698,6 +770,7 @@ class OnlineTrainer(PolicyTrainer):
         self.accelerator.backward(loss)
         metrics["objective/entropy"] = float(masked_mean(self._last_entropy, mask))
         norm = self._optimizer_step(schedule=False)
+        self._engine_stale = True  # the engine samples these weights at the next rollout
         if norm is not None:
             metrics["grad_norm"] = norm
         metrics["loss"] = float(loss.detach())
@@ -745,6 +818,7 @@ class OnlineTrainer(PolicyTrainer):
         return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._engine_stale = True  # resumed weights: the engine takes them at the next rollout
         if "kl_controller" not in state:
             raise TrainingError("the checkpoint has no KL controller state: not an online run")
         self.kl_ctl.load_state_dict(state["kl_controller"])
@@ -763,7 +837,14 @@ class OnlineTrainer(PolicyTrainer):
 
     # ---------------------------------------------------------------- outputs
 
+    def train(self) -> dict[str, Any]:
+        try:
+            return super().train()
+        finally:
+            self.close_rollout_engine()
+
     def final_evaluation(self) -> dict[str, Any]:
+        self.close_rollout_engine()  # the evaluation samples with eval.engine: free this one
         results = super().final_evaluation()
         if self.world is not None and self.recipe.eval.enabled:
             from prefopt.eval.pm import pm_divergence
