@@ -206,6 +206,20 @@ def lora_policy(base, lora_b_scale: float = 0.05):
     return peft_model
 
 
+@needs_vllm
+def test_the_process_keeps_torch_set_num_threads(engines, prompts):
+    """vLLM's CPU worker swaps torch.set_num_threads for a no-op; the engine puts it back."""
+    built, _ = engines("gpt2")
+    built.sample(prompts, GREEDY, seed=0)  # vLLM starts at the first sample
+    threads = torch.get_num_threads()
+    other = 2 if threads == 1 else 1
+    try:
+        torch.set_num_threads(other)
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_lora_weights_are_merged_exactly(world):
     """policy_weights of a peft model is what merge_and_unload writes, bit for bit, under the
     base model's names (tied embeddings under both names), and leaves the adapter unmerged."""

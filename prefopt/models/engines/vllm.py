@@ -231,11 +231,18 @@ class VLLMEngine(RolloutEngine):
             kwargs["kv_cache_memory_bytes"] = int(share * total)
         # without a tokenizer, vLLM's chat-template warm-up fails (logged with a traceback)
         # and it has no EOS id of its own: both harmless, every request names its stop token
-        with (
-            without_log_messages("vllm.renderers.base", "Chat template warmup failed"),
-            without_log_messages("vllm.renderers.base", "Using None for EOS token id"),
-        ):
-            self.llm = self._start(LLM, max_model_len, dtype, kwargs)
+        # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process,
+        # to guard the thread binding it does for its own worker processes; colocated, no such
+        # process or binding exists, and the trainer keeps torch's own function
+        set_num_threads = torch.set_num_threads
+        try:
+            with (
+                without_log_messages("vllm.renderers.base", "Chat template warmup failed"),
+                without_log_messages("vllm.renderers.base", "Using None for EOS token id"),
+            ):
+                self.llm = self._start(LLM, max_model_len, dtype, kwargs)
+        finally:
+            torch.set_num_threads = set_num_threads
         self.max_model_len = max_model_len
         self.sync_weights(self.model)
 
