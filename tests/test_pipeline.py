@@ -136,6 +136,9 @@ def test_a_tiny_mpo_runs_end_to_end_then_reuses_every_stage(tmp_path, monkeypatc
         run_dir / "report.html", tmp_path, 1, "Comparison", "dpo_all",
         *(f'href="stages/{s}/report.html"' for s in ("sft", "rm", "dpo", "mpo", "ppo_all")),
     )  # fmt: skip
+    page = (run_dir / "report.html").read_text()
+    assert "no metrics logged" not in page  # a pipeline's curves are its stages'
+    assert "<td>mpo</td><td>ran</td><td>2</td>" in page  # each stage: ran here, its steps
     # a second run (another run directory) reuses every stage and the report
     again, second = run_pipeline(load_pipeline("mpo", TINY_MPO), tmp_path / "second")
     assert again["ran"] == [] and again["reused"] == summary["ran"]

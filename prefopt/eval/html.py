@@ -134,18 +134,18 @@ def run_report(run_dir: Path) -> Path:
     curves = training_curves(metrics, run_dir)
     over = overoptimisation_plot(metrics, run_dir)
     ev = summary.get("eval") or {}
+    pipeline = (run_dir / "stages").is_dir()
+    # a pipeline logs nothing itself: its stages' reports have the curves
+    missing = "" if pipeline else '<p class="muted">no metrics logged</p>'
     sections = [
         ("Run", _settings(run_dir, summary)),
-        (
-            "Training curves",
-            image(curves, "training curves") or '<p class="muted">no metrics logged</p>',
-        ),  # fmt: skip
+        ("Training curves", image(curves, "training curves") or missing),
         ("Reward against KL over training", image(over, "reward against KL")),
         ("Gold evaluation on the world", _gold_section(ev, run_dir)),
         ("Sample completions: policy and reference on the same prompts", _samples(ev)),
         ("Held-out evaluation", _scalar_table(ev)),
     ]
-    if (run_dir / "stages").is_dir():  # a pipeline: its stages, each with its own report
+    if pipeline:  # its stages, each with its own report
         sections.append(("Stages", _stages(run_dir, summary)))
     comparison = run_dir / "comparison.md"
     if comparison.is_file():  # a pipeline's closing comparison
@@ -168,9 +168,14 @@ def _stages(run_dir: Path, summary: dict[str, Any]) -> str:
         target = (
             f'<a href="stages/{html.escape(name)}/report.html">report</a>' if link.exists() else ""
         )
-        cells = [html.escape(name), html.escape("; ".join(figures)), target]
+        state = "reused" if name in (summary.get("reused") or []) else "ran"
+        steps = (result or {}).get("steps", "")
+        cells = [html.escape(name), state, steps, html.escape("; ".join(figures)), target]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "<tr><th>stage</th><th>its evaluation (± SE over prompts)</th><th></th></tr>"
+    head = (
+        "<tr><th>stage</th><th>this run</th><th>steps</th>"
+        "<th>its evaluation (± SE over prompts)</th><th></th></tr>"
+    )
     return f"<table>{head}{''.join(rows)}</table>" if rows else ""
 
 
