@@ -456,6 +456,12 @@ def test_an_expo_stage_keeps_its_identity_at_the_default_engine():
     )
     other = dataclasses.replace(settings, engine=EngineSettings(name=EngineName.vllm))
     assert _identity(Stage("e", "expo", other)) != _identity(Stage("e", "expo", settings))
+    # memory, sleep and context length are not part of it (config.ENGINE_RUNTIME_ONLY_FIELDS)
+    runtime = dict(gpu_memory_utilization=0.7, cpu_memory_utilization=0.2, sleep=True,
+                   max_model_len=96)  # fmt: skip
+    for name, base in ((EngineName.hf, settings), (EngineName.vllm, other)):
+        sized = dataclasses.replace(settings, engine=EngineSettings(name=name, **runtime))
+        assert _identity(Stage("e", "expo", sized)) == _identity(Stage("e", "expo", base))
     node = OmegaConf.create({"aligned": "/models/dpo", "engine": {"gpu_memory_utilization": 2.0}})
     with pytest.raises(ConfigError) as err:
         _plain_settings("e", "expo", node)
