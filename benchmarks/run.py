@@ -1,4 +1,4 @@
-"""`make bench`: prefopt against TRL, every algorithm, fp32 then each side's fastest setting.
+"""`make bench`: prefopt against TRL, every algorithm, fp32, each side's fastest setting, vLLM.
 
     python -m benchmarks.run [--only dpo,rm] [--settings fp32,fastest,vllm]
 
