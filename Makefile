@@ -78,7 +78,9 @@ typecheck: $(STAMP)
 # RLOO, and against TRL 0.29.1's PPOTrainer (the last TRL with one), installed without its
 # dependencies into its own folder so that it never replaces TRL 1.16 in the venv: it imports and
 # runs with the venv's transformers 5 (docs/benchmarks.md). Writes benchmarks/results.json and
-# docs/benchmarks.md; under 20 minutes on 2 cores.
+# docs/benchmarks.md; under 20 minutes on 2 cores before the vllm rows (PPO, GRPO, RLOO with
+# the vLLM engine, and TRL's colocated vLLM where it runs; left out without vLLM, which
+# `make install` installs), which have not been timed yet (docs/performance.md).
 BENCH_TRL029 := .bench/trl029
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[bench]'

@@ -16,4 +16,15 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 BENCH_DEVICE=cuda
 export BENCH_BATCH=${BENCH_BATCH:-32} BENCH_LAYERS=${BENCH_LAYERS:-24} \
        BENCH_HIDDEN=${BENCH_HIDDEN:-1280} BENCH_HEADS=${BENCH_HEADS:-20}
 export BENCH_RESULTS=benchmarks/results_gpu.json BENCH_DOC=docs/benchmarks_gpu.md
-$PY -m benchmarks.run --settings fastest "$@"
+# the vLLM engine rows (PPO, GRPO, RLOO with rollout.engine.name=vllm; TRL's GRPO and RLOO with
+# use_vllm=True, vllm_mode="colocate", each side's engine at gpu_memory_utilization 0.3) need
+# vLLM's CUDA build, installed by hand (docs/engines.md, "GPUs"): `pip install vllm`, with
+# --no-deps after `pip install -c constraints.txt -e '.[vllm]'` if its transformers range
+# excludes the lock's. Without it, only the hf engine's rows run.
+SETTINGS=fastest
+if $PY -c "import vllm" 2>/dev/null; then
+  SETTINGS=fastest,vllm
+else
+  echo "gpu.sh: vLLM is not installed: the vllm engine rows are left out (docs/engines.md)" >&2
+fi
+$PY -m benchmarks.run --settings "$SETTINGS" "$@"

@@ -94,6 +94,8 @@ def overrides(job: dict[str, Any]) -> list[str]:
             common += [f"reward.scorer={a['reward_model']}", "regulariser.coef=0.0"]
     if job["setting"] == "fastest":
         common += S.PREFOPT_FAST[algo]
+    if job["setting"] == "vllm":
+        common += S.PREFOPT_VLLM[algo]
     return common
 
 

@@ -52,29 +52,62 @@ NOT_COMPARABLE = """\
 """
 
 
-def entry(algo: str, ours: dict[str, float], theirs: dict[str, float]) -> dict[str, Any]:
-    return {
-        "unit": UNITS[algo],
-        "against": AGAINST[algo],
-        "prefopt_per_s": ours["per_s"],
-        "trl_per_s": theirs["per_s"],
-        "ratio": ours["per_s"] / theirs["per_s"] if theirs["per_s"] else float("nan"),
-        "prefopt_tokens_per_s": ours["tokens_per_s"],
-        "trl_tokens_per_s": theirs["tokens_per_s"],
-        "prefopt_gflops": ours["gflops"],
-        "trl_gflops": theirs["gflops"],
-        "prefopt_peak_mb": ours["peak_mb"],
-        "trl_peak_mb": theirs["peak_mb"],
-        "timed_items": {"prefopt": ours["items"], "trl": theirs["items"]},
-        "timed_tokens": {"prefopt": ours["tokens"], "trl": theirs["tokens"]},
+#: what TRL runs in an engine setting, where it has the mode
+AGAINST_ENGINE = {
+    "vllm": {
+        "grpo": 'TRL 1.16 GRPOTrainer, use_vllm=True, vllm_mode="colocate"',
+        "rloo": 'TRL 1.16 RLOOTrainer, use_vllm=True, vllm_mode="colocate"',
     }
+}
+
+
+def entry(
+    algo: str,
+    ours: dict[str, float],
+    theirs: dict[str, float] | None,
+    setting: str = "",
+    trl_missing: str | None = None,
+) -> dict[str, Any]:
+    """One row of results.json. ``theirs`` None: TRL did not run in this setting
+    (``trl_missing`` says why); its figures and the ratio are None."""
+
+    def trl(key: str) -> float | None:
+        return theirs[key] if theirs is not None else None
+
+    per_s = trl("per_s")
+    out = {
+        "unit": UNITS[algo],
+        "against": AGAINST_ENGINE.get(setting, {}).get(algo, AGAINST[algo]),
+        "prefopt_per_s": ours["per_s"],
+        "trl_per_s": per_s,
+        "ratio": None if per_s is None else ours["per_s"] / per_s if per_s else float("nan"),
+        "prefopt_tokens_per_s": ours["tokens_per_s"],
+        "trl_tokens_per_s": trl("tokens_per_s"),
+        "prefopt_gflops": ours["gflops"],
+        "trl_gflops": trl("gflops"),
+        "prefopt_peak_mb": ours["peak_mb"],
+        "trl_peak_mb": trl("peak_mb"),
+        "timed_items": {"prefopt": ours["items"], "trl": trl("items")},
+        "timed_tokens": {"prefopt": ours["tokens"], "trl": trl("tokens")},
+    }
+    if theirs is None:
+        out["trl_missing"] = trl_missing or "not run"
+    return out
+
+
+def _f(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def line(algo: str, setting: str, e: dict[str, Any]) -> str:
+    trl = (
+        f"TRL {e['trl_per_s']:.2f} {e['unit']}/s, ratio {e['ratio']:.2f}"
+        if e.get("trl_per_s") is not None
+        else "TRL not run"
+    )
     return (
-        f"{algo} {setting}: prefopt {e['prefopt_per_s']:.2f} {e['unit']}/s, "
-        f"TRL {e['trl_per_s']:.2f} {e['unit']}/s, ratio {e['ratio']:.2f}; peak "
-        f"{e['prefopt_peak_mb']:.0f} / {e['trl_peak_mb']:.0f} MB"
+        f"{algo} {setting}: prefopt {e['prefopt_per_s']:.2f} {e['unit']}/s, {trl}; peak "
+        f"{e['prefopt_peak_mb']:.0f} / {_f(e.get('trl_peak_mb'), '.0f')} MB"
     )
 
 
@@ -126,7 +159,8 @@ def best(by_setting: dict[str, Any]) -> dict[str, Any]:
     measure slower than its fp32 one), with the issue's target where there is one."""
     settings = [s for s in by_setting if s != "best"]
     ours = max(settings, key=lambda s: by_setting[s]["prefopt_per_s"])
-    theirs = max(settings, key=lambda s: by_setting[s]["trl_per_s"])
+    ran = [s for s in settings if by_setting[s].get("trl_per_s") is not None]
+    theirs = max(ran, key=lambda s: by_setting[s]["trl_per_s"])
     a, b = by_setting[ours], by_setting[theirs]
     return {
         "prefopt_setting": ours,
@@ -137,6 +171,61 @@ def best(by_setting: dict[str, Any]) -> dict[str, Any]:
         "prefopt_peak_mb": a["prefopt_peak_mb"],
         "trl_peak_mb": b["trl_peak_mb"],
     }
+
+
+#: issue 22's targets for the online algorithms with prefopt's vLLM engine, against TRL's best
+ENGINE_TARGETS = {"ppo": 3.0, "grpo": 3.0, "rloo": 3.0}
+
+
+def engine_section(results: dict[str, Any]) -> str:
+    """The "vllm" rows side by side: prefopt with the vLLM engine, prefopt's hf engine at its
+    fastest, TRL with its own colocated vLLM (or why not), TRL's best setting, and issue 22's
+    target (the vLLM engine's speed at least that many times TRL's best, peak memory no more).
+    Empty when no result has the setting."""
+    rows, missing = [], []
+    for algo, by_setting in results.items():
+        e, hf = by_setting.get("vllm"), by_setting.get("fastest")
+        settings = {k: v for k, v in by_setting.items() if k != "best"}
+        if e is None or hf is None:
+            continue
+        top = by_setting.get("best") or best(settings)  # gpu.sh runs no fp32 rows: no "best"
+        trl_best, trl_peak = top["trl_per_s"], top["trl_peak_mb"]
+        ratio = e["prefopt_per_s"] / trl_best if trl_best else float("nan")
+        target = ENGINE_TARGETS.get(algo)
+        reached = target is not None and ratio >= target and e["prefopt_peak_mb"] <= trl_peak
+        met = "-" if target is None else "met" if reached else "not met"
+        if e.get("trl_missing"):
+            missing.append(f"- {algo}: {e['trl_missing']}")
+        rows.append(
+            f"| {algo} | {e['prefopt_per_s']:.2f} | {hf['prefopt_per_s']:.2f} | "
+            f"{_f(e.get('trl_per_s'), '.2f')} | {trl_best:.2f} ({top['trl_setting']}) | "
+            f"{ratio:.2f} | {'-' if target is None else f'{target:g}x'} | "
+            f"{e['prefopt_peak_mb']:.0f} / {_f(e.get('trl_peak_mb'), '.0f')} / {trl_peak:.0f} | "
+            f"{met} |"
+        )
+    if not rows:
+        return ""
+    why = "\n".join(missing) if missing else "- TRL's colocated vLLM ran for every algorithm."
+    return f"""## The vLLM engine (issue 22)
+
+The `vllm` setting: each side's fastest setting with rollouts sampled by a vLLM engine in the
+training process (prefopt: `rollout.engine.name=vllm`; TRL: `use_vllm=True,
+vllm_mode="colocate"`); on vLLM's CPU backend prefopt's KV cache is {S.VLLM_KV_MB} MB, TRL's
+{S.TRL_VLLM_KV_GIB} GiB (`VLLM_CPU_KVCACHE_SPACE`, whole GiB; TRL passes no size of its own),
+on GPUs both take `gpu_memory_utilization` 0.3. Each engine's start falls in step 1, outside the
+timed window. Issue 22's target: prefopt with the engine at least the target times TRL's best
+setting, with no more peak memory. Where TRL has no vLLM mode or its engine did not run, the
+row compares with TRL's best setting and the reason is listed below (docs/engines.md, "Speed").
+
+| algorithm | prefopt vLLM /s | prefopt hf (fastest) /s | TRL vLLM /s | TRL best /s (setting) \
+| ratio vLLM / TRL best | target | peak MB (prefopt vLLM / TRL vLLM / TRL best) | target met |
+|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Where TRL did not run with vLLM:
+{why}
+
+"""
 
 
 def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
@@ -161,10 +250,11 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
             if setting == "best":
                 continue
             rows.append(
-                f"| {algo} | {setting} | {e['prefopt_per_s']:.2f} | {e['trl_per_s']:.2f} | "
-                f"{e['ratio']:.2f} | {e['prefopt_tokens_per_s']:.0f} / {e['trl_tokens_per_s']:.0f}"
-                f" | {e['prefopt_gflops']:.1f} / {e['trl_gflops']:.1f} | "
-                f"{e['prefopt_peak_mb']:.0f} / {e['trl_peak_mb']:.0f} |"
+                f"| {algo} | {setting} | {e['prefopt_per_s']:.2f} | "
+                f"{_f(e.get('trl_per_s'), '.2f')} | {_f(e.get('ratio'), '.2f')} | "
+                f"{e['prefopt_tokens_per_s']:.0f} / {_f(e.get('trl_tokens_per_s'), '.0f')} | "
+                f"{e['prefopt_gflops']:.1f} / {_f(e.get('trl_gflops'), '.1f')} | "
+                f"{e['prefopt_peak_mb']:.0f} / {_f(e.get('trl_peak_mb'), '.0f')} |"
             )
     checks = [
         f"| {algo} | {e['fp32']['agreement']['prefopt_loss']:.6f} | "
@@ -172,6 +262,7 @@ def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
         for algo, e in results.items()
         if "agreement" in e.get("fp32", {})
     ]
+    engine = engine_section(results)
     peak = meta["matmul_peak_gflops"]
     fast_prefopt = "\n".join(f"  - {a}: `{' '.join(v)}`" for a, v in S.PREFOPT_FAST.items())
     fast_trl = "\n".join(f"  - {a}: `{v}`" for a, v in S.TRL_FAST.items())
@@ -244,7 +335,7 @@ whether this run met it.
 Units: pairs per second (dpo, rm), episodes (completions generated and trained on) per second
 (ppo, grpo, rloo). Per algorithm: {"; ".join(f"{a}: {n}" for a, n in NOTES.items())}.
 
-## Agreement (fp32, first batch)
+{engine}## Agreement (fp32, first batch)
 
 Both sides see the same token ids, and compute the same loss (within {S.TOLERANCE:g}) and
 per-sequence numbers (log-probabilities of chosen and rejected summed over completion tokens,

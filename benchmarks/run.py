@@ -1,6 +1,6 @@
-"""`make bench`: prefopt against TRL, every algorithm, fp32 then each side's fastest setting.
+"""`make bench`: prefopt against TRL, every algorithm, fp32, each side's fastest setting, vLLM.
 
-    python -m benchmarks.run [--only dpo,rm] [--settings fp32,fastest]
+    python -m benchmarks.run [--only dpo,rm] [--settings fp32,fastest,vllm]
 
 Builds the assets (benchmarks/assets.py) under .bench/, measures this machine's matmul peak,
 runs each side in its own process (peak RSS is that process's own), checks in fp32 that both
@@ -11,13 +11,20 @@ Timing, the same on both sides: the wall time from the end of optimiser step 1 (
 the end of the last step, plus any one-time precomputation those steps rely on (prefopt's cached
 reference log-probs, TRL's precompute_ref_log_probs). Items per second are the pairs (offline)
 or episodes, i.e. completions generated and trained on (online), of steps 2..N.
+
+The ``vllm`` setting (online algorithms only): each side's fastest setting with rollouts from
+its own vLLM engine colocated in the training process. Where TRL has no vLLM mode (TRL 0.29's
+PPO) or its engine does not run on this machine, the row reports prefopt's figures and the
+reason instead of TRL's, and the bench goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,8 +49,29 @@ def data_order(n: int, seed: int = S.SEED) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def child(side: str, job: dict[str, Any]) -> dict[str, Any]:
-    """Run one side in its own process; its result, or SystemExit naming its log."""
+class SideFailed(SystemExit):
+    """One side's process failed (or ran past its time); ``reason``: the line that says why."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def failure_reason(log: str) -> str:
+    """The line of a failed side's log that says why: the last exception line of a traceback
+    (``SomeError: ...``, without the ``[rank0]: `` prefix of a distributed launch), else the
+    last line."""
+    lines = [re.sub(r"^\[rank\d+\]:\s*", "", x.strip()) for x in log.splitlines()]
+    lines = [x for x in lines if x]
+    for row in reversed(lines):
+        head = row.split(":", 1)[0]
+        if ":" in row and " " not in head and head.endswith(("Error", "Exception", "Exit")):
+            return row[:400]
+    return lines[-1][:400] if lines else "no output"
+
+
+def child(side: str, job: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Run one side in its own process; its result, or SideFailed naming its log."""
     name = f"{job['algo']}-{job['setting']}-{side}"
     job_path, out_path, log = (WORK / "jobs" / f"{name}.{x}" for x in ("json", "out.json", "log"))
     job_path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,19 +85,46 @@ def child(side: str, job: dict[str, Any]) -> dict[str, Any]:
     if side == "trl" and job["algo"] == "ppo":
         module = "benchmarks.trl029_ppo"
         env["PYTHONPATH"] = f"{TRL029}:{ROOT}"
+    if side == "trl" and job["setting"] in S.ENGINE_SETTINGS and S.DEVICE == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(S.TRL_VLLM_KV_GIB)  # TRL passes no KV-cache size
     start = time.time()
     with log.open("w") as handle:
-        code = subprocess.call(
+        process = subprocess.Popen(
             [sys.executable, "-m", module, str(job_path), str(out_path)],
             stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )  # fmt: skip
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise SideFailed(f"{name} ran past {timeout:.0f} s; log {log}",
+                             f"did not finish in {timeout:.0f} s") from None  # fmt: skip
     if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise SystemExit(f"{name} failed (exit {code}); log {log}:\n{tail}")
+        text = log.read_text()
+        tail = "".join(text.splitlines(keepends=True)[-25:])
+        raise SideFailed(f"{name} failed (exit {code}); log {log}:\n{tail}", failure_reason(text))
     result = json.loads(out_path.read_text())
     result["wall_s"] = time.time() - start
     print(f"  {name}: {result['timed_s']:.1f} s timed, peak {result['peak_mb']:.0f} MB", flush=True)
     return result
+
+
+def trl_side(job: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """TRL's result, or (None, why) in an engine setting that TRL has no mode for or that
+    does not run here (the bench goes on and reports the reason); elsewhere a failure stops the
+    bench."""
+    if job["setting"] not in S.ENGINE_SETTINGS:
+        return child("trl", job), None
+    if job["algo"] in S.TRL_NO_VLLM:
+        print(f"  TRL: {S.TRL_NO_VLLM[job['algo']]}", flush=True)
+        return None, S.TRL_NO_VLLM[job["algo"]]
+    try:
+        return child("trl", job, timeout=S.ENGINE_TIMEOUT_S), None
+    except SideFailed as failed:
+        reason = f"TRL's colocated vLLM did not run here: {failed.reason}"
+        print(f"  {reason}", flush=True)
+        return None, reason
 
 
 def check(algo: str, ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
@@ -152,20 +207,34 @@ def main(argv: list[str] | None = None) -> None:
         results = {k: v for k, v in json.loads(RESULTS.read_text()).items() if k != "machine"}
     raw: dict[str, Any] = {}
     for setting in settings:
+        if setting in S.ENGINE_SETTINGS and importlib.util.find_spec(setting) is None:
+            print(f"{setting}: not installed (`make install`; docs/engines.md): its rows are "
+                  "left out", flush=True)  # fmt: skip
+            continue
         for algo in algos:
+            if setting not in S.settings_for(algo):
+                continue
             job = {"algo": algo, "setting": setting, "assets": assets, "order": order,
                    "check": setting == "fp32"}  # fmt: skip
             print(f"{algo} {setting}", flush=True)
-            ours, theirs = child("prefopt", job), child("trl", job)
-            raw[f"{algo}/{setting}"] = {"prefopt": ours, "trl": theirs}
-            entry = report.entry(algo, figures(algo, ours, offline), figures(algo, theirs, offline))
-            if setting == "fp32" and "check" in ours and "check" in theirs:
+            ours = child("prefopt", job)
+            theirs, missing = trl_side(job)
+            raw[f"{algo}/{setting}"] = {"prefopt": ours, "trl": theirs or missing}
+            entry = report.entry(
+                algo,
+                figures(algo, ours, offline),
+                figures(algo, theirs, offline) if theirs else None,
+                setting=setting,
+                trl_missing=missing,
+            )
+            if setting == "fp32" and theirs and "check" in ours and "check" in theirs:
                 entry["agreement"] = check(algo, ours.pop("check"), theirs.pop("check"))
             entry["notes"] = report.NOTES.get(algo, "")
             results.setdefault(algo, {})[setting] = entry
             print(f"  {report.line(algo, setting, entry)}", flush=True)
-    for by_setting in results.values():
-        if all(setting in by_setting for setting in S.SETTINGS):
+    for algo, by_setting in results.items():
+        by_setting.pop("best", None)
+        if all(s in by_setting for s in S.settings_for(algo) if s not in S.ENGINE_SETTINGS):
             by_setting["best"] = report.best(by_setting)
     meta = report.machine(peak, assets, time.time() - began)
     RESULTS.write_text(json.dumps({"machine": meta, **results}, indent=2) + "\n")

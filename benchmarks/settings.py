@@ -18,7 +18,9 @@ MAX_LENGTH = 256
 LR = 1e-5
 SEED = 0
 OFFLINE_STEPS = 8  # 8 x 8 = the 64 pairs; step 1 is the warm-up, steps 2..8 are timed
-ONLINE_STEPS = 8  # step 1 is the warm-up, steps 2..8 are timed (8 x 8 PPO episodes: the 64 prompts)
+# step 1 is the warm-up, steps 2..8 are timed (8 x 8 PPO episodes: the 64 prompts); a smoke run
+# of the harness may shorten it (BENCH_ONLINE_STEPS, at least 2), never a reported one
+ONLINE_STEPS = max(2, int(os.environ.get("BENCH_ONLINE_STEPS", "8")))
 N_PAIRS = OFFLINE_STEPS * BATCH
 MAX_PROMPT_LENGTH = 128
 MAX_NEW_TOKENS = 48
@@ -29,7 +31,16 @@ TOLERANCE = 1e-4
 SUM_RTOL = 1e-6  # per-sequence summed log-probs and rewards: TOLERANCE + SUM_RTOL x |value|
 
 ALGORITHMS = ("dpo", "rm", "ppo", "grpo", "rloo")
-SETTINGS = ("fp32", "fastest")
+ONLINE = ("ppo", "grpo", "rloo")
+SETTINGS = ("fp32", "fastest", "vllm")
+#: settings of the rollout engine: run by the online algorithms only
+ENGINE_SETTINGS = ("vllm",)
+
+
+def settings_for(algo: str) -> tuple[str, ...]:
+    """The settings ``algo`` runs in: the engine settings only online."""
+    return tuple(s for s in SETTINGS if algo in ONLINE or s not in ENGINE_SETTINGS)
+
 
 PREFOPT_FAST: dict[str, list[str]] = {
     "dpo": ["trainer.precision=bf16"],
@@ -45,12 +56,49 @@ PREFOPT_FAST: dict[str, list[str]] = {
     "rloo": ["trainer.precision=bf16", "rollout.logps_from_generation=true"],
 }
 
+# "vllm": rollouts sampled by a vLLM engine colocated in the training process, on each side its
+# own (prefopt's rollout.engine.name=vllm; TRL's use_vllm=True, vllm_mode="colocate"), on top
+# of that side's fastest setting. The KV cache on vLLM's CPU backend: prefopt's
+# rollout.engine.cpu_memory_utilization, a share of host memory, set to VLLM_KV_MB (a rollout
+# here is 8 sequences of at most 128 + 48 tokens, about 35 MB of keys and values for this
+# model; 256 MB holds about 7,500 tokens); TRL passes vLLM no KV-cache size of its own, so its
+# process gets vLLM's CPU setting VLLM_CPU_KVCACHE_SPACE, which takes whole GiB: 1, the least.
+# On GPUs both sides use their gpu_memory_utilization default (0.3).
+VLLM_KV_MB = 256
+TRL_VLLM_KV_GIB = 1
+# TRL's run with its colocated vLLM is stopped (and reported as not run) after this long
+ENGINE_TIMEOUT_S = 1200.0
+
+
+def _host_share(mb: float) -> float:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(1.0, mb * 2**20 / total)
+
+
+PREFOPT_VLLM: dict[str, list[str]] = {
+    algo: [
+        *PREFOPT_FAST[algo],
+        "rollout.engine.name=vllm",
+        f"rollout.engine.cpu_memory_utilization={_host_share(VLLM_KV_MB):.6f}",
+    ]
+    for algo in ONLINE
+}
+
 TRL_FAST: dict[str, dict[str, object]] = {
     "dpo": {"bf16": True, "precompute_ref_log_probs": True},
     "rm": {"bf16": True},
     "ppo": {"bf16": True},
     "grpo": {"bf16": True},
     "rloo": {"bf16": True},
+}
+
+TRL_VLLM: dict[str, dict[str, object]] = {
+    algo: {**TRL_FAST[algo], "use_vllm": True, "vllm_mode": "colocate"} for algo in ("grpo", "rloo")
+}
+#: online algorithms whose TRL trainer has no vLLM mode: the reason, printed in the vllm row
+TRL_NO_VLLM: dict[str, str] = {
+    "ppo": "TRL 0.29.1's PPOTrainer (the last TRL with PPO) has no vLLM mode: it samples with "
+    "transformers' generate, so its fp32 and fastest rows are its only settings",
 }
 
 # what was measured on this machine and not taken into the "fastest" settings (one-off runs of

@@ -43,9 +43,13 @@ def common_args(job: dict[str, Any], steps: int) -> dict[str, Any]:
         disable_tqdm=True,
         bf16=False,
     )
-    if job["setting"] == "fastest":
-        args.update(S.TRL_FAST[job["algo"]])
+    args.update(trl_settings(job["algo"], job["setting"]))
     return args
+
+
+def trl_settings(algo: str, setting: str) -> dict[str, object]:
+    """TRL's config fields of a setting beyond fp32: its fastest, or its colocated vLLM."""
+    return {"fastest": S.TRL_FAST, "vllm": S.TRL_VLLM}.get(setting, {}).get(algo, {})
 
 
 class StepClock:
@@ -229,7 +233,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     else:
         trainer, counter = build_online(job)
     out["args"] = {k: v for k, v in common_args(job, 0).items() if k in ("bf16",)} | (
-        S.TRL_FAST[algo] if job["setting"] == "fastest" else {}
+        trl_settings(algo, job["setting"])
     )
     if algo in ("dpo", "rm") and job.get("check"):
         out["check"] = first_batch(trainer, algo)

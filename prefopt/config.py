@@ -320,9 +320,11 @@ class RolloutConfig:
     # the sampling policy's log-probs (PPO's "old" log-probs) from the logits `generate`
     # already computed (as TRL's PPOTrainer does) instead of a second, full forward: one
     # forward fewer per rollout; equal up to float rounding (the cached incremental forward
-    # against the full one), so the first minibatch's ratio is 1 up to that rounding. Not with
-    # a shared value head (its values need the full forward anyway). Whatever the engine, these
-    # are the engine's own log-probs of the tokens it sampled (docs/algorithms/ppo.md)
+    # against the full one), so the first minibatch's ratio is 1 up to that rounding. With a
+    # shared value head the old log-probs stay the trainer's (its values need the full forward
+    # anyway) and the engine's only measure the mismatch (rollout/logp_diff_*). Whatever the
+    # engine, these are the engine's own log-probs of the tokens it sampled
+    # (docs/algorithms/ppo.md)
     logps_from_generation: bool = False
     # what samples the rollouts (docs/engines.md); hf: transformers' generate on the live policy
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -424,7 +426,19 @@ OPTIONAL_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-#: settings that change how a run goes (speed, memory) or what it checks, never what it learns
+#: an engine's settings (``EngineSettings``) that decide how much memory it takes and whether
+#: it sleeps between rollouts, never what it samples (the name does; a ``max_model_len`` too
+#: short for a call is refused, not sampled differently; vLLM's per-request seeds draw the
+#: same tokens whatever its KV-cache size, up to the float rounding of another batching)
+ENGINE_RUNTIME_ONLY_FIELDS = (
+    "gpu_memory_utilization",
+    "cpu_memory_utilization",
+    "sleep",
+    "max_model_len",
+)
+
+#: settings that change how a run goes (speed, memory) or what it checks, never what it learns;
+#: a key may be nested (``rollout.engine.sleep``)
 RUNTIME_ONLY_KEYS = (
     "rollout.gather_zero3_weights",
     "data.max_unknown_fraction",
@@ -432,7 +446,9 @@ RUNTIME_ONLY_KEYS = (
     "data.layout",
     "data.pack_length",
     "model.train_attention",
-)
+    *(f"{section}.engine.{name}" for section in ("rollout", "eval")
+      for name in ENGINE_RUNTIME_ONLY_FIELDS),
+)  # fmt: skip
 
 #: what a resumed run may change against the recipe stored in its folder: how long it runs,
 #: where and how it reports and evaluates (``eval.*``), and RUNTIME_ONLY_KEYS; any other
@@ -1186,6 +1202,7 @@ __all__ = [
     "recipe_from_node",
     "validate_recipe",
     "recipe_differences",
+    "ENGINE_RUNTIME_ONLY_FIELDS",
     "RESUMABLE_CHANGES",
     "RUNTIME_ONLY_KEYS",
     "Recipe",

@@ -99,3 +99,60 @@ def test_best_against_best_takes_each_sides_fastest_setting():
     assert (e["prefopt_setting"], e["trl_setting"]) == ("fastest", "fp32")
     assert e["ratio"] == pytest.approx(4.0 / 1.5)
     assert (e["prefopt_peak_mb"], e["trl_peak_mb"]) == (1000, 2000)
+
+
+def test_the_vllm_setting_is_online_only():
+    from benchmarks import settings as S
+
+    assert S.settings_for("dpo") == S.settings_for("rm") == ("fp32", "fastest")
+    for algo in ("ppo", "grpo", "rloo"):
+        assert S.settings_for(algo) == ("fp32", "fastest", "vllm")
+        # the engine on top of prefopt's fastest setting, its KV cache a share of host memory
+        assert S.PREFOPT_VLLM[algo][: len(S.PREFOPT_FAST[algo])] == S.PREFOPT_FAST[algo]
+        assert "rollout.engine.name=vllm" in S.PREFOPT_VLLM[algo]
+    assert set(S.TRL_VLLM) | set(S.TRL_NO_VLLM) == {"ppo", "grpo", "rloo"}
+    assert S.TRL_VLLM["grpo"] == {"bf16": True, "use_vllm": True, "vllm_mode": "colocate"}
+
+
+def test_a_failed_sides_reason_is_its_last_exception_line():
+    from benchmarks.run import failure_reason
+
+    log = (
+        'INFO starting\n[rank0]: Traceback (most recent call last):\n[rank0]:   File "x.py"\n'
+        "[rank0]: AttributeError: 'Parameter' object has no attribute 'weight_loader'\n"
+        "[rank0]: destroy_process_group() was not called\n"
+    )
+    assert failure_reason(log) == (
+        "AttributeError: 'Parameter' object has no attribute 'weight_loader'"
+    )
+    assert failure_reason("killed\n\n") == "killed"
+    assert failure_reason("") == "no output"
+
+
+def test_a_row_without_trl_keeps_prefopts_figures_and_says_why():
+    """TRL not run in the vllm setting: its figures are None, the reason is kept, best takes
+    TRL's fastest among the settings it ran, and the engine section divides the vLLM engine's
+    rate by it: 6.0 / 1.5 = 4.0 >= 3 with 900 <= 2000 MB, met."""
+    from benchmarks.report import best, engine_section, entry, line
+
+    fig = {"per_s": 6.0, "tokens_per_s": 600.0, "gflops": 1.0, "peak_mb": 900.0, "items": 56,
+           "tokens": 5600}  # fmt: skip
+    row = entry("grpo", fig, None, setting="vllm", trl_missing="TRL's colocated vLLM: X")
+    assert row["trl_per_s"] is None and row["ratio"] is None
+    assert row["trl_missing"] == "TRL's colocated vLLM: X" and row["prefopt_per_s"] == 6.0
+    assert row["against"].endswith('vllm_mode="colocate"')
+    assert "TRL not run" in line("grpo", "vllm", row)
+    by_setting = {
+        "fp32": {"prefopt_per_s": 2.0, "trl_per_s": 1.5, "prefopt_peak_mb": 800,
+                 "trl_peak_mb": 2000},
+        "fastest": {"prefopt_per_s": 4.0, "trl_per_s": 1.0, "prefopt_peak_mb": 1000,
+                    "trl_peak_mb": 1800},
+        "vllm": row,
+    }  # fmt: skip
+    by_setting["best"] = e = best(by_setting)
+    assert (e["prefopt_setting"], e["trl_setting"]) == ("vllm", "fp32")
+    assert e["ratio"] == pytest.approx(6.0 / 1.5)
+    text = engine_section({"grpo": by_setting})
+    assert "| grpo | 6.00 | 4.00 | - | 1.50 (fp32) | 4.00 | 3x | 900 / - / 2000 | met |" in text
+    assert "- grpo: TRL's colocated vLLM: X" in text
+    assert engine_section({"grpo": {k: v for k, v in by_setting.items() if k != "vllm"}}) == ""

@@ -296,6 +296,36 @@ def test_with_logps_from_generation_the_first_update_measures_the_mismatch(
     assert "rollout/logp_diff_mean" not in trainer.update(rollout, idx)
 
 
+def test_with_a_shared_value_head_logps_from_generation_still_measures_the_mismatch(
+    tmp_path, tiny_pretrained
+):
+    """value.mode=shared: the old log-probs stay the trainer's (the head's values come from
+    that forward), but the engine still returns its log-probs and the rollout's metrics are
+    their distance to that forward's, over every completion token (separate mode measures the
+    same on the first minibatch)."""
+    trainer = online_trainer(
+        tmp_path, tiny_pretrained, "value.mode=shared", "rollout.logps_from_generation=true"
+    )
+    assert trainer.value_head is not None and not trainer.old_logps_from_engine
+    rollout, samples, metrics = trainer.make_rollout(
+        [e["prompt"] for e in trainer.train_examples[:8]]
+    )
+    assert samples.logps is not None and rollout.engine_logps is not None
+    assert not rollout.old_from_engine and not rollout.mismatch_pending
+    assert rollout.old_values is not None and rollout.tis_weights is None
+    with torch.no_grad():
+        own, _ = trainer.policy_forward(
+            rollout.sequences, rollout.attention_mask, grad=False, first=rollout.first
+        )
+    assert_close(rollout.old_logps, own)  # the trainer's forward, not the engine's log-probs
+    expected = logp_mismatch(own, samples.logps, rollout.mask)
+    assert metrics["rollout/logp_diff_mean"] == pytest.approx(float(expected["logp_diff_mean"]))
+    assert metrics["rollout/logp_diff_max"] == pytest.approx(float(expected["logp_diff_max"]))
+    # generate's cached forward against the full one: rounding only, but measured (not 0)
+    assert 0 < metrics["rollout/logp_diff_mean"] <= metrics["rollout/logp_diff_max"] < 1e-4
+    assert "rollout/logp_diff_mean" not in trainer.update(rollout, torch.arange(4))
+
+
 def test_tis_weights_from_the_engines_logps_reach_the_loss(tmp_path, tiny_pretrained):
     """rollout.tis_cap = 2: the engine returns its log-probs, the old log-probs stay the
     trainer's, the weights are min(exp(old - engine), 2) on the mask, and the update's loss is
@@ -352,6 +382,55 @@ def test_a_tiny_online_run_logs_the_engine_metrics_it_should(tmp_path, tiny_pret
         assert m["rollout/tis_capped"] == 0.0
 
 
+# an engine's memory, sleep and context settings at values other than their defaults
+ENGINE_RUNTIME = [
+    f"{section}.engine.{key}={value}"
+    for section in ("rollout", "eval")
+    for key, value in (("gpu_memory_utilization", 0.7), ("cpu_memory_utilization", 0.2),
+                       ("sleep", "true"), ("max_model_len", 96))
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_an_engines_memory_and_sleep_settings_keep_the_stage_identity(engine):
+    """rollout.engine / eval.engine's gpu_memory_utilization, cpu_memory_utilization, sleep and
+    max_model_len (config.ENGINE_RUNTIME_ONLY_FIELDS) do not change what is sampled: a stage
+    keeps its identity (its cache folder) when they change, one at a time or all at once, for
+    the default engine (whose identity is then still the one without any engine setting) and
+    for vLLM; the engine's name still changes it."""
+    from prefopt.config import ENGINE_RUNTIME_ONLY_FIELDS, RUNTIME_ONLY_KEYS, load_recipe
+    from prefopt.pipeline.cache import stage_identity
+
+    assert {f"{s}.engine.{k}" for s in ("rollout", "eval") for k in ENGINE_RUNTIME_ONLY_FIELDS} <= (
+        set(RUNTIME_ONLY_KEYS)
+    )
+    named = [f"rollout.engine.name={engine}", f"eval.engine.name={engine}"]
+    base = stage_identity(load_recipe("grpo", named))
+    for override in ENGINE_RUNTIME:
+        assert stage_identity(load_recipe("grpo", [*named, override])) == base, override
+    assert stage_identity(load_recipe("grpo", [*named, *ENGINE_RUNTIME])) == base
+    other = "hf" if engine == "vllm" else "vllm"
+    assert stage_identity(load_recipe("grpo", [f"rollout.engine.name={other}"])) != base
+    if engine == "hf":  # the default engine: the identity every stage had before
+        assert base == stage_identity(load_recipe("grpo"))
+
+
+def test_a_resume_may_change_an_engines_memory_and_sleep_settings(tmp_path):
+    """check_same_run: a run stored with the vLLM engine resumes with other memory shares,
+    sleep and max_model_len (rollout.engine and eval.engine), but not with another engine."""
+    from prefopt.config import save_recipe
+    from prefopt.train import check_same_run
+    from prefopt.trainers.base import TrainingError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    named = ("rollout.engine.name=vllm", *GROUP)
+    save_recipe(tiny_recipe("grpo", run, *named), run / "recipe.yaml")
+    check_same_run(run, tiny_recipe("grpo", run, *named, *ENGINE_RUNTIME), "auto")
+    with pytest.raises(TrainingError, match=r"rollout\.engine\.name: 'vllm' -> 'hf'"):
+        check_same_run(run, tiny_recipe("grpo", run, *GROUP, *ENGINE_RUNTIME), "auto")
+
+
 def test_an_expo_stage_keeps_its_identity_at_the_default_engine():
     """The identity an expo stage had before `engine` existed (its settings without it), kept at
     the default; another engine is another identity. A bad engine fails when the stage is read."""
@@ -377,6 +456,12 @@ def test_an_expo_stage_keeps_its_identity_at_the_default_engine():
     )
     other = dataclasses.replace(settings, engine=EngineSettings(name=EngineName.vllm))
     assert _identity(Stage("e", "expo", other)) != _identity(Stage("e", "expo", settings))
+    # memory, sleep and context length are not part of it (config.ENGINE_RUNTIME_ONLY_FIELDS)
+    runtime = dict(gpu_memory_utilization=0.7, cpu_memory_utilization=0.2, sleep=True,
+                   max_model_len=96)  # fmt: skip
+    for name, base in ((EngineName.hf, settings), (EngineName.vllm, other)):
+        sized = dataclasses.replace(settings, engine=EngineSettings(name=name, **runtime))
+        assert _identity(Stage("e", "expo", sized)) == _identity(Stage("e", "expo", base))
     node = OmegaConf.create({"aligned": "/models/dpo", "engine": {"gpu_memory_utilization": 2.0}})
     with pytest.raises(ConfigError) as err:
         _plain_settings("e", "expo", node)

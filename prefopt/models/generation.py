@@ -179,7 +179,7 @@ def generate(
                 _generate_batch(model, batch, cfg, k, tokenizer, device, seed + start, with_logps)
             )
     model.train(was_training)
-    return _assemble(prompts, pieces, tokenizer, k)
+    return assemble_samples(prompts, pieces, tokenizer, k)
 
 
 def _generate_batch(
@@ -281,9 +281,24 @@ def neutral_generation_config(model: nn.Module) -> Iterator[None]:
         target.generation_config = original
 
 
-def _assemble(prompts: list[str], pieces, tokenizer: Any, k: int) -> Samples:
-    """Batches of different widths -> one Samples with a common prompt block: each batch's
-    prompt is left-padded to the widest prompt, its generation right-padded to the longest."""
+def assemble_samples(
+    prompts: list[str],
+    pieces: list[tuple[Tensor, Tensor, int, Tensor | None]],
+    tokenizer: Any,
+    k: int,
+) -> Samples:
+    """Sampled batches -> one :class:`Samples` in ``generate``'s layout, for any engine.
+
+    ``pieces`` are the batches in prompt order, each ``(sequences, prompt_mask, prompt_len,
+    gen_logps)``: ``sequences`` [B, prompt_len + G] a left-padded prompt block followed by the
+    generated tokens (anything after a row's first EOS is ignored: masked and set to pad),
+    ``prompt_mask`` [B, prompt_len] the prompt block's attention mask, ``gen_logps`` [B, G] the
+    sampled tokens' log-probs or None; ``B`` counts ``k`` rows per prompt, grouped by prompt.
+    Batches of different widths get a common prompt block (each left-padded to the widest
+    prompt) and a common generation width (right-padded with pad to the longest); completion
+    tokens are everything up to and including the first EOS, texts are decoded without
+    special tokens and stripped, and log-probs move to the columns that score them (column j
+    scores sequence column j+1, 0 off the completions)."""
     prompt_width = max(prompt_len for _, _, prompt_len, _ in pieces)
     gen_width = max(out.shape[1] - prompt_len for out, _, prompt_len, _ in pieces)
     pad_id = tokenizer.pad_token_id

@@ -19,6 +19,7 @@ training it again.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -97,10 +98,14 @@ def stage_identity(recipe: Recipe) -> str:
     learnt = replace(recipe, output_dir=None, resume=None)
     learnt.trainer = replace(recipe.trainer, device=Device.auto, progress_bar=True)
     node = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(learnt))))
-    for key in RUNTIME_ONLY_KEYS:  # left out, so that adding such a setting keeps old caches
-        section, name = key.split(".")
-        cast(DictConfig, node[section]).pop(name)
-    for section, defaults in LATER_SETTINGS.items():
+    # left out, so that adding such a setting keeps old caches; also from the defaults of the
+    # later settings, so that e.g. an engine at its defaults but for its memory share is still
+    # the default engine
+    later = copy.deepcopy(LATER_SETTINGS)
+    for key in RUNTIME_ONLY_KEYS:
+        drop_key(node, key)
+        drop_key(later, key)
+    for section, defaults in later.items():
         part = cast(DictConfig, node[section])
         for key, value in defaults.items():
             if key in part and part[key] == value:
@@ -112,6 +117,18 @@ def stage_identity(recipe: Recipe) -> str:
     # changed must not reuse a model trained on the old one
     payload = f"world-format-{WORLD_FORMAT_VERSION}\n{OmegaConf.to_yaml(node)}"
     return hashlib.sha256(portable(payload).encode()).hexdigest()[:12]
+
+
+def drop_key(node: Any, key: str) -> None:
+    """Remove the dotted ``key`` (``rollout.engine.sleep``) from nested mappings (dicts or
+    DictConfigs), if it is there."""
+    *path, name = key.split(".")
+    for part in path:
+        if not hasattr(node, "keys") or part not in node:
+            return
+        node = node[part]
+    if hasattr(node, "keys") and name in node:
+        node.pop(name)
 
 
 def stages_dir() -> Path:

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from prefopt.config import (
+    ENGINE_RUNTIME_ONLY_FIELDS,
     ConfigError,
     EngineSettings,
     Recipe,
@@ -424,8 +425,13 @@ def _identity(stage: Stage) -> str:
     if stage.kind == "train":
         return stage_identity(name_folders(stage.settings))
     settings = dataclasses.asdict(stage.settings)
-    if settings.get("engine") == dataclasses.asdict(EngineSettings()):
-        del settings["engine"]  # added later: at its default, the identity it had before
+    if isinstance(settings.get("engine"), dict):
+        default = dataclasses.asdict(EngineSettings())
+        for name in ENGINE_RUNTIME_ONLY_FIELDS:  # memory and sleep: not what it samples
+            settings["engine"].pop(name, None)
+            default.pop(name)
+        if settings["engine"] == default:
+            del settings["engine"]  # added later: at its default, the identity it had before
     payload = json.dumps(
         {"kind": stage.kind, "world_format": WORLD_FORMAT_VERSION, "settings": settings},
         sort_keys=True, default=str,

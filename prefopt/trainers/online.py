@@ -426,7 +426,8 @@ class OnlineTrainer(PolicyTrainer):
     @property
     def old_logps_from_engine(self) -> bool:
         """The old log-probs are the engine's (``rollout.logps_from_generation``; not with a
-        shared value head, whose values need the trainer's forward anyway)."""
+        shared value head, whose values need the trainer's forward anyway: there the engine's
+        log-probs are only measured against that forward's, ``rollout/logp_diff_*``)."""
         return self.recipe.rollout.logps_from_generation and self.value_head is None
 
     def sample_rollout(self, prompts: list[str], seed: int) -> Samples:
@@ -434,10 +435,12 @@ class OnlineTrainer(PolicyTrainer):
         with the run's engine (``rollout.engine``, built once): the one place the online
         trainer samples (a sharded policy, FSDP or ZeRO-3, holds its full weights while it
         does, so an engine that copies them gets them whole). The engine returns its sampled
-        tokens' log-probs when they are the old log-probs or ``rollout.tis_cap`` weighs them."""
+        tokens' log-probs with ``rollout.logps_from_generation`` (the old log-probs; with a
+        shared value head, only to measure the mismatch against the trainer's, whose forward
+        that head runs anyway) or when ``rollout.tis_cap`` weighs them."""
         cfg = self.recipe.rollout
         policy = self.unwrapped()
-        with_logps = self.old_logps_from_engine or cfg.tis_cap > 0
+        with_logps = cfg.logps_from_generation or cfg.tis_cap > 0
         with (
             engines.full_weights_for_generation(policy, cfg.gather_zero3_weights),
             self.accelerator.autocast(),

@@ -53,7 +53,12 @@ from torch import Tensor, nn
 
 from prefopt.data import PromptCollator, tokenize_prompts
 from prefopt.models.engines.base import RolloutEngine
-from prefopt.models.generation import Samples, _assemble, check_special_tokens, is_kbit
+from prefopt.models.generation import (
+    Samples,
+    assemble_samples,
+    check_special_tokens,
+    is_kbit,
+)
 from prefopt.models.quiet import without_log_messages
 
 INSTALL = (
@@ -333,7 +338,7 @@ class VLLMEngine(RolloutEngine):
     def _samples(
         self, prompts: list[str], examples: list[dict], outputs: list[Any], k: int, logps: bool
     ) -> Samples:
-        """vLLM's outputs in the layout of ``generate``'s: one batch for ``_assemble``."""
+        """vLLM's outputs in ``generate``'s layout: one batch for :func:`assemble_samples`."""
         pad_id = self.tokenizer.pad_token_id
         batch = PromptCollator(pad_token_id=pad_id)(examples)
         prompt_ids = batch["input_ids"].repeat_interleave(k, 0)
@@ -351,7 +356,7 @@ class VLLMEngine(RolloutEngine):
                 )
         sequences = torch.cat([prompt_ids, generated], dim=1)
         piece = (sequences, prompt_mask, prompt_ids.shape[1], gen_logps)
-        return _assemble(prompts, [piece], self.tokenizer, k)
+        return assemble_samples(prompts, [piece], self.tokenizer, k)
 
     @torch.no_grad()
     def sync_weights(self, model: nn.Module) -> None:
