@@ -111,7 +111,7 @@ def line(algo: str, setting: str, e: dict[str, Any]) -> str:
     )
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         for row in out.splitlines():
@@ -120,6 +120,20 @@ def _cpu() -> str:
     except (OSError, subprocess.CalledProcessError):
         pass
     return platform.processor() or platform.machine()
+
+
+def kept_results(stored: dict[str, Any], cpu: str) -> tuple[dict[str, Any], str]:
+    """What a partial rerun keeps of the stored results: every entry when they were measured on
+    this CPU, nothing otherwise (then the second value says why: rates of two machines would
+    share a table and its ratios)."""
+    entries = {k: v for k, v in stored.items() if k != "machine"}
+    measured_on = (stored.get("machine") or {}).get("cpu")
+    if measured_on == cpu:
+        return entries, ""
+    return {}, (
+        f"the stored results were measured on {measured_on!r}, this machine is {cpu!r}: they are "
+        "left out (run the whole `make bench` for a complete table)"
+    )
 
 
 def machine(peak: dict[str, float], assets: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -136,7 +150,7 @@ def machine(peak: dict[str, float], assets: dict[str, Any], seconds: float) -> d
         trl_version = "not installed"
     return {
         "date": datetime.date.today().isoformat(),
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "threads": int(os.environ.get("OMP_NUM_THREADS", "2")),
         "python": platform.python_version(),

@@ -201,10 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
     order = data_order(S.N_PAIRS)
     offline = offline_counts(assets, order)
-    # a partial rerun (--only / --settings) replaces its own entries and keeps the others
+    # a partial rerun (--only / --settings) replaces its own entries and keeps the others,
+    # when they were measured on this machine (speeds of two CPUs are never compared)
     results: dict[str, Any] = {}
     if RESULTS.exists() and (set(algos) != set(S.ALGORITHMS) or set(settings) != set(S.SETTINGS)):
-        results = {k: v for k, v in json.loads(RESULTS.read_text()).items() if k != "machine"}
+        results, dropped = report.kept_results(json.loads(RESULTS.read_text()), report.cpu_name())
+        if dropped:
+            print(dropped, flush=True)
     raw: dict[str, Any] = {}
     for setting in settings:
         if setting in S.ENGINE_SETTINGS and importlib.util.find_spec(setting) is None:

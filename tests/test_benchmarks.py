@@ -156,3 +156,14 @@ def test_a_row_without_trl_keeps_prefopts_figures_and_says_why():
     assert "| grpo | 6.00 | 4.00 | - | 1.50 (fp32) | 4.00 | 3x | 900 / - / 2000 | met |" in text
     assert "- grpo: TRL's colocated vLLM: X" in text
     assert engine_section({"grpo": {k: v for k, v in by_setting.items() if k != "vllm"}}) == ""
+
+
+def test_a_partial_rerun_keeps_earlier_rows_only_from_the_same_cpu():
+    from benchmarks.report import kept_results
+
+    stored = {"machine": {"cpu": "Intel(R) Xeon(R) Processor"}, "dpo": {"fp32": {"ratio": 3.4}}}
+    kept, why = kept_results(stored, "Intel(R) Xeon(R) Processor")
+    assert kept == {"dpo": {"fp32": {"ratio": 3.4}}} and why == ""
+    kept, why = kept_results(stored, "AMD EPYC")
+    assert kept == {} and "'Intel(R) Xeon(R) Processor'" in why and "'AMD EPYC'" in why
+    assert kept_results({"dpo": {}}, "AMD EPYC")[0] == {}  # no machine recorded: not kept
