@@ -215,6 +215,10 @@ class TrainerConfig:
     batch_size: int = 8  # per device, per micro-step
     grad_accum: int = 1
     max_steps: int = 100  # optimizer steps
+    # when set, the run's length in passes over its training examples (pairs, rows, or the
+    # prompts of an online run): max_steps becomes ceil(epochs x full global batches per
+    # epoch / grad_accum), computed once the data is loaded (TRL's num_train_epochs)
+    epochs: float | None = None
     warmup_steps: int = 0
     scheduler: Scheduler = Scheduler.linear  # constant | linear | cosine (after warmup)
     weight_decay: float = 0.0
@@ -893,6 +897,8 @@ def _check_ranges(recipe: Recipe) -> list[str]:
     for name in ("max_steps", "eval_every", "save_every", "warmup_steps"):
         if getattr(t, name) < 0:
             problems.append(f"trainer.{name} must be >= 0, got {getattr(t, name)}")
+    if t.epochs is not None and t.epochs <= 0:
+        problems.append(f"trainer.epochs must be > 0 (or null: use max_steps), got {t.epochs}")
     unknown_trackers = sorted(set(t.report_to) - set(TRACKERS))
     if unknown_trackers:
         supported = ", ".join(TRACKERS)

@@ -241,6 +241,7 @@ def test_new_eval_settings_at_their_defaults_keep_cached_stage_identities():
         "eval.engine.name=vllm",
         "rollout.engine.name=vllm",
         "rollout.tis_cap=2",
+        "trainer.epochs=1",
     ):
         assert stage_identity(load_recipe("dpo", [override])) != before, override
 

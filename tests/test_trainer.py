@@ -112,6 +112,34 @@ def test_schedule_warmup_then_linear_decay(tmp_path):
     assert lrs == pytest.approx(expected, rel=1e-12)
 
 
+def test_a_length_in_epochs_sets_the_steps_and_the_schedule_decays_over_them(tmp_path):
+    summary, run_dir = train(
+        tiny_recipe(
+            "sft",
+            tmp_path / "s",
+            "trainer.epochs=1.5",
+            "trainer.grad_accum=2",
+            "trainer.lr=0.01",
+            "trainer.warmup_steps=0",
+            "trainer.scheduler=linear",
+        )
+    )
+    records = [m for m in read_metrics(run_dir) if "lr" in m]
+    # the second epoch starts after batches_per_epoch micro-batches = bpe / 2 steps
+    steps_per_epoch = next(m["step"] for m in records if m["epoch"] == 2) - 1
+    assert steps_per_epoch >= 2 and records[0]["epoch"] == 1
+    # 1.5 epochs, not the recipe's max_steps (300 in the tiny sft recipe)
+    assert summary["steps"] == len(records) == 3 * steps_per_epoch // 2
+    assert records[-1]["lr"] == 0.0  # the linear schedule decays to 0 at the last step
+
+
+def test_a_length_in_epochs_must_be_positive():
+    from prefopt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.epochs must be > 0"):
+        tiny_recipe("sft", None, "trainer.epochs=0")
+
+
 @pytest.mark.parametrize("scheduler", ["linear", "cosine", "constant"])
 def test_without_warmup_the_schedule_is_the_one_prefopt_wrote_before(scheduler):
     """The hand-written schedule that transformers' get_scheduler replaced, kept here as the

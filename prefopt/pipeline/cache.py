@@ -75,7 +75,7 @@ LATER_SETTINGS: dict[str, dict[str, Any]] = {
         "max_field_chars": 1_000_000,
         "allow_empty_prompt": False,
     },
-    "trainer": {"project": "prefopt"},
+    "trainer": {"project": "prefopt", "epochs": None},
     "loss": {
         "f_divergence": "reverse_kl",
         "f_alpha": 0.5,

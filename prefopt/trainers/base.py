@@ -22,6 +22,7 @@ and renamed into place, so a crash while saving leaves the previous checkpoint i
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -185,7 +186,6 @@ class Trainer:
             eps=self.cfg.adam_eps,
             **engines.adamw_kernel(self.accelerator, params),
         )
-        self.scheduler = learning_rate_schedule(optimizer, self.cfg)
         if engines.is_sharded(self.model):  # sharded above (FSDP on CPU): no DDP wrapper
             self.optimizer = self.accelerator.prepare(optimizer)
         else:
@@ -198,6 +198,13 @@ class Trainer:
                 f"{len(self.train_examples)} training examples are fewer than one global batch "
                 f"({self.cfg.batch_size} x {world} processes)"
             )
+        if self.cfg.epochs is not None:
+            # the length in epochs becomes steps now that the data is known; the schedule
+            # (built next) decays over these steps
+            self.cfg.max_steps = max(
+                1, math.ceil(self.cfg.epochs * self.batches_per_epoch / self.cfg.grad_accum)
+            )
+        self.scheduler = learning_rate_schedule(optimizer, self.cfg)
 
     # ------------------------------------------------------------------ data order
 
