@@ -38,7 +38,7 @@ sizes:
 SHIPPED = {
     "accuracy_paradox", "rlhf_vs_sft", "mpo_tau", "pm_beta_alpha", "expo_alpha", "ids_beta",
     "dpo_variants", "kl_coef", "grpo_variants", "overoptimisation_bon", "overoptimisation_rl",
-    "ensembles", "engines",
+    "ensembles", "engines", "pm_vs_kl",
 }  # fmt: skip
 
 
@@ -347,3 +347,42 @@ def test_the_cli_header_names_the_overrides_not_the_sizes_note(tmp_path, capsys,
     out = capsys.readouterr().out
     assert "took 9 s" not in out
     assert "command-line overrides for every run: trainer.max_steps=3" in out
+
+
+def test_variants_head_to_head_against_one_of_them(tmp_path):
+    """`against: dpo`: after the runs, each policy and DPO's sample the same prompts with the
+    same seeds; results.csv gets the win rate against DPO and the paired gold difference."""
+    sweep = (
+        TINY_SWEEP.replace("eval.enabled: false", "eval.enabled: true")
+        .replace(
+            "trainer.max_steps: 2", "trainer.max_steps: 2, eval.n_prompts: 6, "
+            "eval.samples_per_prompt: 2, eval.max_new_tokens: 8"
+        )
+        .replace("grid:\n  loss.beta: [0.1, 0.2]\n", "variants:\n  - {name: dpo}\n"
+                 "  - {name: ipo, base: ipo, overrides: {trainer.lr: 0.01}}\nagainst: dpo\n")
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="against: 'dpoo' is not a variant"):
+        load_ablation(write_ablation(tmp_path, sweep.replace("against: dpo", "against: dpoo")))
+    ablation = load_ablation(write_ablation(tmp_path, sweep), "tiny")
+    out = tmp_path / "out"
+    run_ablation(ablation, out, log=lambda _: None)
+    saved = out / "head_to_head" / "seed=0.json"
+    result = json.loads(saved.read_text())["result"]
+    rows = {r["variant"]: r for r in read_csv(out / "results.csv")}
+    dpo, ipo = rows["dpo"], rows["ipo"]
+    # DPO against itself: every sample ties, no difference, no KL
+    assert (dpo["h2h.test.win_rate"], dpo["h2h.test.gold_diff"]) == (0.5, 0.0)
+    assert dpo["h2h.test.kl"] == 0.0
+    # the comparison draws each policy's samples with the seed of the run's own evaluation:
+    # the same samples, so the same gold reward, as the run reported
+    for row in (dpo, ipo):
+        gold = result["test"][row["run"]]["gold_reward"]
+        assert gold == pytest.approx(row["eval.gold_reward"], abs=1e-9)
+    diff = result["test"][ipo["run"]]["gold_reward"] - result["test"][dpo["run"]]["gold_reward"]
+    assert ipo["h2h.test.gold_diff"] == pytest.approx(diff, abs=1e-12)
+    assert 0.0 <= ipo["h2h.test.win_rate"] <= 1.0 and ipo["h2h.test.win_rate_se"] > 0
+    assert "h2h.ood.win_rate" in ipo
+    # a second invocation with the same finished runs does not compare again
+    stamp = saved.stat().st_mtime_ns
+    run_ablation(ablation, out, log=lambda _: None)
+    assert saved.stat().st_mtime_ns == stamp

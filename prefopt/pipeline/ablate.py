@@ -11,6 +11,8 @@ An ablation file (``recipes/ablations/<name>.yaml``)::
       - {name: ipo, base: ipo, overrides: {loss.beta: 0.5}}
     seeds: [0, 1, 2]
     metrics: [eval.gold_reward, eval.kl]   # summary keys tabulated and plotted
+    against: dpo                  # optional: after the runs, every variant head to head
+                                  # against this one per seed (pipeline/head_to_head.py)
     x: loss.beta                  # the plots' x axis: a swept key or a summary key
     sizes:                        # what `SIZE=tiny` / `SIZE=full` change
       tiny: {seeds: [0, 1], overrides: {trainer.max_steps: 20}, note: "about 3 min"}
@@ -50,7 +52,7 @@ from prefopt.paths import clock
 
 ABLATIONS_DIR = "ablations"
 TOP_LEVEL = ("description", "base", "overrides", "grid", "variants", "seeds", "metrics", "x",
-             "sizes")  # fmt: skip
+             "against", "sizes")  # fmt: skip
 SIZE_KEYS = ("overrides", "seeds", "grid", "variants", "note")
 DEFAULT_METRICS = ["eval.gold_reward", "eval.kl"]
 SIZES = ("tiny", "full")
@@ -83,6 +85,7 @@ class Ablation:
     note: str = ""
     seeds: list[int] = field(default_factory=list)
     cli_overrides: list[str] = field(default_factory=list)  # given on the command line
+    against: str | None = None  # the variant every run is compared with, head to head
 
     def describe(self) -> dict[str, Any]:
         """What ``ablation.json`` keeps: enough to aggregate and plot from the files alone."""
@@ -90,7 +93,8 @@ class Ablation:
             "name": self.name, "size": self.size, "description": self.description,
             "base": self.base, "swept": self.swept,
             "metrics": self.metrics, "x": self.x, "note": self.note, "seeds": self.seeds,
-            "cli_overrides": self.cli_overrides, "runs": [asdict(r) for r in self.runs],
+            "cli_overrides": self.cli_overrides, "against": self.against,
+            "runs": [asdict(r) for r in self.runs],
         }  # fmt: skip
 
 
@@ -211,10 +215,18 @@ def _expand(
     swept = (["variant"] if variants else []) + [str(k) for k in grid]
     candidates: list[str | None] = [str(k) for k in grid] or list(swept) or [None]
     x = spec.get("x") or candidates[0]
+    against = spec.get("against")
+    if against is not None and str(against) not in names:
+        problems.append(
+            f"against: {against!r} is not a variant of this size (variants: "
+            f"{', '.join(names) or 'none'})"
+        )
     if problems:
         raise ConfigError(problems)
 
     base = str(spec["base"])
+    if against is not None and any(is_staged(str(v.get("base") or base)) for v in variants):
+        raise ConfigError(["against: head to head needs single-recipe runs, not pipelines"])
     runs: list[Run] = []
     for variant in variants or [None]:
         run_base = str((variant or {}).get("base") or base)
@@ -237,7 +249,7 @@ def _expand(
         name=name, size=size, description=str(spec.get("description") or ""), base=base,
         runs=runs, swept=swept, metrics=[str(m) for m in metrics],
         x=str(x) if x else None, note=str(spec.get("note") or ""), seeds=list(seeds),
-        cli_overrides=list(cli),
+        cli_overrides=list(cli), against=None if against is None else str(against),
     )  # fmt: skip
     if validate:
         validate_runs(ablation)
@@ -345,6 +357,7 @@ def run_ablation(
     missing files) are recorded and the next run starts; Ctrl-C stops the sweep (a rerun
     resumes it)."""
     from prefopt.data import DataError
+    from prefopt.pipeline.head_to_head import run_head_to_head
     from prefopt.pipeline.results import aggregate
     from prefopt.trainers.base import TrainingError
 
@@ -382,5 +395,6 @@ def run_ablation(
             f"[{i}/{total}] {run.id}: {status} in {clock(now - began)} "
             f"(elapsed {clock(now - start)}, about {clock(eta)} left)"
         )
-    files = aggregate(out)
+    files = run_head_to_head(out, ablation.describe(), log)
+    files += aggregate(out)
     return {"out_dir": out, "ran": ran, "skipped": skipped, "failed": failed, "files": files}

@@ -5,7 +5,9 @@ Written into the ablation's folder by :func:`aggregate` after the last run, and 
 
 * ``results.csv``: one row per run: ``run``, the swept values, ``seed``, ``status`` (done,
   failed, missing), then every scalar of the run's ``summary.json`` flattened to dotted keys
-  (``eval.gold_reward``, ``stages.rm.eval.accuracy``, ``comparison.test.dpo.kl``...).
+  (``eval.gold_reward``, ``stages.rm.eval.accuracy``, ``comparison.test.dpo.kl``...), and for
+  an ablation with ``against``, the head-to-head columns ``h2h.<split>.win_rate``,
+  ``h2h.<split>.gold_diff``, ``h2h.<split>.kl`` (:mod:`prefopt.pipeline.head_to_head`).
 * ``results.md``: per setting (the swept values), for each chosen metric the mean over seeds,
   the standard deviation over seeds (``sd``), the standard error of the mean over seeds
   (``SE = sd / sqrt(n)``), and the standard error over evaluation prompts of that mean
@@ -45,6 +47,8 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def collect_rows(out_dir: Path, description: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per run of ``description`` (``ablation.json``), its summary flattened in."""
+    from prefopt.pipeline.head_to_head import head_to_head_columns
+
     rows = []
     for run in description["runs"]:
         row: dict[str, Any] = {"run": run["id"], **run["params"], "seed": run["seed"]}
@@ -53,6 +57,7 @@ def collect_rows(out_dir: Path, description: dict[str, Any]) -> list[dict[str, A
             row["status"] = "done"
             summary = json.loads((run_dir / "summary.json").read_text())
             row.update({k: v for k, v in flatten(summary).items() if k not in row})
+            row.update(head_to_head_columns(out_dir, run["id"], run["seed"]))
         elif (out_dir / "runs" / f"{run['id']}.failed").exists():
             row["status"] = "failed"
         else:
