@@ -10,10 +10,14 @@
 * cached reference log-probs give the trajectory of a live reference under DDP and FSDP;
 * PPO on 2 processes completes and resumes in one process; under FSDP it gathers the policy
   for generation and follows the DDP run;
+* GRPO on 2 processes with a vLLM engine per rank (external_launcher): every rank's engine
+  samples from the current weights (its log-probs equal the trainer's to fp32 rounding at
+  every step), and FSDP, which gathers the shards for the sync, follows DDP;
 * `make train RECIPE=dpo LAUNCH=ddp NPROC=2` trains (its world SFT model too, alone) and prints
   its lines once.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -255,6 +259,35 @@ def test_ppo_on_two_processes_resumes_in_one_and_fsdp_follows_ddp(tmp_path, tiny
     resumed = losses(alone)
     assert sorted(resumed) == [3, 4] and all(abs(v) < 10 for v in resumed.values())
     assert summary_run(alone)["processes"] == 1
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vLLM is not installed (`make install`; docs/engines.md)",
+)
+def test_grpo_on_two_processes_with_a_vllm_engine_per_rank(tmp_path, tiny_pretrained_4bit):
+    # tiny_pretrained_4bit: hidden 64, 2 heads of 32 (the CPU backend's smallest head size)
+    vllm = [
+        f"model.name_or_path={tiny_pretrained_4bit}",
+        "trainer.batch_size=2",  # prompts per process: 2 x 2 samples
+        "rollout.samples_per_prompt=2",
+        "loss.epochs=1",
+        "trainer.max_steps=3",
+        "rollout.engine.name=vllm",
+        "rollout.engine.cpu_memory_utilization=0.01",
+        "rollout.logps_from_generation=true",  # the engine's log-probs, against the trainer's
+    ]
+    runs = {engine: tmp_path / engine for engine in ("ddp", "fsdp")}
+    for engine, out in runs.items():
+        run(accelerate_launch(LAUNCH_DIR / f"{engine}.yaml"), *vllm, f"output_dir={out}",
+            recipe="grpo", common=ONLINE)  # fmt: skip
+        assert summary_run(out)["engine"] == engine
+        records = [m for m in read_metrics(out) if "loss" in m]
+        assert [m["step"] for m in records] == [1, 2, 3]
+        # each rank's engine got the weights of every step (fp32 rounding apart)
+        assert all(m["rollout/logp_diff_max"] < 1e-5 for m in records), records
+    for step in (1, 2, 3):  # FSDP gathers the shards for each rank's sync: the same run
+        assert losses(runs["fsdp"])[step] == pytest.approx(losses(runs["ddp"])[step], abs=1e-5)
 
 
 def test_make_train_with_launch_ddp(tmp_path):

@@ -40,6 +40,7 @@ subtracts the process's whole resident memory, which colocated includes the trai
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -190,6 +191,54 @@ def _lora_deltas(base: nn.Module) -> dict[str, Tensor]:
     return deltas
 
 
+def transformers_class(model: nn.Module) -> type:
+    """The transformers class of ``model``: FSDP2's ``fully_shard`` swaps the instance's
+    class for a subclass (``FSDPGPT2LMHeadModel``) that vLLM does not know."""
+    for cls in type(model).__mro__:
+        if cls.__module__.startswith("transformers."):
+            return cls
+    return type(model)
+
+
+def multi_rank_settings() -> dict[str, Any]:
+    """Under a multi-process launch (torch.distributed initialised, as accelerate does), each
+    rank starts its own engine on its own prompts, as TRL's colocate mode: vLLM's
+    ``external_launcher`` executor joins the launcher's process group instead of starting
+    one, with tensor parallel size 1. Not ``data_parallel_size``: vLLM's data parallelism
+    keeps the ranks in lock step (every engine step all-reduces its padding), which hangs when
+    ranks sample different numbers of prompts or tokens; checked on the CPU backend with two
+    ranks sampling different workloads."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return {}
+    return {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1}
+
+
+@contextlib.contextmanager
+def launcher_group_kept() -> Iterator[None]:
+    """vLLM's engine core, shutting down, destroys the default process group
+    (``cleanup_dist_env_and_memory``), which under ``external_launcher`` is the launcher's
+    (accelerate's): the trainer's next collective would fail. Inside this context a
+    destruction of the default group is skipped (vLLM's own subgroups still go)."""
+    import torch.distributed as dist
+
+    if not multi_rank_settings():
+        yield
+        return
+    destroy = dist.destroy_process_group
+
+    def destroy_all_but_default(group: Any = None) -> None:
+        if group is not None:
+            destroy(group)
+
+    dist.destroy_process_group = destroy_all_but_default  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = destroy  # type: ignore[assignment]
+
+
 class VLLMEngine(RolloutEngine):
     """Samples through a vLLM ``LLM`` in this process; see the module docstring."""
 
@@ -223,7 +272,7 @@ class VLLMEngine(RolloutEngine):
         self._folder = tempfile.TemporaryDirectory(prefix="prefopt-vllm-")
         config = base.config.to_dict()
         config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
-        config["architectures"] = [type(base).__name__]  # unset on a model built from config
+        config["architectures"] = [transformers_class(base).__name__]  # unset if built from config
         (Path(self._folder.name) / "config.json").write_text(json.dumps(config))
         kwargs: dict[str, Any] = {}
         on_gpu = torch.device(self.device).type == "cuda"
@@ -234,6 +283,7 @@ class VLLMEngine(RolloutEngine):
             share = getattr(self.settings, "cpu_memory_utilization", 0.05)
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             kwargs["kv_cache_memory_bytes"] = int(share * total)
+        kwargs.update(multi_rank_settings())
         # without a tokenizer, vLLM's chat-template warm-up fails (logged with a traceback)
         # and it has no EOS id of its own: both harmless, every request names its stop token
         # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole process,
@@ -393,10 +443,11 @@ class VLLMEngine(RolloutEngine):
 
     def close(self) -> None:
         """Free the engine (its weights and KV cache) and its config folder."""
-        self.llm = None
+        import gc
+
+        with launcher_group_kept():
+            self.llm = None
+            gc.collect()  # vLLM's engine core shuts down when the LLM is collected
         if self._folder is not None:
             self._folder.cleanup()
             self._folder = None
-        import gc
-
-        gc.collect()
