@@ -184,7 +184,7 @@ def test_aggregation_of_hand_made_summaries_matches_hand_computed_statistics(tmp
     files = aggregate(tmp_path)
     assert {f.name for f in files} == {
         "results.csv", "results.md", "gold_vs_kl.png", "eval.gold_reward.png", "eval.kl.png",
-        "report.html",
+        "report.html", "gold_vs_kl_mean.png",  # the hand-made runs have two seeds
     }  # fmt: skip
     with open(tmp_path / "results.csv") as f:
         header = next(csv.reader(f))
@@ -225,10 +225,10 @@ def test_plot_redraws_an_ablations_plots_from_its_files_alone(tmp_path, capsys):
         png.unlink()
     assert main(["plot", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
-        "eval.gold_reward.png", "eval.kl.png", "gold_vs_kl.png"
+        "eval.gold_reward.png", "eval.kl.png", "gold_vs_kl.png", "gold_vs_kl_mean.png"
     ]  # fmt: skip
     assert sorted(p.name for p in redraw(tmp_path)) == [
-        "eval.gold_reward.png", "eval.kl.png", "gold_vs_kl.png"
+        "eval.gold_reward.png", "eval.kl.png", "gold_vs_kl.png", "gold_vs_kl_mean.png"
     ]  # fmt: skip
     assert main(["plot", str(tmp_path / "runs")]) == 2  # not an ablation nor a run
     assert "neither an ablation folder" in capsys.readouterr().err
@@ -386,3 +386,26 @@ def test_variants_head_to_head_against_one_of_them(tmp_path):
     stamp = saved.stat().st_mtime_ns
     run_ablation(ablation, out, log=lambda _: None)
     assert saved.stat().st_mtime_ns == stamp
+
+
+def test_the_frontier_is_each_settings_mean_over_seeds_with_its_se(tmp_path):
+    from prefopt.pipeline.results import frontier_points, plot_frontier
+
+    def row(variant, seed, kl, gold):
+        return {"variant": variant, "seed": seed, "status": "done", "eval.kl": kl,
+                "eval.gold_reward": gold, "eval.kl_se": 0.1, "eval.gold_reward_se": 0.1,
+                "eval.shift.ood.kl": 99.0, "eval.shift.ood.gold_reward": -9.0}  # fmt: skip
+
+    rows = [row("dpo", 0, 1.0, 3.0), row("dpo", 1, 3.0, 3.4), row("ipo", 0, 2.0, 2.0),
+            row("ipo", 1, 2.0, 2.2), {"variant": "kto", "seed": 0, "status": "failed"}]  # fmt: skip
+    points = {label: (kl, gold) for label, kl, gold in frontier_points(rows, ["variant"])}
+    assert sorted(points) == ["variant=dpo", "variant=ipo"]  # the shifted split is left out
+    kl, gold = points["variant=dpo"]
+    assert (kl["n"], kl["mean"], gold["mean"]) == (2, 2.0, pytest.approx(3.2))
+    # SE over seeds: sd / sqrt(2) = |a - b| / 2
+    assert kl["se"] == pytest.approx(1.0) and gold["se"] == pytest.approx(0.2)
+    assert points["variant=ipo"][0]["se"] == 0.0
+    assert plot_frontier(rows, ["variant"], tmp_path / "f.png") == tmp_path / "f.png"
+    assert (tmp_path / "f.png").stat().st_size > 0
+    # one seed: no frontier of means
+    assert plot_frontier(rows[::2], ["variant"], tmp_path / "g.png") is None

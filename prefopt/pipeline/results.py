@@ -14,7 +14,9 @@ Written into the ablation's folder by :func:`aggregate` after the last run, and 
   (``SE prompts = sqrt(sum_i se_i^2) / n`` from the runs' own ``<metric>_se``, the only one
   left with a single seed).
 * ``gold_vs_kl.png``: the gold reward against KL of every policy of every run, error bars both
-  ways (the runs' standard errors over prompts).
+  ways (the runs' standard errors over prompts); with several seeds also
+  ``gold_vs_kl_mean.png``: one labelled point per setting, the mean over seeds, error bars the
+  SE over seeds (the frontier of the methods compared).
 * ``<metric>.png`` for each chosen metric: the mean against the ablation's ``x`` (a swept key:
   one line per setting of the other swept keys; or a summary key such as a reward model's
   measured accuracy: one point per run), with error bars: the SE over seeds where there are
@@ -319,6 +321,54 @@ def plot_gold_vs_kl(rows: list[dict[str, Any]], swept: list[str], path: Path) ->
     return path
 
 
+def frontier_points(
+    rows: list[dict[str, Any]], swept: list[str]
+) -> list[tuple[str, dict[str, float], dict[str, float]]]:
+    """``(label, kl, gold)`` per setting and in-distribution policy, ``kl`` and ``gold`` the
+    :func:`seed_stats` of its per-seed values (mean over seeds, SE over seeds): the frontier
+    of an ablation, one point per method rather than per run."""
+    per: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        if row.get("status") != "done":
+            continue
+        policies = [p for p in policy_points(row) if not p[0].endswith("prompts)")]
+        for policy, kl, _, gold, _ in policies:
+            setting = _setting_label(row, swept)
+            label = setting if len(policies) == 1 else f"{setting}: {policy}"
+            values = per.setdefault(label, {"kl": [], "gold": []})
+            values["kl"].append(kl)
+            values["gold"].append(gold)
+    return [(label, seed_stats(v["kl"]), seed_stats(v["gold"])) for label, v in per.items()]
+
+
+def plot_frontier(rows: list[dict[str, Any]], swept: list[str], path: Path) -> Path | None:
+    """``gold_vs_kl_mean.png``: each setting's mean gold against its mean KL over seeds, error
+    bars the SE over seeds both ways, each point labelled; KL on a log axis when it spans more
+    than 30x. None unless some setting has two or more seeds."""
+    points = frontier_points(rows, swept)
+    if not any(kl["n"] > 1 for _, kl, _ in points):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for label, kl, gold in points:
+        ax.errorbar(kl["mean"], gold["mean"], xerr=kl["se"], yerr=gold["se"], fmt="o",
+                    capsize=2, markersize=4)  # fmt: skip
+        ax.annotate(label.removeprefix("variant="), (kl["mean"], gold["mean"]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    kls = [kl["mean"] for _, kl, _ in points if kl["mean"] > 0]
+    if kls and max(kls) / min(kls) > 30:
+        ax.set_xscale("log")
+    ax.set_xlabel("KL(policy || reference), nats per completion (mean over seeds)")
+    ax.set_ylabel("gold reward, in-distribution prompts (mean over seeds)")
+    n = max(kl["n"] for _, kl, _ in points)
+    ax.set_title(f"each setting: gold against KL, mean of {n} seeds (SE over seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_metric(
     rows: list[dict[str, Any]], description: dict[str, Any], metric: str, path: Path
 ) -> Path | None:
@@ -387,7 +437,10 @@ def plot_metric(
 
 
 def draw_plots(rows: list[dict[str, Any]], description: dict[str, Any], out: Path) -> list[Path]:
-    drawn = [plot_gold_vs_kl(rows, description["swept"], out / "gold_vs_kl.png")]
+    drawn = [
+        plot_gold_vs_kl(rows, description["swept"], out / "gold_vs_kl.png"),
+        plot_frontier(rows, description["swept"], out / "gold_vs_kl_mean.png"),
+    ]
     for metric in description["metrics"]:
         drawn.append(plot_metric(rows, description, metric, out / f"{_file_name(metric)}.png"))
     return [p for p in drawn if p is not None]
