@@ -349,7 +349,7 @@ def test_the_cli_header_names_the_overrides_not_the_sizes_note(tmp_path, capsys,
     assert "command-line overrides for every run: trainer.max_steps=3" in out
 
 
-def test_variants_head_to_head_against_one_of_them(tmp_path):
+def test_variants_head_to_head_against_one_of_them(tmp_path, monkeypatch):
     """`against: dpo`: after the runs, each policy and DPO's sample the same prompts with the
     same seeds; results.csv gets the win rate against DPO and the paired gold difference."""
     sweep = (
@@ -386,6 +386,24 @@ def test_variants_head_to_head_against_one_of_them(tmp_path):
     stamp = saved.stat().st_mtime_ns
     run_ablation(ablation, out, log=lambda _: None)
     assert saved.stat().st_mtime_ns == stamp
+    # a run trained again (its link now points at another folder) is compared again, alone
+    # with the reference, whose samples do not depend on who else is compared
+    from prefopt.pipeline import head_to_head
+
+    data = json.loads(saved.read_text())
+    data["folders"][ipo["run"]] = "an older folder"
+    saved.write_text(json.dumps(data))
+    calls = []
+    original = head_to_head.compare_runs
+
+    def recording(out_dir, ids, reference, seed):
+        calls.append(ids)
+        return original(out_dir, ids, reference, seed)
+
+    monkeypatch.setattr(head_to_head, "compare_runs", recording)
+    run_ablation(ablation, out, log=lambda _: None)
+    assert calls == [[dpo["run"], ipo["run"]]]
+    assert json.loads(saved.read_text())["result"] == result  # the same rows as before
 
 
 def test_the_frontier_is_each_settings_mean_over_seeds_with_its_se(tmp_path):

@@ -53,3 +53,11 @@ def test_pm_authors_schedule(name):
     first = load_recipe(name.removesuffix("_authors"))
     assert first.regulariser == recipe.regulariser
     assert (first.loss.epochs, first.trainer.lr) == (4, 5e-5)
+
+
+def test_length_normalised_dpo_uses_tulu_3s_beta():
+    # open-instruct's Tulu 3 DPO: --dpo_loss_type dpo_norm --dpo_beta 5 (TRL's default is 0.1)
+    from prefopt.config import load_recipe
+
+    loss = load_recipe("sigmoid_norm").loss
+    assert (loss.name, loss.beta) == ("sigmoid_norm", 5.0)

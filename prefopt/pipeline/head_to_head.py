@@ -12,7 +12,8 @@ prompts and sizes as the runs' own evaluation). Written to ``<out>/head_to_head/
 and merged into ``results.csv`` as ``h2h.<split>.win_rate``, ``h2h.<split>.gold_diff`` (the
 policy's gold minus the ``against`` policy's on the same prompts) and ``h2h.<split>.kl`` (KL to
 the ``against`` policy), each with ``_se`` (over prompts). A seed already compared with the same
-runs is not compared again.
+runs is not compared again; a run trained again (its link points at another folder) is compared
+alone with the ``against`` run, whose samples are the same as before.
 """
 
 from __future__ import annotations
@@ -53,13 +54,30 @@ def run_head_to_head(
         if reference not in ids:
             log(f"head to head, seed {seed}: the {description['against']} run has not finished")
             continue
-        if path.exists() and sorted(json.loads(path.read_text())["runs"]) == sorted(ids):
+        # each run's folder (a stage of the cache): a run trained again with other settings
+        # under the same name links another folder and is compared again
+        folders = {i: str((out / "runs" / i).resolve()) for i in ids}
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        known = saved.get("folders") or {}
+        result: dict[str, Any] = saved.get("result") or {}
+        if known.get(reference) != folders[reference]:  # the reference changed: all again
+            known, result = {}, {}
+        todo = [i for i in ids if known.get(i) != folders[i]]
+        if not todo:
             continue
-        log(f"head to head, seed {seed}: {len(ids)} policies against {reference}")
-        result = compare_runs(out, ids, reference, seed)
+        log(f"head to head, seed {seed}: {len(todo)} policies against {reference}")
+        # every policy's samples come from the same seeds whoever else is compared, so the
+        # runs already compared keep their rows
+        fresh = compare_runs(out, sorted({*todo, reference}, key=ids.index), reference, seed)
+        for key, value in fresh.items():
+            if key in SPLITS:
+                result.setdefault(key, {}).update(value)
+            else:
+                result[key] = value
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"against": description["against"], "reference": reference, "runs": ids}
-        path.write_text(json.dumps({**payload, "result": result}, indent=1) + "\n")
+        payload = {"against": description["against"], "reference": reference, "runs": ids,
+                   "folders": folders, "result": result}  # fmt: skip
+        path.write_text(json.dumps(payload, indent=1) + "\n")
         written.append(path)
     return written
 
