@@ -18,6 +18,7 @@ alone with the ``against`` run, whose samples are the same as before.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -101,12 +102,17 @@ def compare_runs(out: Path, ids: list[str], reference: str, seed: int) -> dict[s
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=8)
+def _read_saved(path: str, mtime_ns: int) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
 def head_to_head_columns(out: Path, run_id: str, seed: int) -> dict[str, float]:
     """The ``h2h.*`` columns of one run (empty when its seed was not compared)."""
     path = out / H2H_DIR / f"seed={seed}.json"
     if not path.exists():
         return {}
-    saved = json.loads(path.read_text())
+    saved = _read_saved(str(path), path.stat().st_mtime_ns)  # once per seed, not per run
     result, reference = saved["result"], saved["reference"]
     columns: dict[str, float] = {}
     for split in SPLITS:
