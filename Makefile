@@ -89,7 +89,7 @@ bench: $(STAMP)
 
 ablate: $(STAMP)
 	@test -n "$(ABLATION)" || { echo "usage: make ablate ABLATION=<name> SIZE=tiny|full (ablations: $$(ls prefopt/recipes/ablations | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/prefopt ablate $(ABLATION) SIZE=$(SIZE) $(ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/prefopt ablate $(ABLATION) SIZE=$(SIZE) $(if $(SEEDS),SEEDS=$(SEEDS)) $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,8 @@
     prefopt eval-rm RM [RM ...]            RETA reliability curves of reward models
     prefopt compare-rm A B                 paired comparison of two reward models' accuracy
     prefopt compare A B                    paired comparison of two policies' gold reward
-    prefopt ablate NAME [SIZE=tiny|full]   run a sweep (recipes/ablations/NAME.yaml), resumable
+    prefopt ablate NAME [SIZE=tiny|full] [SEEDS=0,1]
+                                          run a sweep (recipes/ablations/NAME.yaml), resumable
     prefopt plot DIR                       redraw an ablation's or a run's plots from its files
 
 A bad recipe exits with status 2 and the list of problems, without a traceback. The last line
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_abl.add_argument("ablation", help="a shipped ablation name or a YAML path")
     p_abl.add_argument(
-        "overrides", nargs="*", help="SIZE=tiny|full, and key=value overrides for every run"
+        "overrides",
+        nargs="*",
+        help="SIZE=tiny|full, SEEDS=0,2 (run only these seeds: split a sweep across "
+        "processes into one folder), and key=value overrides for every run",
     )
     p_abl.add_argument("--size", default=None, help="tiny (default) or full; as SIZE=")
     p_abl.add_argument(
@@ -285,11 +289,13 @@ def _ablate(args: argparse.Namespace) -> int:
     from prefopt.pipeline.ablate import default_out_dir, load_ablation, run_ablation
 
     sizes = [o.split("=", 1)[1] for o in args.overrides if o.startswith("SIZE=")]
-    overrides = [o for o in args.overrides if not o.startswith("SIZE=")]
+    given_seeds = [o.split("=", 1)[1] for o in args.overrides if o.startswith("SEEDS=")]
+    overrides = [o for o in args.overrides if not o.startswith(("SIZE=", "SEEDS="))]
     if len(sizes) > 1 or (sizes and args.size and sizes[0] != args.size):
         raise ConfigError([f"SIZE given twice: {', '.join(sizes + [args.size or ''])}"])
     size = args.size or (sizes[0] if sizes else "tiny")
     ablation = load_ablation(args.ablation, size, overrides)  # every run validated first
+    seeds = _seeds_subset(given_seeds, ablation.seeds)
     out = args.out or default_out_dir(ablation)
     # the size's note describes the file's settings: not the runs when overrides change them
     about = f"; {ablation.note}" if ablation.note and not overrides else ""
@@ -302,11 +308,12 @@ def _ablate(args: argparse.Namespace) -> int:
     )
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        result = run_ablation(ablation, out, log=lambda line: print(line, flush=True))
+        result = run_ablation(ablation, out, log=lambda line: print(line, flush=True), seeds=seeds)
     except KeyboardInterrupt:
         print(
             f"prefopt: ablation interrupted; finished runs are kept. Resume with:\n"
             f"  prefopt ablate {args.ablation} SIZE={size} {' '.join(overrides)}".rstrip()
+            + (f" SEEDS={given_seeds[0]}" if given_seeds else "")
             + (f" --out {out}" if args.out else ""),
             file=sys.stderr,
         )
@@ -317,11 +324,31 @@ def _ablate(args: argparse.Namespace) -> int:
     print(
         f"runs: {len(result['ran'])} run, {len(result['skipped'])} finished earlier, "
         f"{len(result['failed'])} failed"
+        + (f", {len(result['left'])} of other seeds left to another process" if seeds else "")
     )
     for path in result["files"]:
         print(f"wrote {path}")
     print(f"ablation directory: {out}")
     return 1 if result["failed"] else 0
+
+
+def _seeds_subset(given: list[str], seeds: list[int]) -> list[int] | None:
+    """``SEEDS=0,2``: the ablation's seeds this process runs (a sweep split across processes
+    or machines into one folder), checked against the seeds of the chosen size."""
+    if not given:
+        return None
+    if len(given) > 1:
+        raise ConfigError([f"SEEDS given twice: {', '.join(given)}"])
+    try:
+        chosen = [int(s) for s in given[0].split(",")]
+    except ValueError:
+        raise ConfigError([f"SEEDS={given[0]}: expected comma-separated integers"]) from None
+    unknown = [s for s in chosen if s not in seeds]
+    if unknown:
+        raise ConfigError(
+            [f"SEEDS={given[0]}: seed(s) {unknown} are not this size's seeds {seeds}"]
+        )
+    return chosen
 
 
 def _plot(folder: Path) -> int:

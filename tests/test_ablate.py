@@ -133,6 +133,48 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert [r["eval.gold_reward"] for r in rows] == [2.0, 4.0]
 
 
+def test_a_sweep_split_by_seed_into_one_folder_equals_the_whole_sweep(tmp_path):
+    """SEEDS=...: two processes, each with its seeds, write into one folder; the second to end
+    writes the same tables as one process running every seed."""
+    text = TINY_SWEEP.replace("seeds: [0]", "seeds: [0, 1]")
+    ablation = load_ablation(write_ablation(tmp_path, text), "tiny")
+
+    def execute(ablation, run, run_dir):
+        run_dir.mkdir(parents=True)
+        gold = 1.0 + run.params["loss.beta"] * 10 + run.seed
+        (run_dir / "summary.json").write_text(json.dumps(fake_summary(gold, 0.5)))
+        return {}
+
+    whole = run_ablation(ablation, tmp_path / "whole", execute=execute, log=lambda _: None)
+    split = tmp_path / "split"
+    lines: list[str] = []
+    first = run_ablation(ablation, split, execute=execute, log=lines.append, seeds=[1])
+    assert first["ran"] == ["loss.beta=0.1,seed=1", "loss.beta=0.2,seed=1"]
+    assert first["left"] == ["loss.beta=0.1,seed=0", "loss.beta=0.2,seed=0"]
+    assert lines[0] == "[2/4] loss.beta=0.1,seed=1: starting"
+    assert lines[-1].endswith("about 0 s left)")  # no seed-1 run after the last
+    partial = read_csv(split / "results.csv")
+    assert [r["status"] for r in partial] == ["missing", "done", "missing", "done"]
+    second = run_ablation(ablation, split, execute=execute, log=lambda _: None, seeds=[0])
+    assert second["ran"] == first["left"] and second["left"] == first["ran"]
+    assert (split / "results.csv").read_text() == (whole["out_dir"] / "results.csv").read_text()
+
+
+def test_the_cli_checks_seeds_against_the_sizes_seeds(tmp_path, monkeypatch):
+    from prefopt.cli import main
+    from prefopt.pipeline import ablate
+
+    path = write_ablation(tmp_path, TINY_SWEEP.replace("seeds: [0]", "seeds: [0, 1]"))
+    calls: list = []
+    ran = {"ran": [], "skipped": [], "failed": {}, "left": [], "files": []}
+    monkeypatch.setattr(ablate, "run_ablation", lambda *a, **kw: calls.append(kw) or ran)
+    assert main(["ablate", str(path), "SEEDS=1", "--out", str(tmp_path / "o")]) == 0
+    assert calls[-1]["seeds"] == [1]
+    assert main(["ablate", str(path), "SEEDS=0,3", "--out", str(tmp_path / "o")]) == 2
+    assert main(["ablate", str(path), "SEEDS=a", "--out", str(tmp_path / "o")]) == 2
+    assert len(calls) == 1  # neither bad value reached a run
+
+
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     from prefopt.trainers.base import TrainingError
 

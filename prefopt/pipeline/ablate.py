@@ -40,7 +40,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -350,12 +350,18 @@ def run_ablation(
     out_dir: Path | None = None,
     execute: Executor = execute_run,
     log: Callable[[str], None] = print,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run every run not finished in ``out_dir`` (default :func:`default_out_dir`), one after
     another, with a progress line each; then aggregate. Returns ``{"out_dir", "ran",
-    "skipped", "failed", "files"}``. Expected failures of a run (bad data, a diverging run,
-    missing files) are recorded and the next run starts; Ctrl-C stops the sweep (a rerun
-    resumes it)."""
+    "skipped", "failed", "left", "files"}``. Expected failures of a run (bad data, a diverging
+    run, missing files) are recorded and the next run starts; Ctrl-C stops the sweep (a rerun
+    resumes it).
+
+    ``seeds``: run only the runs of these seeds and leave the others (``left``) to another
+    process or machine running the same ablation into the same folder with the other seeds;
+    the tables then cover every run finished so far, so the last process to end writes the
+    whole sweep's. Head-to-head comparisons are made for these seeds only."""
     from prefopt.data import DataError
     from prefopt.pipeline.head_to_head import run_head_to_head
     from prefopt.pipeline.results import aggregate
@@ -368,10 +374,14 @@ def run_ablation(
     ran: list[str] = []
     skipped: list[str] = []
     failed: dict[str, str] = {}
+    left: list[str] = []
     start = time.time()
     for i, run in enumerate(ablation.runs, 1):
         run_dir = out / "runs" / run.id
         failure = out / "runs" / f"{run.id}.failed"
+        if seeds is not None and run.seed not in seeds:
+            left.append(run.id)
+            continue
         if is_done(out, run):
             skipped.append(run.id)
             log(f"[{i}/{total}] {run.id}: finished earlier, skipped")
@@ -388,13 +398,16 @@ def run_ablation(
             ran.append(run.id)
         now = time.time()
         done_here = len(ran) + len(failed)
-        left = total - i
-        eta = (now - start) / done_here * left
+        to_go = sum(1 for r in ablation.runs[i:] if seeds is None or r.seed in seeds)
+        eta = (now - start) / done_here * to_go
         status = "FAILED: " + failed[run.id] if run.id in failed else "done"
         log(
             f"[{i}/{total}] {run.id}: {status} in {clock(now - began)} "
             f"(elapsed {clock(now - start)}, about {clock(eta)} left)"
         )
-    files = run_head_to_head(out, ablation.describe(), log)
+    files = run_head_to_head(out, ablation.describe(), log, seeds)
     files += aggregate(out)
-    return {"out_dir": out, "ran": ran, "skipped": skipped, "failed": failed, "files": files}
+    return {
+        "out_dir": out, "ran": ran, "skipped": skipped, "failed": failed, "left": left,
+        "files": files,
+    }  # fmt: skip

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +38,20 @@ def against_run(description: dict[str, Any], seed: int) -> str | None:
 
 
 def run_head_to_head(
-    out: Path, description: dict[str, Any], log: Callable[[str], None] = print
+    out: Path,
+    description: dict[str, Any],
+    log: Callable[[str], None] = print,
+    seeds: Sequence[int] | None = None,
 ) -> list[Path]:
-    """Compare, per seed, every finished run with the ``against`` run. Returns the files
-    written (none without ``against``)."""
+    """Compare, per seed (of ``seeds`` only, when given), every finished run with the
+    ``against`` run. Returns the files written (none without ``against``)."""
     if not description.get("against"):
         return []
     written = []
     finished: dict[int, list[str]] = {}
     for run in description["runs"]:
+        if seeds is not None and int(run["seed"]) not in seeds:
+            continue
         if (out / "runs" / run["id"] / "summary.json").exists():
             finished.setdefault(int(run["seed"]), []).append(str(run["id"]))
     for seed, ids in sorted(finished.items()):
