@@ -38,7 +38,7 @@ sizes:
 SHIPPED = {
     "accuracy_paradox", "rlhf_vs_sft", "mpo_tau", "pm_beta_alpha", "expo_alpha", "ids_beta",
     "dpo_variants", "kl_coef", "grpo_variants", "overoptimisation_bon", "overoptimisation_rl",
-    "ensembles", "engines", "pm_vs_kl",
+    "ensembles", "ensembles_noise25", "engines", "pm_vs_kl",
 }  # fmt: skip
 
 
