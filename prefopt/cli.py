@@ -353,9 +353,14 @@ def _seeds_subset(given: list[str], seeds: list[int]) -> list[int] | None:
 
 def _plot(folder: Path) -> int:
     if (folder / "ablation.json").exists() and (folder / "results.csv").exists():
-        from prefopt.pipeline.results import redraw
+        from prefopt.pipeline.courses import redraw_courses
+        from prefopt.pipeline.results import redraw, write_html
 
         drawn = redraw(folder)
+        courses = redraw_courses(folder)
+        if courses and (folder / "results.md").exists():  # the report with them too
+            write_html(folder, [*drawn, *courses])
+        drawn += courses
     elif (folder / "metrics.jsonl").exists() or (folder / "comparison.json").exists():
         import json
 

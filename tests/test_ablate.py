@@ -175,6 +175,52 @@ def test_the_cli_checks_seeds_against_the_sizes_seeds(tmp_path, monkeypatch):
     assert len(calls) == 1  # neither bad value reached a run
 
 
+def test_courses_follow_a_held_out_metric_over_steps_with_se_over_seeds(tmp_path):
+    """courses: [eval.loss]: each run's periodic eval/loss (metrics.jsonl) and its final
+    eval.loss at the last step, per setting, mean and SE over seeds, by hand."""
+    text = TINY_SWEEP.replace("seeds: [0]", "seeds: [0, 1]").replace(
+        "metrics: [eval.gold_reward, eval.kl]", "metrics: [eval.gold_reward]\ncourses: [eval.loss]"
+    )
+    ablation = load_ablation(write_ablation(tmp_path, text), "tiny")
+    assert ablation.courses == ["eval.loss"]
+
+    def execute(ablation, run, run_dir):
+        run_dir.mkdir(parents=True)
+        beta, seed = run.params["loss.beta"], run.seed
+        records = [{"step": 1, "loss": 9.0},  # a training record: not part of the course
+                   {"step": 2, "eval/loss": 1.0 + beta + seed},
+                   {"step": 4, "eval/loss": 2.0 + beta + seed}]  # fmt: skip
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        summary = {"steps": 6, "eval": {"gold_reward": 1.0, "loss": 3.0 + beta - seed}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    out = tmp_path / "out"
+    result = run_ablation(ablation, out, execute=execute, log=lambda _: None)
+    assert {out / "courses.csv", out / "course_eval.loss.png"} <= set(result["files"])
+    table = {(r["loss.beta"], r["step"]): r for r in read_csv(out / "courses.csv")}
+    assert sorted({step for _, step in table}) == [2, 4, 6]
+    # beta 0.1, step 4: seeds give 2.1 and 3.1: mean 2.6, sd 0.7071, SE 0.5
+    assert table[(0.1, 4)]["n"] == 2
+    assert table[(0.1, 4)]["mean"] == pytest.approx(2.6)
+    assert table[(0.1, 4)]["se"] == pytest.approx(0.5)
+    # step 6 is the final evaluation: 3.2 and 2.2
+    assert table[(0.2, 6)]["mean"] == pytest.approx(2.7)
+    assert table[(0.2, 6)]["se"] == pytest.approx(0.5)
+    assert table[(0.2, 2)]["mean"] == pytest.approx(1.7)
+    markdown = (out / "results.md").read_text()
+    assert "### Course of `eval.loss` over training" in markdown
+    assert "| 4 | 2.6000 (0.5000) | 2.7000 (0.5000) |" in markdown
+    assert 'alt="course_eval.loss"' in (out / "report.html").read_text()
+    from prefopt.cli import main
+
+    (out / "course_eval.loss.png").unlink()
+    assert main(["plot", str(out)]) == 0  # redrawn from courses.csv
+    assert (out / "course_eval.loss.png").exists()
+    with pytest.raises(ConfigError, match="courses: expected a list of summary keys"):
+        load_ablation(write_ablation(tmp_path, text.replace("[eval.loss]", "[loss]")), "tiny")
+
+
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     from prefopt.trainers.base import TrainingError
 

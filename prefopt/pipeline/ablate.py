@@ -13,6 +13,8 @@ An ablation file (``recipes/ablations/<name>.yaml``)::
     metrics: [eval.gold_reward, eval.kl]   # summary keys tabulated and plotted
     against: dpo                  # optional: after the runs, every variant head to head
                                   # against this one per seed (pipeline/head_to_head.py)
+    courses: [eval.loss]          # optional: held-out metrics over training steps, from
+                                  # trainer.eval_every (pipeline/courses.py)
     x: loss.beta                  # the plots' x axis: a swept key or a summary key
     sizes:                        # what `SIZE=tiny` / `SIZE=full` change
       tiny: {seeds: [0, 1], overrides: {trainer.max_steps: 20}, note: "about 3 min"}
@@ -52,7 +54,7 @@ from prefopt.paths import clock
 
 ABLATIONS_DIR = "ablations"
 TOP_LEVEL = ("description", "base", "overrides", "grid", "variants", "seeds", "metrics", "x",
-             "against", "sizes")  # fmt: skip
+             "against", "courses", "sizes")  # fmt: skip
 SIZE_KEYS = ("overrides", "seeds", "grid", "variants", "note")
 DEFAULT_METRICS = ["eval.gold_reward", "eval.kl"]
 SIZES = ("tiny", "full")
@@ -86,6 +88,7 @@ class Ablation:
     seeds: list[int] = field(default_factory=list)
     cli_overrides: list[str] = field(default_factory=list)  # given on the command line
     against: str | None = None  # the variant every run is compared with, head to head
+    courses: list[str] = field(default_factory=list)  # summary keys followed over training
 
     def describe(self) -> dict[str, Any]:
         """What ``ablation.json`` keeps: enough to aggregate and plot from the files alone."""
@@ -94,7 +97,7 @@ class Ablation:
             "base": self.base, "swept": self.swept,
             "metrics": self.metrics, "x": self.x, "note": self.note, "seeds": self.seeds,
             "cli_overrides": self.cli_overrides, "against": self.against,
-            "runs": [asdict(r) for r in self.runs],
+            "courses": self.courses, "runs": [asdict(r) for r in self.runs],
         }  # fmt: skip
 
 
@@ -221,6 +224,15 @@ def _expand(
             f"against: {against!r} is not a variant of this size (variants: "
             f"{', '.join(names) or 'none'})"
         )
+    courses = spec.get("courses") or []
+    if not isinstance(courses, list) or any(
+        not isinstance(c, str) or "." not in c for c in courses
+    ):
+        problems.append(
+            f"courses: expected a list of summary keys evaluated during training (e.g. "
+            f"eval.loss, with trainer.eval_every set), got {courses!r}"
+        )
+        courses = []
     if problems:
         raise ConfigError(problems)
 
@@ -250,6 +262,7 @@ def _expand(
         runs=runs, swept=swept, metrics=[str(m) for m in metrics],
         x=str(x) if x else None, note=str(spec.get("note") or ""), seeds=list(seeds),
         cli_overrides=list(cli), against=None if against is None else str(against),
+        courses=[str(c) for c in courses],
     )  # fmt: skip
     if validate:
         validate_runs(ablation)
@@ -363,8 +376,9 @@ def run_ablation(
     the tables then cover every run finished so far, so the last process to end writes the
     whole sweep's. Head-to-head comparisons are made for these seeds only."""
     from prefopt.data import DataError
+    from prefopt.pipeline.courses import aggregate_courses
     from prefopt.pipeline.head_to_head import run_head_to_head
-    from prefopt.pipeline.results import aggregate
+    from prefopt.pipeline.results import aggregate, write_html
     from prefopt.trainers.base import TrainingError
 
     out = Path(out_dir or default_out_dir(ablation))
@@ -407,6 +421,9 @@ def run_ablation(
         )
     files = run_head_to_head(out, ablation.describe(), log, seeds)
     files += aggregate(out)
+    courses = aggregate_courses(out)
+    if courses:  # the report again, with the course plots
+        files += [*courses, write_html(out, [f for f in files + courses if f.suffix == ".png"])]
     return {
         "out_dir": out, "ran": ran, "skipped": skipped, "failed": failed, "left": left,
         "files": files,
