@@ -51,6 +51,21 @@ class SpyEngine(HFEngine):
         self.closed = True
 
 
+class CopyEngine(SpyEngine):
+    """As an engine with its own copy of the weights (vLLM): the trainer measures it."""
+
+    name = "copy"
+    samples_from_a_copy = True
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.asked: list[bool] = []
+
+    def sample(self, prompts, cfg, seed, **kwargs):
+        self.asked.append(kwargs.get("with_logps", False))
+        return super().sample(prompts, cfg, seed, **kwargs)
+
+
 @pytest.fixture
 def world_policy():
     from prefopt.world import WorldConfig, build_world
@@ -268,6 +283,36 @@ def test_the_online_trainer_builds_its_engine_once_and_syncs_it_after_updates(
     assert engine.synced == [trainer.unwrapped()]
     trainer.close_rollout_engine()
     assert engine.closed and trainer._engine is None
+
+
+def test_an_engine_with_its_own_weights_is_measured_every_rollout(
+    tmp_path, tiny_pretrained, monkeypatch
+):
+    """rollout/logp_diff_* every rollout from an engine that samples with a copy of the
+    weights, old log-probs still the trainer's (logps_from_generation off); not from generate
+    on the live model, and not when top-p truncation makes the engine's log-probs another
+    distribution's."""
+    monkeypatch.setitem(ENGINES, "copy", f"{__name__}:CopyEngine")
+    for top_p, measured in ((1.0, True), (0.9, False)):
+        trainer = online_trainer(tmp_path / str(top_p), tiny_pretrained,
+                                 f"rollout.top_p={top_p}")  # fmt: skip
+        trainer.recipe.rollout.engine.name = "copy"
+        prompts = [e["prompt"] for e in trainer.train_examples[:4]]
+        rollout, samples, metrics = trainer.make_rollout(prompts)
+        assert trainer._engine.asked == [measured]
+        assert not rollout.old_from_engine and rollout.tis_weights is None
+        if measured:  # the trainer's recomputation against the engine's (generate's) own
+            expected = logp_mismatch(rollout.old_logps, samples.logps, rollout.mask)
+            assert metrics["rollout/logp_diff_max"] == pytest.approx(
+                float(expected["logp_diff_max"])
+            )
+            assert 0 <= metrics["rollout/logp_diff_mean"] <= metrics["rollout/logp_diff_max"]
+            assert metrics["rollout/logp_diff_max"] < 1e-4
+        else:
+            assert "rollout/logp_diff_max" not in metrics
+    hf = online_trainer(tmp_path / "hf", tiny_pretrained)
+    _, samples, metrics = hf.make_rollout([e["prompt"] for e in hf.train_examples[:4]])
+    assert samples.logps is None and "rollout/logp_diff_max" not in metrics
 
 
 def test_with_logps_from_generation_the_first_update_measures_the_mismatch(

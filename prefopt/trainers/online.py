@@ -437,15 +437,28 @@ class OnlineTrainer(PolicyTrainer):
         does, so an engine that copies them gets them whole). The engine returns its sampled
         tokens' log-probs with ``rollout.logps_from_generation`` (the old log-probs; with a
         shared value head, only to measure the mismatch against the trainer's, whose forward
-        that head runs anyway) or when ``rollout.tis_cap`` weighs them."""
+        that head runs anyway), when ``rollout.tis_cap`` weighs them, and always from an engine
+        that samples with its own copy of the weights (vLLM) when it samples from logits /
+        temperature, so that the mismatch with the trainer's log-probs is logged every
+        rollout."""
         cfg = self.recipe.rollout
         policy = self.unwrapped()
-        with_logps = cfg.logps_from_generation or cfg.tis_cap > 0
         with (
             engines.full_weights_for_generation(policy, cfg.gather_zero3_weights),
             self.accelerator.autocast(),
         ):
             engine = self.rollout_engine(policy)
+            # measured only where the engine's log-probs are those of logits / temperature
+            # (no top-k / top-p truncation or penalties) as the trainer's are
+            plain = not (
+                cfg.top_k or cfg.top_p < 1.0 or getattr(cfg, "presence_penalty", 0.0)
+                or getattr(cfg, "frequency_penalty", 0.0)
+            )  # fmt: skip
+            with_logps = (
+                cfg.logps_from_generation
+                or cfg.tis_cap > 0
+                or (engine.samples_from_a_copy and plain)
+            )
             length = self.recipe.data.max_prompt_length
             samples = engine.sample(
                 prompts, cfg, seed, max_prompt_length=length, with_logps=with_logps

@@ -27,6 +27,10 @@ class RolloutEngine(abc.ABC):
     """Samples completions of a policy (see the module docstring)."""
 
     name: ClassVar[str]
+    #: samples with its own copy of the weights (its own kernels, its own numerics), so its
+    #: sampled tokens' log-probs are measured against the trainer's every rollout
+    #: (``rollout/logp_diff_*``); False for ``generate`` on the live model
+    samples_from_a_copy: ClassVar[bool] = True
 
     def __init__(
         self, model: nn.Module, tokenizer: Any, device: torch.device, settings: EngineSettings

@@ -20,6 +20,7 @@ class HFEngine(RolloutEngine):
     """``generate`` on the live model: the default engine."""
 
     name = "hf"
+    samples_from_a_copy = False
 
     def sample(
         self,
