@@ -8,6 +8,7 @@ import subprocess
 from typing import Any
 
 from benchmarks import settings as S
+from benchmarks.assets import ModelShape
 from benchmarks.measure import FLOPS_PER_TOKEN
 
 UNITS = {"dpo": "pairs", "rm": "pairs", "ppo": "episodes", "grpo": "episodes", "rloo": "episodes"}
@@ -242,7 +243,16 @@ Where TRL did not run with vLLM:
 """
 
 
+def gpt2_parameters(shape: ModelShape) -> int:
+    """GPT-2's parameter count (tied output layer): token and position embeddings, per layer
+    the attention (qkv, projection) and MLP weights and biases and two layer norms, the final
+    layer norm."""
+    h = shape.hidden
+    return (shape.vocab + shape.positions) * h + shape.layers * (12 * h * h + 13 * h) + 2 * h
+
+
 def markdown(meta: dict[str, Any], results: dict[str, Any]) -> str:
+    shape = ModelShape()  # BENCH_LAYERS, BENCH_HIDDEN, BENCH_HEADS of this run
     rows, best_rows = [], []
     for algo, by_setting in results.items():
         if "best" in by_setting:
@@ -297,8 +307,9 @@ Written by `make bench` (`python -m benchmarks.run`) on {meta["date"]}; do not e
 
 ## Set-up
 
-- Model: GPT-2, 6 layers, hidden 512, 8 heads, vocabulary 8,192 from a byte-level BPE
-  tokenizer trained on the data by the benchmark, random init (23.6M parameters); the DPO
+- Model: GPT-2, {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads, vocabulary
+  {shape.vocab:,} from a byte-level BPE tokenizer trained on the data by the benchmark, random
+  init ({gpt2_parameters(shape) / 1e6:.1f}M parameters); the DPO
   reference is the same architecture with another seed (so the first-batch loss is not log 2);
   the reward model (and PPO's critic start) a `GPT2ForSequenceClassification` folder.
 - Data: {meta["data"]}: the first {S.N_PAIRS} pairs whose chosen and rejected sequences fit in

@@ -167,3 +167,19 @@ def test_a_partial_rerun_keeps_earlier_rows_only_from_the_same_cpu():
     kept, why = kept_results(stored, "AMD EPYC")
     assert kept == {} and "'Intel(R) Xeon(R) Processor'" in why and "'AMD EPYC'" in why
     assert kept_results({"dpo": {}}, "AMD EPYC")[0] == {}  # no machine recorded: not kept
+
+
+def test_the_reports_parameter_count_is_gpt2s():
+    """docs/benchmarks.md names the model's size from BENCH_LAYERS / HIDDEN / HEADS: the
+    count equals transformers' own for GPT-2 of that shape (23.6M for the default)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from benchmarks.assets import ModelShape
+    from benchmarks.report import gpt2_parameters
+
+    shape = ModelShape(layers=2, hidden=64, heads=2, vocab=100, positions=32)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=100, n_positions=32,
+                        bos_token_id=0, eos_token_id=0)  # fmt: skip
+    model = GPT2LMHeadModel(config)
+    assert gpt2_parameters(shape) == sum(p.numel() for p in model.parameters())
+    assert round(gpt2_parameters(ModelShape(layers=6, hidden=512, heads=8)) / 1e6, 1) == 23.6
