@@ -221,6 +221,27 @@ def test_courses_follow_a_held_out_metric_over_steps_with_se_over_seeds(tmp_path
         load_ablation(write_ablation(tmp_path, text.replace("[eval.loss]", "[loss]")), "tiny")
 
 
+def test_a_course_reads_a_pipeline_stage_and_long_courses_show_every_kth_step(tmp_path):
+    from prefopt.pipeline.courses import courses_markdown, run_course
+
+    stage = tmp_path / "run" / "stages" / "ppo"
+    stage.mkdir(parents=True)
+    records = [{"step": t, "objective/gold": float(t)} for t in range(1, 31)]
+    (stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (stage / "summary.json").write_text(json.dumps({"steps": 30, "eval": {"kl": 2.0}}))
+    course = run_course(tmp_path / "run", "stages.ppo.objective.gold")
+    assert course == [(t, float(t)) for t in range(1, 31)]  # no final value under objective
+    assert run_course(tmp_path / "run", "stages.ppo.eval.kl") == [(30, 2.0)]
+    table = [{"course": "k", "variant": "a", "step": t, "n": 1, "mean": float(t),
+              "se": float("nan")} for t in range(1, 31)]  # fmt: skip
+    lines = courses_markdown(table, ["variant"])
+    steps = [int(line.split("|")[1]) for line in lines if line[:3] not in ("", "|--")
+             and line.startswith("| ") and not line.startswith("| step")]  # fmt: skip
+    assert steps == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    assert "One row in 3 of the 30 steps recorded; all in `courses.csv`." in lines
+    assert "| 30 | 30.0000 |" in lines  # one seed: no SE
+
+
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     from prefopt.trainers.base import TrainingError
 

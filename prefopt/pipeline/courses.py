@@ -27,21 +27,29 @@ from typing import Any
 from prefopt.pipeline.results import _number, _pyplot, _setting_label, seed_stats
 
 COURSES_CSV = "courses.csv"
+MAX_ROWS = 12
 
 
 def run_course(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of the summary key ``key`` (``eval.loss``) over a finished run: the
-    periodic ``eval/loss`` of its ``metrics.jsonl``, then the final evaluation's value."""
+    """``(step, value)`` of ``key`` over a finished run: ``eval.loss`` is the periodic
+    ``eval/loss`` of its ``metrics.jsonl``, then the final evaluation's value at the last step;
+    ``objective.gold`` the training records' ``objective/gold``. In a pipeline's run,
+    ``stages.<stage>.<key>`` reads that stage's files (``stages/<stage>/``)."""
+    folder, summary_path = run_dir, run_dir / "summary.json"
+    if key.startswith("stages."):
+        _, stage, key = key.split(".", 2)
+        folder = run_dir / "stages" / stage
+        summary_path = folder / "summary.json"
     section, _, name = key.partition(".")
     points: dict[int, float] = {}
-    metrics = run_dir / "metrics.jsonl"
+    metrics = folder / "metrics.jsonl"
     if metrics.exists():
         for line in metrics.read_text().splitlines():
             record = json.loads(line)
             value = _number(record.get(f"{section}/{name}"))
             if value is not None:
                 points[int(record["step"])] = value
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     final = _number((summary.get(section) or {}).get(name))
     if final is not None and summary.get("steps") is not None:
         points[int(summary["steps"])] = final
@@ -85,17 +93,23 @@ def read_courses(path: Path) -> list[dict[str, Any]]:
 
 
 def courses_markdown(table: list[dict[str, Any]], swept: list[str]) -> list[str]:
-    """One table per course: a row per step, a column per setting, ``mean (SE)``."""
+    """One table per course: a row per step (at most about ``MAX_ROWS``: every k-th step and
+    the last, the rest in ``courses.csv``), a column per setting, ``mean (SE)``."""
     lines: list[str] = []
     for key in dict.fromkeys(r["course"] for r in table):
         mine = [r for r in table if r["course"] == key]
         settings = list(dict.fromkeys(_setting_label(r, swept) for r in mine))
         cells = {(_setting_label(r, swept), int(r["step"])): r for r in mine}
+        steps = sorted({int(r["step"]) for r in mine})
+        every = math.ceil(len(steps) / MAX_ROWS)
+        shown = [s for i, s in enumerate(steps) if (i + 1) % every == 0 or s == steps[-1]]
+        thinned = f"One row in {every} of the {len(steps)} steps recorded; all in `{COURSES_CSV}`."
         lines += [
             "", f"### Course of `{key}` over training (mean over seeds (SE over seeds))", "",
+            *([thinned, ""] if every > 1 else []),
             "| step | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings),
         ]  # fmt: skip
-        for step in sorted({int(r["step"]) for r in mine}):
+        for step in shown:
             row = [str(step)]
             for setting in settings:
                 r = cells.get((setting, step))
