@@ -449,10 +449,8 @@ class OnlineTrainer(PolicyTrainer):
         ):
             engine = self.rollout_engine(policy)
             # measured only where the engine's log-probs are those of logits / temperature
-            # (no top-k / top-p truncation or penalties) as the trainer's are
-            penalties = [float(getattr(cfg, k, 0.0) or 0.0)
-                         for k in ("presence_penalty", "frequency_penalty")]  # fmt: skip
-            plain = not (cfg.top_k or cfg.top_p < 1.0 or any(penalties))
+            # (no top-k / top-p truncation) as the trainer's are; rollouts have no penalties
+            plain = not (cfg.top_k or cfg.top_p < 1.0)
             with_logps = (
                 cfg.logps_from_generation
                 or cfg.tis_cap > 0
