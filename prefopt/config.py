@@ -82,6 +82,8 @@ TrainAttention = StrEnum("TrainAttention", ["eager", "sdpa"])
 EnsembleMode = StrEnum("EnsembleMode", ["mean", "mean_minus_std", "min", "mean_minus_var"])
 # prefopt.models.engines.ENGINES (config sits below models; a test keeps them equal)
 EngineName = StrEnum("EngineName", ["hf", "vllm"])
+# the dtype a copy-holding engine (vLLM) computes in; auto: the trainer's (docs/engines.md)
+EngineDtype = StrEnum("EngineDtype", ["auto", "float32", "bfloat16", "float16"])
 
 
 # --------------------------------------------------------------------------- schema
@@ -262,6 +264,14 @@ class EngineSettings:
     cpu_memory_utilization: float = 0.05
     sleep: bool = False  # vLLM's sleep mode between rollouts (GPU only)
     max_model_len: int = 0  # 0: data.max_prompt_length + max_new_tokens
+    # vLLM: the dtype of its copy of the weights and of its forwards. auto: what the trainer's
+    # forward computes in, as generate does on the live policy: the autocast dtype when the
+    # engine is built under trainer.precision bf16 / fp16, else the policy's weights' dtype
+    dtype: EngineDtype = EngineDtype.auto
+    # vLLM: eager forwards (true) or vLLM's compiled model, with CUDA graphs on GPUs (false).
+    # null: vLLM's default (compiled) on GPUs, as TRL's colocate mode; eager on CPUs, where the
+    # compiled model sampled no faster here and takes 20-35 s more to start (docs/engines.md)
+    enforce_eager: bool | None = None
 
     def validate(self, key: str) -> list[str]:
         problems = []
@@ -439,6 +449,7 @@ ENGINE_RUNTIME_ONLY_FIELDS = (
     "cpu_memory_utilization",
     "sleep",
     "max_model_len",
+    "enforce_eager",  # vLLM's compiled model computes what its eager one does (up to rounding)
 )
 
 #: settings that change how a run goes (speed, memory) or what it checks, never what it learns;

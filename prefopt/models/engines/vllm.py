@@ -133,6 +133,29 @@ def _head_size(config: dict[str, Any]) -> int | None:
     return int(hidden) // int(heads) if hidden and heads else None
 
 
+def engine_dtype(settings: Any, device: torch.device | str, weights: torch.dtype) -> torch.dtype:
+    """The dtype the engine computes in (``engine.dtype``). ``auto``: what the trainer's own
+    forward computes in, as ``generate`` does on the live policy -- the autocast dtype when
+    the engine is built under autocast (the trainer samples under ``trainer.precision``'s
+    autocast), else the policy's weights' ``weights``. vLLM casts the synced weights to it."""
+    choice = str(getattr(settings, "dtype", "auto"))
+    if choice != "auto":
+        return getattr(torch, choice)
+    device_type = torch.device(device).type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weights
+
+
+def enforce_eager(settings: Any, device: torch.device | str) -> bool:
+    """``engine.enforce_eager``; unset: eager on CPUs, vLLM's compiled model (CUDA graphs) on
+    GPUs."""
+    eager = getattr(settings, "enforce_eager", None)
+    if eager is not None:
+        return bool(eager)
+    return torch.device(device).type != "cuda"
+
+
 def policy_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """``(name, tensor)`` for every parameter of the policy under its transformers name, tied
     ones under each of their names (a tied output layer is repacked by vLLM as its own layer
@@ -257,6 +280,7 @@ class VLLMEngine(RolloutEngine):
             raise ValueError("engine.sleep=true: vLLM's sleep mode needs a GPU")
         self.llm: Any = None
         self.max_model_len = 0
+        self.dtype: torch.dtype | None = None  # the engine's, once built
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self._asleep: set[str] = set()  # what vLLM's sleep mode has released
 
@@ -268,7 +292,7 @@ class VLLMEngine(RolloutEngine):
         from vllm import LLM
 
         base = transformers_model(self.model)
-        dtype = next(base.parameters()).dtype
+        dtype = engine_dtype(self.settings, self.device, next(base.parameters()).dtype)
         self._folder = tempfile.TemporaryDirectory(prefix="prefopt-vllm-")
         config = base.config.to_dict()
         config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")
@@ -299,6 +323,7 @@ class VLLMEngine(RolloutEngine):
         finally:
             torch.set_num_threads = set_num_threads
         self.max_model_len = max_model_len
+        self.dtype = dtype
         self.sync_weights(self.model)
 
     def _start(self, llm: Any, max_model_len: int, dtype: torch.dtype, kwargs: dict) -> Any:
@@ -310,7 +335,7 @@ class VLLMEngine(RolloutEngine):
             load_format="dummy",
             generation_config="vllm",  # sampling settings come from the caller only
             dtype=dtype,
-            enforce_eager=True,
+            enforce_eager=enforce_eager(self.settings, self.device),
             seed=0,  # every request carries its own seed
             max_model_len=max_model_len,
             logprobs_mode="processed_logprobs",
