@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.write_text(json.dumps({"machine": meta, **results}, indent=2) + "\n")
     (WORK / "raw.json").write_text(json.dumps(raw, indent=1))
     DOC.write_text(report.markdown(meta, results))
-    print(f"wrote {RESULTS.relative_to(ROOT)} and {DOC.relative_to(ROOT)} "
+    print(f"wrote {RESULTS} and {DOC} "
           f"in {time.time() - began:.0f} s")  # fmt: skip
 
 
