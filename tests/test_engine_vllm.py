@@ -295,6 +295,9 @@ def test_a_lora_policy_syncs_merged(engines, prompts, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_refuses_what_it_cannot_do(engines, prompts, family):
     built, policy = engines(family)
+    if built.llm is None:  # built by an earlier test, unless xdist sent that one elsewhere
+        built.sample(prompts, sampling(), seed=0)
+    assert built.max_model_len > 0
     with pytest.raises(ValueError, match="top_k=0 and top_p=1.0"):
         built.sample(prompts, sampling(top_k=5), seed=0, with_logps=True)
     with pytest.raises(ValueError, match="penalties"):
