@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prefopt.pipeline.results import _number, _pyplot, _setting_label, seed_stats
+from prefopt.pipeline.results import _number, _pyplot, seed_stats, setting_label
 
 COURSES_CSV = "courses.csv"
 MAX_ROWS = 12
@@ -98,8 +98,8 @@ def courses_markdown(table: list[dict[str, Any]], swept: list[str]) -> list[str]
     lines: list[str] = []
     for key in dict.fromkeys(r["course"] for r in table):
         mine = [r for r in table if r["course"] == key]
-        settings = list(dict.fromkeys(_setting_label(r, swept) for r in mine))
-        cells = {(_setting_label(r, swept), int(r["step"])): r for r in mine}
+        settings = list(dict.fromkeys(setting_label(r, swept) for r in mine))
+        cells = {(setting_label(r, swept), int(r["step"])): r for r in mine}
         steps = sorted({int(r["step"]) for r in mine})
         every = math.ceil(len(steps) / MAX_ROWS)
         shown = [s for i, s in enumerate(steps) if (i + 1) % every == 0 or s == steps[-1]]
@@ -131,11 +131,11 @@ def plot_courses(table: list[dict[str, Any]], swept: list[str], out: Path) -> li
         mine = [r for r in table if r["course"] == key]
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 4.3))
-        for setting in dict.fromkeys(_setting_label(r, swept) for r in mine):
+        for setting in dict.fromkeys(setting_label(r, swept) for r in mine):
             points = sorted(
                 (int(r["step"]), float(r["mean"]), _number(r["se"]) or 0.0)
                 for r in mine
-                if _setting_label(r, swept) == setting
+                if setting_label(r, swept) == setting
             )
             steps = [p[0] for p in points]
             means = [p[1] for p in points]

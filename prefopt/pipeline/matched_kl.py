@@ -19,15 +19,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prefopt.pipeline.results import _setting_label, read_csv, seed_stats
+from prefopt.eval.plots import read_records
+from prefopt.pipeline.results import read_csv, seed_stats, setting_label
 
 MIN_BATCHES = 3
 
 
 def gold_by_kl(metrics: Path, bins: list[float]) -> dict[tuple[float, float], float]:
     """``{(lo, hi): mean gold of the batches with lo <= KL < hi}`` of one stage's records."""
-    records = [json.loads(line) for line in metrics.read_text().splitlines()]
-    batches = [(r["objective/kl"], r["objective/gold"]) for r in records
+    batches = [(r["objective/kl"], r["objective/gold"]) for r in read_records(metrics)
                if "objective/gold" in r and "objective/kl" in r]  # fmt: skip
     means = {}
     for lo, hi in zip(bins, bins[1:], strict=False):
@@ -48,7 +48,7 @@ def matched_kl(out: Path, stages: tuple[str, str], bins: list[float]) -> list[di
         run = out / "runs" / str(row["run"]) / "stages"
         first, second = (gold_by_kl(run / s / "metrics.jsonl", bins) for s in stages)
         for b in first.keys() & second.keys():
-            diffs.setdefault((_setting_label(row, swept), b), []).append(second[b] - first[b])
+            diffs.setdefault((setting_label(row, swept), b), []).append(second[b] - first[b])
     table = []
     for (setting, (lo, hi)), values in diffs.items():
         stats = seed_stats(values)

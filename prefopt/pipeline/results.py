@@ -266,7 +266,7 @@ def policy_points(row: dict[str, Any]) -> list[tuple[str, float, float, float, f
     return points
 
 
-def _setting_label(row: dict[str, Any], swept: list[str]) -> str:
+def setting_label(row: dict[str, Any], swept: list[str]) -> str:
     return ", ".join(f"{k}={row.get(k)}" for k in swept) or "base"
 
 
@@ -287,13 +287,13 @@ def plot_gold_vs_kl(rows: list[dict[str, Any]], swept: list[str], path: Path) ->
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    settings = list(dict.fromkeys(_setting_label(r, swept) for r in done))
+    settings = list(dict.fromkeys(setting_label(r, swept) for r in done))
     colours = plt.get_cmap("viridis" if len(settings) > 10 else "tab10")
     markers = "osD^v<>pP*X"
     policies = list(dict.fromkeys(p[0] for r in done for p in policy_points(r)))
     labelled: set[str] = set()
     for row in done:
-        setting = _setting_label(row, swept)
+        setting = setting_label(row, swept)
         i = settings.index(setting)
         colour = colours(i / max(1, len(settings) - 1) if len(settings) > 10 else i)
         for policy, kl, kl_se, gold, gold_se in policy_points(row):
@@ -333,7 +333,7 @@ def frontier_points(
             continue
         policies = [p for p in policy_points(row) if not p[0].endswith("prompts)")]
         for policy, kl, _, gold, _ in policies:
-            setting = _setting_label(row, swept)
+            setting = setting_label(row, swept)
             label = setting if len(policies) == 1 else f"{setting}: {policy}"
             values = per.setdefault(label, {"kl": [], "gold": []})
             values["kl"].append(kl)
@@ -414,9 +414,9 @@ def plot_metric(
         if any(lines):
             ax.legend(fontsize=7)
     else:  # x is a measured value: one point per run
-        settings = list(dict.fromkeys(_setting_label(r, swept) for r in done))
+        settings = list(dict.fromkeys(setting_label(r, swept) for r in done))
         for setting in settings:
-            members = [r for r in done if _setting_label(r, swept) == setting]
+            members = [r for r in done if setting_label(r, swept) == setting]
             members = [r for r in members if _number(r.get(x)) is not None]
             ax.errorbar(
                 [float(r[x]) for r in members], [float(r[metric]) for r in members],
